@@ -1,0 +1,9 @@
+"""Kernel sources of the tiled SMoE renderer (R-SMoE), shipped as package data.
+
+- ``smoe_tile.h``: the per-pixel forward/backward math, compiled for host and device.
+- ``smoe_tile_cpu.cpp``: the CPU build (C++/OpenMP), compiled on first use by :mod:`smoe_core._cpu_build`.
+- ``smoe_tile_cuda.cu``: the GPU build, compiled by CuPy's RawModule in :mod:`smoe_core._cuda`.
+"""
+from pathlib import Path
+
+KERNEL_DIR = Path(__file__).resolve().parent

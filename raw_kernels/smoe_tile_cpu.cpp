@@ -1,0 +1,232 @@
+// smoe_tile_cpu.cpp -- CPU build of the tiled SMoE renderer (R-SMoE, rasterized abstract Fig. 3):
+// C++ with OpenMP over tiles, the per-pixel math from smoe_tile.h. Compiled on first use by
+// smoe_core/_cpu_build.py and loaded with ctypes; exported for float (training) and double (gradcheck).
+//
+// Layout (shared with the CUDA build and smoe_core/_tiled_torch.py, the pure-PyTorch reference):
+//   mu (N,2) [x, y]; chol (N,3) [a11, a21, a22]; logpi (N,); experts (N,C); slopes (N,C,2) or null
+//   tile_start (n_tiles+1,), tile_ids (nnz,): CSR lists of global kernel indices per tile,
+//   tile t = (b * tiles_y + ty) * tiles_x + tx over B output images of H x W pixels
+//   out (B,H,W,C), lse (B,H,W): per-pixel log of the gate normalizer (0 for RBF, NO_WEIGHT if the pixel has no weight)
+//   grad_entry (nnz, grad_slots): one gradient row per CSR entry, summed over the tile's pixels;
+//   the caller adds the rows of each kernel (deterministic: no atomics, fixed order within a tile).
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+#include <algorithm>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "smoe_tile.h"
+
+namespace {
+
+struct TileGeom {
+  int b, r0, r1, c0, c1, npix;
+};
+
+inline TileGeom tile_geometry(int t, int H, int W, int tile) {
+  const int tiles_x = (W + tile - 1) / tile, tiles_y = (H + tile - 1) / tile;
+  TileGeom g;
+  g.b = t / (tiles_x * tiles_y);
+  const int rem = t % (tiles_x * tiles_y);
+  const int ty = rem / tiles_x, tx = rem % tiles_x;
+  g.r0 = ty * tile;
+  g.r1 = std::min(H, g.r0 + tile);
+  g.c0 = tx * tile;
+  g.c1 = std::min(W, g.c0 + tile);
+  g.npix = (g.r1 - g.r0) * (g.c1 - g.c0);
+  return g;
+}
+
+template <typename T>
+void fill_coords(const TileGeom& g, T inv_scale, T* px, T* py) {
+  int p = 0;
+  for (int r = g.r0; r < g.r1; ++r)
+    for (int c = g.c0; c < g.c1; ++c, ++p) {
+      px[p] = smoe::sample_coord<T>(c, inv_scale);
+      py[p] = smoe::sample_coord<T>(r, inv_scale);
+    }
+}
+
+template <typename T, int C, bool LIN>
+void forward_impl(const T* mu, const T* chol, const T* logpi, const T* experts, const T* slopes,
+                  const int32_t* tile_start, const int32_t* tile_ids, int B, int H, int W, int tile, T inv_scale,
+                  int mode, T* out, T* lse) {
+  const int tiles_x = (W + tile - 1) / tile, tiles_y = (H + tile - 1) / tile;
+  const int n_tiles = B * tiles_x * tiles_y;
+  const T no_weight = T(smoe::NO_WEIGHT), below = T(smoe::NO_WEIGHT_BELOW);
+#pragma omp parallel
+  {
+    const int tp = tile * tile;
+    std::vector<T> px(tp), py(tp), mx(tp), S(tp), acc(C * tp), L;
+#pragma omp for schedule(dynamic, 2)
+    for (int t = 0; t < n_tiles; ++t) {
+      const TileGeom g = tile_geometry(t, H, W, tile);
+      const int s = tile_start[t], n = tile_start[t + 1] - s, np = g.npix;
+      fill_coords<T>(g, inv_scale, px.data(), py.data());
+      if ((int)L.size() < n * np) L.resize(n * np);
+      for (int j = 0; j < n; ++j) {
+        const int k = tile_ids[s + j];
+        T* Lj = L.data() + (size_t)j * np;
+        for (int p = 0; p < np; ++p) {
+          T dx, dy, u, v;
+          Lj[p] = smoe::log_weight<T>(px[p], py[p], mu + 2 * k, chol + 3 * k, logpi[k], dx, dy, u, v);
+        }
+      }
+      for (int p = 0; p < np; ++p) mx[p] = (mode == smoe::MODE_SMOE) ? no_weight : T(0);
+      if (mode == smoe::MODE_SMOE)
+        for (int j = 0; j < n; ++j) {
+          const T* Lj = L.data() + (size_t)j * np;
+          for (int p = 0; p < np; ++p) mx[p] = std::max(mx[p], Lj[p]);
+        }
+      std::fill(S.begin(), S.begin() + np, T(0));
+      std::fill(acc.begin(), acc.begin() + C * np, T(0));
+      for (int j = 0; j < n; ++j) {
+        const int k = tile_ids[s + j];
+        const T* Lj = L.data() + (size_t)j * np;
+        const T* e = experts + (size_t)C * k;
+        const T* sl = LIN ? slopes + (size_t)2 * C * k : nullptr;
+        for (int p = 0; p < np; ++p) {
+          const T w = (mx[p] < below) ? T(0) : std::exp(Lj[p] - mx[p]);
+          S[p] += w;
+          const T dx = px[p] - mu[2 * k], dy = py[p] - mu[2 * k + 1];
+          for (int c = 0; c < C; ++c) acc[c * np + p] += w * smoe::expert_value<T, LIN>(e, sl, c, dx, dy);
+        }
+      }
+      int p = 0;
+      for (int r = g.r0; r < g.r1; ++r)
+        for (int c = g.c0; c < g.c1; ++c, ++p) {
+          const size_t pix = ((size_t)g.b * H + r) * W + c;
+          if (mode == smoe::MODE_SMOE) {
+            const bool none = !(S[p] > T(0));
+            lse[pix] = none ? no_weight : mx[p] + std::log(S[p]);
+            for (int ch = 0; ch < C; ++ch) out[pix * C + ch] = none ? T(0) : acc[ch * np + p] / S[p];
+          } else {
+            lse[pix] = T(0);
+            for (int ch = 0; ch < C; ++ch) out[pix * C + ch] = acc[ch * np + p];
+          }
+        }
+    }
+  }
+}
+
+template <typename T, int C, bool LIN>
+void backward_impl(const T* mu, const T* chol, const T* logpi, const T* experts, const T* slopes,
+                   const int32_t* tile_start, const int32_t* tile_ids, int B, int H, int W, int tile, T inv_scale,
+                   int mode, const T* grad_out, const T* out, const T* lse, T* grad_entry) {
+  const int tiles_x = (W + tile - 1) / tile, tiles_y = (H + tile - 1) / tile;
+  const int n_tiles = B * tiles_x * tiles_y;
+  constexpr int NS = smoe::grad_slots(C, LIN);
+  const T no_weight = T(smoe::NO_WEIGHT), below = T(smoe::NO_WEIGHT_BELOW);
+#pragma omp parallel
+  {
+    const int tp = tile * tile;
+    std::vector<T> px(tp), py(tp), gl(tp), y(C * tp), go(C * tp), ls(tp);
+#pragma omp for schedule(dynamic, 2)
+    for (int t = 0; t < n_tiles; ++t) {
+      const TileGeom g = tile_geometry(t, H, W, tile);
+      const int s = tile_start[t], n = tile_start[t + 1] - s, np = g.npix;
+      if (n == 0) continue;
+      fill_coords<T>(g, inv_scale, px.data(), py.data());
+      int p = 0;
+      for (int r = g.r0; r < g.r1; ++r)
+        for (int c = g.c0; c < g.c1; ++c, ++p) {
+          const size_t pix = ((size_t)g.b * H + r) * W + c;
+          ls[p] = lse[pix];
+          for (int ch = 0; ch < C; ++ch) {
+            y[ch * tp + p] = out[pix * C + ch];
+            go[ch * tp + p] = grad_out[pix * C + ch];
+          }
+        }
+      for (int j = 0; j < n; ++j) {
+        const int k = tile_ids[s + j];
+        const T* m = mu + 2 * k;
+        const T* a = chol + 3 * k;
+        const T* e = experts + (size_t)C * k;
+        const T* sl = LIN ? slopes + (size_t)2 * C * k : nullptr;
+        T acc[NS];
+        for (int i = 0; i < NS; ++i) acc[i] = T(0);
+        for (int p = 0; p < np; ++p) {
+          T dx, dy, u, v;
+          const T l = smoe::log_weight<T>(px[p], py[p], m, a, logpi[k], dx, dy, u, v);
+          const T gate = (ls[p] < below) ? T(0) : std::exp(l - ls[p]);
+          T mv[C], yv[C], gv[C];
+          for (int ch = 0; ch < C; ++ch) {
+            mv[ch] = smoe::expert_value<T, LIN>(e, sl, ch, dx, dy);
+            yv[ch] = y[ch * tp + p];
+            gv[ch] = go[ch * tp + p];
+          }
+          const T dl = smoe::dlogweight<T, C>(mode, gate, gv, yv, mv);
+          smoe::accumulate_grad<T, C, LIN>(acc, dl, gate, gv, a, sl, dx, dy, u, v);
+        }
+        T* ge = grad_entry + (size_t)(s + j) * NS;
+        for (int i = 0; i < NS; ++i) ge[i] = acc[i];
+      }
+    }
+  }
+}
+
+template <typename T>
+int dispatch_forward(const T* mu, const T* chol, const T* logpi, const T* experts, const T* slopes,
+                     const int32_t* ts, const int32_t* ids, int B, int H, int W, int C, int tile, T inv_scale,
+                     int mode, T* out, T* lse, int n_threads) {
+#ifdef _OPENMP
+  if (n_threads > 0) omp_set_num_threads(n_threads);
+#endif
+#define SMOE_FWD(CC, LL) \
+  forward_impl<T, CC, LL>(mu, chol, logpi, experts, slopes, ts, ids, B, H, W, tile, inv_scale, mode, out, lse)
+  const bool lin = slopes != nullptr;
+  switch (C) {
+    case 1: lin ? SMOE_FWD(1, true) : SMOE_FWD(1, false); return 0;
+    case 2: lin ? SMOE_FWD(2, true) : SMOE_FWD(2, false); return 0;
+    case 3: lin ? SMOE_FWD(3, true) : SMOE_FWD(3, false); return 0;
+    case 4: lin ? SMOE_FWD(4, true) : SMOE_FWD(4, false); return 0;
+    default: return 1;
+  }
+#undef SMOE_FWD
+}
+
+template <typename T>
+int dispatch_backward(const T* mu, const T* chol, const T* logpi, const T* experts, const T* slopes,
+                      const int32_t* ts, const int32_t* ids, int B, int H, int W, int C, int tile, T inv_scale,
+                      int mode, const T* grad_out, const T* out, const T* lse, T* grad_entry, int n_threads) {
+#ifdef _OPENMP
+  if (n_threads > 0) omp_set_num_threads(n_threads);
+#endif
+#define SMOE_BWD(CC, LL)                                                                                  \
+  backward_impl<T, CC, LL>(mu, chol, logpi, experts, slopes, ts, ids, B, H, W, tile, inv_scale, mode, grad_out, \
+                           out, lse, grad_entry)
+  const bool lin = slopes != nullptr;
+  switch (C) {
+    case 1: lin ? SMOE_BWD(1, true) : SMOE_BWD(1, false); return 0;
+    case 2: lin ? SMOE_BWD(2, true) : SMOE_BWD(2, false); return 0;
+    case 3: lin ? SMOE_BWD(3, true) : SMOE_BWD(3, false); return 0;
+    case 4: lin ? SMOE_BWD(4, true) : SMOE_BWD(4, false); return 0;
+    default: return 1;
+  }
+#undef SMOE_BWD
+}
+
+}  // namespace
+
+#define SMOE_EXPORT(SUFFIX, T)                                                                                 \
+  extern "C" int smoe_tile_forward_##SUFFIX(const T* mu, const T* chol, const T* logpi, const T* experts,      \
+                                            const T* slopes, const int32_t* ts, const int32_t* ids, int B,     \
+                                            int H, int W, int C, int tile, T inv_scale, int mode, T* out,      \
+                                            T* lse, int n_threads) {                                           \
+    return dispatch_forward<T>(mu, chol, logpi, experts, slopes, ts, ids, B, H, W, C, tile, inv_scale, mode,   \
+                               out, lse, n_threads);                                                          \
+  }                                                                                                            \
+  extern "C" int smoe_tile_backward_##SUFFIX(const T* mu, const T* chol, const T* logpi, const T* experts,     \
+                                             const T* slopes, const int32_t* ts, const int32_t* ids, int B,    \
+                                             int H, int W, int C, int tile, T inv_scale, int mode,             \
+                                             const T* grad_out, const T* out, const T* lse, T* grad_entry,     \
+                                             int n_threads) {                                                  \
+    return dispatch_backward<T>(mu, chol, logpi, experts, slopes, ts, ids, B, H, W, C, tile, inv_scale, mode,  \
+                                grad_out, out, lse, grad_entry, n_threads);                                   \
+  }
+
+SMOE_EXPORT(f32, float)
+SMOE_EXPORT(f64, double)

@@ -1,0 +1,228 @@
+"""The Steered Mixture-of-Experts model (adaptive-segmentation paper, section II, eqs. 1-5; coding paper,
+section 2, eqs. 1-8).
+
+    y(x) = sum_j m_j(x) w_j(x),   w_j(x) = pi_j K_j(x) / sum_i pi_i K_i(x),
+    K_j(x) = exp(-1/2 (x - mu_j)^T P_j (x - mu_j)),   P_j = A_j A_j^T,
+    m_j(x) = e_j + S_j (x - mu_j)     (constant experts when S is absent)
+
+and its RBF variant (eq. 1 of the segmentation paper): y(x) = sum_j pi_j K_j(x) m_j(x).
+
+Coordinates are pixels: pixel (row r, column c) is the point (x=c, y=r).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+FIELDS = ("mu", "chol", "pi", "experts", "slopes")
+COLOR_SPACES = ("gray", "rgb", "yuv")
+
+
+def _is_torch(x) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+class SMoE:
+    """K steered kernels with experts.
+
+    Fields (numpy arrays or torch tensors, all of one kind):
+
+    - ``mu`` (K, 2): centres (x, y) in pixels.
+    - ``chol`` (K, 3): ``(a11, a21, a22)``, the lower-triangular factor A of each kernel's precision,
+      **P = A A^T** with A = [[a11, 0], [a21, a22]]. This is the ordinary Cholesky factor of P (what
+      ``numpy.linalg.cholesky(P)`` returns), as in the coding paper's eq. 4 and the TF SMoE code, so
+      :meth:`from_precision` is exact, and the quadratic form is q = (a11 dx + a21 dy)^2 + (a22 dy)^2 with
+      two products per pixel. The segmentation paper writes P = B^T B with B lower-triangular (an upper-lower
+      factorization); both parameterize every positive-definite P, and its export rule B_s = B / sqrt(s)
+      holds for A unchanged since P scales by 1/s either way.
+    - ``pi`` (K,): mixing weights (kernels with pi <= 0 carry no weight and are removed by training).
+    - ``experts`` (K, C): constant experts m_0 (C = 1 gray, 3 colour).
+    - ``slopes`` (K, C, 2) or None: linear experts, m_j(x) = e_j + S_j (x - mu_j). This is the coding
+      paper's eqs. 2/6, m_j(x) = M_j x + m_0j, with the offset taken at the kernel centre
+      (m_0j = e_j - S_j mu_j): the expert's offset is then its value at the centre, which is what
+      initializers estimate and what keeps offset and slopes on comparable scales in pixel units.
+
+    ``rbf=True`` makes it the RBF network (weighted sum of kernels, no normalization) over the same fields.
+    ``image_shape`` (H, W) is the native image size; ``color_space`` is "gray", "rgb" or "yuv".
+    """
+
+    def __init__(self, mu, chol, pi, experts, slopes=None, *, rbf: bool = False, image_shape=None,
+                 color_space: str | None = None):
+        self.mu, self.chol, self.pi, self.experts, self.slopes = mu, chol, pi, experts, slopes
+        self.rbf = bool(rbf)
+        self.image_shape = None if image_shape is None else (int(image_shape[0]), int(image_shape[1]))
+        if color_space is None:
+            color_space = "gray" if self.n_channels == 1 else "rgb"
+        if color_space not in COLOR_SPACES:
+            raise ValueError(f"color_space must be one of {COLOR_SPACES}, got {color_space!r}")
+        self.color_space = color_space
+        self.check()
+
+    # ------------------------------------------------------------------ basic properties
+    @property
+    def n_kernels(self) -> int:
+        return int(self.mu.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_kernels
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.experts.shape[1])
+
+    @property
+    def is_torch(self) -> bool:
+        return _is_torch(self.mu)
+
+    @property
+    def linear(self) -> bool:
+        return self.slopes is not None
+
+    def fields(self) -> dict:
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def _meta(self) -> dict:
+        return dict(rbf=self.rbf, image_shape=self.image_shape, color_space=self.color_space)
+
+    def replace(self, **fields) -> "SMoE":
+        """A new model with some fields replaced (no copy of the others)."""
+        f = self.fields()
+        f.update(fields)
+        return SMoE(**f, **self._meta())
+
+    def __repr__(self) -> str:
+        kind = "RBF" if self.rbf else "SMoE"
+        where = f"torch/{self.mu.device}" if self.is_torch else "numpy"
+        return (f"{kind}(kernels={self.n_kernels}, channels={self.n_channels}, linear={self.linear}, "
+                f"image_shape={self.image_shape}, color_space={self.color_space!r}, {where})")
+
+    # ------------------------------------------------------------------ validation
+    def check(self) -> None:
+        """Raises ValueError on inconsistent shapes, mixed array kinds or non-finite parameters."""
+        arrays = [x for x in self.fields().values() if x is not None]
+        kinds = {_is_torch(x) for x in arrays}
+        if len(kinds) != 1:
+            raise ValueError("model fields must be all numpy arrays or all torch tensors")
+        K = self.mu.shape[0] if self.mu.ndim >= 1 else -1
+        expect = {"mu": (K, 2), "chol": (K, 3), "pi": (K,)}
+        for name, shape in expect.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}")
+        if self.experts.ndim != 2 or self.experts.shape[0] != K:
+            raise ValueError(f"experts must have shape ({K}, C), got {tuple(self.experts.shape)}")
+        C = self.experts.shape[1]
+        if not 1 <= C <= 4:
+            raise ValueError(f"experts must have 1 to 4 channels, got {C}")
+        if self.slopes is not None and tuple(self.slopes.shape) != (K, C, 2):
+            raise ValueError(f"slopes must have shape ({K}, {C}, 2), got {tuple(self.slopes.shape)}")
+        if K == 0:
+            raise ValueError("the model has zero kernels")
+        for name, x in self.fields().items():
+            if x is None:
+                continue
+            finite = bool(torch.isfinite(x.detach()).all()) if _is_torch(x) else bool(np.isfinite(x).all())
+            if not finite:
+                raise ValueError(f"{name} contains NaN or infinite values")
+
+    # ------------------------------------------------------------------ precision matrices
+    def precision(self):
+        """(K, 2, 2) precision matrices P = A A^T (numpy or torch, like the fields)."""
+        a11, a21, a22 = self.chol[:, 0], self.chol[:, 1], self.chol[:, 2]
+        if self.is_torch:
+            row0 = torch.stack([a11 * a11, a11 * a21], -1)
+            row1 = torch.stack([a11 * a21, a21 * a21 + a22 * a22], -1)
+            return torch.stack([row0, row1], -2)
+        return np.stack([np.stack([a11 * a11, a11 * a21], -1), np.stack([a11 * a21, a21 * a21 + a22 * a22], -1)], -2)
+
+    def covariance(self):
+        """(K, 2, 2) covariance matrices P^-1."""
+        P = self.precision()
+        return torch.linalg.inv(P) if self.is_torch else np.linalg.inv(P)
+
+    @classmethod
+    def from_precision(cls, mu, precision, pi, experts, slopes=None, **meta) -> "SMoE":
+        """Builds a model from precision matrices (K, 2, 2) (numpy or torch), via their Cholesky factors."""
+        if _is_torch(precision):
+            L = torch.linalg.cholesky(precision)
+            chol = torch.stack([L[:, 0, 0], L[:, 1, 0], L[:, 1, 1]], -1)
+        else:
+            precision = np.asarray(precision, dtype=np.float64)
+            if precision.ndim != 3 or precision.shape[1:] != (2, 2):
+                raise ValueError(f"precision must have shape (K, 2, 2), got {precision.shape}")
+            try:
+                L = np.linalg.cholesky(precision)
+            except np.linalg.LinAlgError as exc:
+                raise ValueError("every precision matrix must be symmetric positive definite") from exc
+            chol = np.stack([L[:, 0, 0], L[:, 1, 0], L[:, 1, 1]], -1).astype(np.asarray(mu).dtype)
+        return cls(mu, chol, pi, experts, slopes, **meta)
+
+    # ------------------------------------------------------------------ conversions
+    def numpy(self) -> "SMoE":
+        """A float32 numpy copy (detached)."""
+        conv = {k: (None if v is None else (v.detach().cpu().numpy() if _is_torch(v) else np.asarray(v)).astype(np.float32))
+                for k, v in self.fields().items()}
+        return SMoE(**conv, **self._meta())
+
+    def torch(self, *, requires_grad: bool = False, device=None, dtype=torch.float32) -> "SMoE":
+        """A torch copy whose fields are new leaf tensors (optionally requiring grad)."""
+        conv = {}
+        for k, v in self.fields().items():
+            if v is None:
+                conv[k] = None
+                continue
+            t = v.detach().clone() if _is_torch(v) else torch.from_numpy(np.array(v))
+            conv[k] = t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+        return SMoE(**conv, **self._meta())
+
+    def subset(self, index) -> "SMoE":
+        """The model restricted to some kernels (boolean mask or indices)."""
+        return self.replace(**{k: (None if v is None else v[index]) for k, v in self.fields().items()})
+
+    def copy(self) -> "SMoE":
+        if self.is_torch:
+            return self.replace(**{k: (None if v is None else v.detach().clone()) for k, v in self.fields().items()})
+        return self.replace(**{k: (None if v is None else np.array(v)) for k, v in self.fields().items()})
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Writes an .npz with the fields and metadata (format version, image shape, colour space, kind).
+
+        The file is written to a temporary name and moved into place, so an interrupted save never leaves a
+        half-written model behind.
+        """
+        path = Path(path)
+        m = self.numpy()
+        meta = dict(self._meta(), format_version=FORMAT_VERSION, package_version=_package_version())
+        arrays = {k: v for k, v in m.fields().items() if v is not None}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays, metadata=np.array(json.dumps(meta)))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "SMoE":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such model file: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["metadata"]))
+                fields = {k: (np.array(z[k]) if k in z.files else None) for k in FIELDS}
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path} is not an SMoE model file ({exc})") from exc
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path} was written by a newer smoe_core (format {meta['format_version']})")
+        if any(fields[k] is None for k in ("mu", "chol", "pi", "experts")):
+            raise ValueError(f"{path} is not an SMoE model file (missing fields)")
+        return cls(**fields, rbf=meta.get("rbf", False), image_shape=meta.get("image_shape"),
+                   color_space=meta.get("color_space"))
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__

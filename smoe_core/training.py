@@ -1,0 +1,196 @@
+"""Gradient-descent training of SMoE models (adaptive-segmentation paper section IV-A, eq. 6 and the global
+optimization of section VI; coding paper section 3 "Parameter Optimization", eqs. 9-12).
+
+Loss = data term + lambda * sum_j pi_j (eq. 6 / eq. 10), data term the MSE over all pixels and channels, or
+1 - SSIM (eq. 9; optionally weighted per channel, e.g. Y:U:V = 6:1:1). Adam with one learning rate per
+parameter kind. After every step the kernels with pi <= 0 are removed for good, with their Adam state
+(arrays and optimizer state are compacted together). Choices the papers leave open, made here:
+
+- Learning rates are in pixel units (the papers' code uses coordinates in [0, 1]): Adam moves a parameter by
+  about ``lr`` per step whatever the gradient's scale, so a centre rate of 1e-3 in [0, 1] coordinates on a
+  512-pixel image is ~0.5 px here. Defaults: see ``DEFAULT_LR``.
+- Stopping: "when the loss decrease between iterations falls below 1e-6" is measured over a window, as the
+  mean decrease per iteration over the last ``window`` iterations (Adam's loss is not monotone, so a single
+  step's decrease is noise); or when ``max_iters`` or ``max_seconds`` is used up.
+- ``transform`` maps the parameters to the ones rendered inside the loss (fake quantization of the coding
+  paper: the loss sees quantized values, the update applies to full precision ones).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .io import check_image
+from .metrics import psnr_from_mse, ssim_torch
+from .model import SMoE
+from .rendering import DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, render
+
+PARAMS = ("mu", "chol", "pi", "experts", "slopes")
+DEFAULT_LR = {"mu": 0.05, "chol": 2e-3, "pi": 1e-3, "experts": 2e-3, "slopes": 1e-4}
+
+
+class Adam:
+    """Adam (Kingma & Ba) with one learning rate per parameter, whose rows (kernels) can be removed.
+
+    Same update as ``torch.optim.Adam`` (bias-corrected moments, eps added to the root of the second moment).
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], lr: dict[str, float], betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.m = {k: torch.zeros_like(v) for k, v in params.items()}
+        self.v = {k: torch.zeros_like(v) for k, v in params.items()}
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        for k, p in self.params.items():
+            if p.grad is None or self.lr.get(k, 0.0) == 0.0:
+                continue
+            g = p.grad
+            self.m[k].mul_(b1).add_(g, alpha=1 - b1)
+            self.v[k].mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (self.v[k] / c2).sqrt_().add_(self.eps)
+            p.addcdiv_(self.m[k], denom, value=-self.lr[k] / c1)
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    def keep(self, mask: torch.Tensor) -> None:
+        """Keeps the kernels in ``mask`` (bool, (K,)): new leaf tensors and compacted moments."""
+        for k in list(self.params):
+            self.params[k] = self.params[k].detach()[mask].clone().requires_grad_(True)
+            self.m[k] = self.m[k][mask]
+            self.v[k] = self.v[k][mask]
+
+
+def _image_tensor(image, C: int, device) -> torch.Tensor:
+    img = check_image(image)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[2] != C:
+        raise ValueError(f"the image has {img.shape[2]} channel(s) but the model's experts have {C}")
+    return torch.from_numpy(np.ascontiguousarray(img)).to(device)
+
+
+def fit(
+    image,
+    model: SMoE,
+    *,
+    iters: int = 2000,
+    seconds: float | None = None,
+    lr: dict[str, float] | None = None,
+    loss: str = "mse",
+    channel_weights=None,
+    sparsity: float = 0.0,
+    tol: float = 1e-6,
+    window: int = 50,
+    backend: str = "tiled",
+    tile: int = DEFAULT_TILE,
+    cutoff: float = DEFAULT_CUTOFF,
+    fill: int = DEFAULT_FILL,
+    transform: Callable[[dict], dict] | None = None,
+    callback: Callable[[int, SMoE, dict], None] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    device=None,
+) -> tuple[SMoE, pd.DataFrame]:
+    """Fits ``model`` to ``image`` (float in [0, 1], (H, W) or (H, W, C)); returns (fitted model, history).
+
+    - ``iters`` / ``seconds``: budgets (whichever ends first); ``tol``/``window``: stop when the mean loss
+      decrease per iteration over the last ``window`` iterations is below ``tol`` (``tol=0`` disables it).
+    - ``lr``: learning rates per parameter ("mu", "chol", "pi", "experts", "slopes"), merged over
+      ``DEFAULT_LR``; a rate of 0 freezes that parameter.
+    - ``loss``: "mse" or "ssim" (1 - SSIM, channels weighted by ``channel_weights``).
+    - ``sparsity``: lambda of the L1 term lambda * sum(pi); kernels with pi <= 0 are removed after each step.
+    - ``transform``: maps the dict of parameter tensors to the dict rendered in the loss (fake quantization).
+    - ``callback(iteration, model, stats)``: called after every iteration with the current (torch) model.
+
+    The history DataFrame has one row per iteration: iteration, seconds, loss, mse, psnr, n_kernels.
+    The returned model is of the kind of the input (numpy, or torch on the input's device), detached.
+    """
+    if loss not in ("mse", "ssim"):
+        raise ValueError(f"loss must be 'mse' or 'ssim', got {loss!r}")
+    if iters < 0:
+        raise ValueError("iters must be >= 0")
+    model.check()
+    torch.manual_seed(seed)
+    was_torch = model.is_torch
+    if device is None:
+        device = model.mu.device if was_torch else torch.device("cpu")
+    tm = model.torch(device=device)
+    target = _image_tensor(image, tm.n_channels, device)
+    H, W = target.shape[:2]
+    if model.image_shape is not None and tuple(model.image_shape) != (H, W):
+        raise ValueError(f"the model was made for an image of {model.image_shape}, the image is {(H, W)}")
+    rates = dict(DEFAULT_LR, **(lr or {}))
+    unknown = set(rates) - set(PARAMS)
+    if unknown:
+        raise ValueError(f"unknown learning-rate keys: {sorted(unknown)}")
+    params = {k: getattr(tm, k).requires_grad_(True) for k in PARAMS if getattr(tm, k) is not None}
+    opt = Adam(params, rates)
+    weights = None
+    if channel_weights is not None:
+        weights = torch.as_tensor(channel_weights, dtype=target.dtype, device=device)
+        weights = weights / weights.sum()
+    meta = dict(rbf=tm.rbf, image_shape=(H, W), color_space=tm.color_space)
+    target_hw = target[..., 0] if tm.n_channels == 1 else target
+
+    def current(p) -> SMoE:
+        return SMoE(**{k: p.get(k) for k in PARAMS}, **meta)
+
+    rows = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=iters, disable=not progress, desc="fit", unit="it", dynamic_ncols=True)
+    losses: list[float] = []
+    try:
+        for it in range(1, iters + 1):
+            opt.zero_grad()
+            shown = transform(dict(opt.params)) if transform is not None else opt.params
+            out = render(current(shown), (H, W), backend=backend, tile=tile, cutoff=cutoff, fill=fill)
+            err = out - target_hw
+            mse = (err * err).mean()
+            if loss == "mse":
+                data = mse
+            else:
+                per = ssim_torch(out, target_hw, per_channel=True)
+                data = 1.0 - (per.mean() if weights is None else (per * weights).sum())
+            total = data + sparsity * opt.params["pi"].sum() if sparsity else data
+            total.backward()
+            opt.step()
+            with torch.no_grad():
+                keep = opt.params["pi"] > 0
+            if not bool(keep.all()):
+                if not bool(keep.any()):
+                    raise RuntimeError(f"sparsity removed every kernel at iteration {it}; lower `sparsity`")
+                opt.keep(keep)
+            lv, mv = float(total.detach()), float(mse.detach())
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"the loss became {lv} at iteration {it}; lower the learning rates")
+            losses.append(lv)
+            stats = dict(iteration=it, seconds=time.perf_counter() - t0, loss=lv, mse=mv, psnr=psnr_from_mse(mv),
+                         n_kernels=int(opt.params["pi"].shape[0]))
+            rows.append(stats)
+            if callback is not None:
+                callback(it, current(opt.params), stats)
+            if it % 10 == 0 or it == iters:
+                bar.set_postfix(psnr=f"{stats['psnr']:.2f}", kernels=stats["n_kernels"], refresh=False)
+            bar.update(1)
+            if seconds is not None and stats["seconds"] >= seconds:
+                break
+            if tol > 0 and len(losses) > window and (losses[-window - 1] - losses[-1]) / window < tol:
+                break
+    finally:
+        bar.close()
+    history = pd.DataFrame(rows, columns=["iteration", "seconds", "loss", "mse", "psnr", "n_kernels"])
+    fitted = SMoE(**{k: (None if opt.params.get(k) is None else opt.params[k].detach()) for k in PARAMS}, **meta)
+    return (fitted if was_torch else fitted.numpy()), history
