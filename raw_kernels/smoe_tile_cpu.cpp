@@ -230,3 +230,47 @@ int dispatch_backward(const T* mu, const T* chol, const T* logpi, const T* exper
 
 SMOE_EXPORT(f32, float)
 SMOE_EXPORT(f64, double)
+
+// ---------------------------------------------------------------------------------------------------------
+// Binning (CPU): per-tile kernel lists as CSR by a counting sort, O(K + nnz), kernels ascending in each tile.
+// rect (K, 5) int32: [tile_x0, tile_x1, tile_y0, tile_y1, model] of each kernel's coverage box, model < 0 for
+// a kernel that covers no output pixel. Extra (tile, kernel) pairs (the kernels that fill empty tiles, sorted)
+// are appended to their tiles. The same lists as smoe_core/_binning.py's torch path.
+namespace {
+template <typename F>
+void for_each_entry(int K, const int32_t* rect, int tiles_x, int tiles_y, F f) {
+  for (int k = 0; k < K; ++k) {
+    const int32_t* r = rect + 5 * k;
+    if (r[4] < 0) continue;
+    const int base = r[4] * tiles_x * tiles_y;
+    for (int ty = r[2]; ty <= r[3]; ++ty)
+      for (int tx = r[0]; tx <= r[1]; ++tx) f(base + ty * tiles_x + tx, k);
+  }
+}
+}  // namespace
+
+extern "C" int64_t smoe_bin_count(int K, const int32_t* rect, int tiles_x, int tiles_y, int n_tiles, int32_t* counts) {
+  for (int t = 0; t < n_tiles; ++t) counts[t] = 0;
+  int64_t total = 0;
+  for_each_entry(K, rect, tiles_x, tiles_y, [&](int t, int) { ++counts[t]; ++total; });
+  return total;
+}
+
+extern "C" int smoe_bin_fill(int K, const int32_t* rect, int tiles_x, int tiles_y, int n_tiles, int n_extra,
+                             const int32_t* extra_tile, const int32_t* extra_kernel, int32_t* tile_start,
+                             int32_t* ids) {
+  std::vector<int64_t> count(n_tiles + 1, 0);
+  for_each_entry(K, rect, tiles_x, tiles_y, [&](int t, int) { ++count[t]; });
+  for (int e = 0; e < n_extra; ++e) ++count[extra_tile[e]];
+  int64_t run = 0;
+  for (int t = 0; t < n_tiles; ++t) {
+    tile_start[t] = (int32_t)run;
+    const int64_t c = count[t];
+    count[t] = run;  // becomes the write cursor
+    run += c;
+  }
+  tile_start[n_tiles] = (int32_t)run;
+  for_each_entry(K, rect, tiles_x, tiles_y, [&](int t, int k) { ids[count[t]++] = k; });
+  for (int e = 0; e < n_extra; ++e) ids[count[extra_tile[e]]++] = extra_kernel[e];
+  return 0;
+}

@@ -92,6 +92,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd = getattr(lib, f"smoe_tile_backward_{suffix}")
         bwd.argtypes = [p, p, p, p, p, p, p, i32, i32, i32, i32, i32, real, i32, p, p, p, p, i32]
         bwd.restype = i32
+    lib.smoe_bin_count.argtypes = [i32, p, i32, i32, i32, p]
+    lib.smoe_bin_count.restype = ctypes.c_int64
+    lib.smoe_bin_fill.argtypes = [i32, p, i32, i32, i32, i32, p, p, p, p]
+    lib.smoe_bin_fill.restype = i32
 
 
 def load() -> ctypes.CDLL:

@@ -32,7 +32,7 @@ from .model import SMoE
 
 BACKENDS = ("tiled", "cpu", "cuda", "torch", "dense")
 DEFAULT_TILE = 16
-DEFAULT_CUTOFF = 4.0
+DEFAULT_CUTOFF = 5.0
 DEFAULT_FILL = 4
 
 

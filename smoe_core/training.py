@@ -32,7 +32,7 @@ from .model import SMoE
 from .rendering import DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, render
 
 PARAMS = ("mu", "chol", "pi", "experts", "slopes")
-DEFAULT_LR = {"mu": 0.05, "chol": 2e-3, "pi": 1e-3, "experts": 2e-3, "slopes": 1e-4}
+DEFAULT_LR = {"mu": 0.1, "chol": 5e-3, "pi": 1e-3, "experts": 2e-3, "slopes": 1e-4}
 
 
 class Adam:
