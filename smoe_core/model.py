@@ -12,6 +12,7 @@ Coordinates are pixels: pixel (row r, column c) is the point (x=c, y=r).
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +213,7 @@ class SMoE:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["metadata"]))
                 fields = {k: (np.array(z[k]) if k in z.files else None) for k in FIELDS}
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path} is not an SMoE model file ({exc})") from exc
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{path} was written by a newer smoe_core (format {meta['format_version']})")

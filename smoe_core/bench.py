@@ -1,0 +1,233 @@
+"""Renderer benchmark: forward + backward time of the tiled (rasterized R-SMoE) and dense (global) renderers.
+
+For each kernel budget K, a grid-initialized model of the test image ``flower`` (768 x 512 gray; resized
+when another size is asked for, a synthetic image where the file is missing) is rendered with
+``render(model, backend=...)`` and the MSE against the image is back-propagated. Every backend is warmed up
+once, then timed ``repeats`` times (best and median reported); a backend whose warm-up took longer than
+``slow_seconds`` is timed once.
+
+Work is counted in pixel-kernel pairs: the dense renderer evaluates H * W * K of them; the tiled renderer
+evaluates, for every tile, its list length times the pixels of the tile (from :func:`tile_lists`).
+Memory is the process's peak resident set size (``ru_maxrss``; it only grows, so the delta of a row is the
+new peak that row reached, 0 when it stayed below an earlier one).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .init import grid
+from .io import load_image
+from .rendering import resolve_backend, render, tile_lists
+
+DEFAULT_KERNELS = (500, 1000, 2000, 4000)
+COLUMNS = [
+    "package_version", "date", "host", "torch_version", "threads", "image", "height", "width",
+    "kernels_requested", "kernels", "backend", "backend_resolved", "repeats", "best_ms", "median_ms",
+    "pairs", "pairs_per_s", "mean_list_length", "peak_rss_mb", "rss_delta_mb", "load_avg_1min",
+]
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
+
+
+def _load_average() -> float:
+    """The 1-minute load average (other processes competing for the cores make timings noisy); NaN if unknown."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def synthetic_image(height: int, width: int) -> np.ndarray:
+    """A gray [0, 1] test pattern: smooth gradient, a disk and a few sharp stripes."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = 0.2 + 0.5 * x / max(width - 1, 1) * (0.5 + 0.5 * y / max(height - 1, 1))
+    r = np.hypot(x - 0.6 * width, y - 0.45 * height)
+    img = np.where(r < 0.25 * min(height, width), 0.9, img)
+    img = np.where((x // max(width // 16, 1)) % 2 == 0, img, img * 0.85)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def benchmark_image(height: int, width: int, name: str = "flower") -> tuple[np.ndarray, str]:
+    """(image, description): the test image ``name`` (gray) at (height, width), or a synthetic one."""
+    try:
+        img = load_image(name)
+    except FileNotFoundError:
+        return synthetic_image(height, width), "synthetic"
+    if img.shape[:2] == (height, width):
+        return img, name
+    from PIL import Image
+
+    u8 = Image.fromarray(np.clip(np.round(img * 255), 0, 255).astype(np.uint8))
+    resized = np.asarray(u8.resize((width, height), Image.Resampling.BOX if min(height / img.shape[0], width / img.shape[1]) < 1
+                                   else Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    return resized.astype(np.float32), f"{name} resized"
+
+
+def tiled_pairs(lists) -> int:
+    """Pixel-kernel pairs the tiled renderer evaluates: sum over tiles of list length * pixels in the tile."""
+    T = lists.tile
+    ty = torch.arange(lists.tiles_y)
+    tx = torch.arange(lists.tiles_x)
+    rows = torch.clamp(lists.height - ty * T, max=T)
+    cols = torch.clamp(lists.width - tx * T, max=T)
+    pixels = (rows[:, None] * cols[None, :]).reshape(-1).repeat(lists.batch).to(torch.int64)
+    return int((lists.counts.to(torch.int64).cpu() * pixels).sum())
+
+
+def _time_pass(model, target, backend: str) -> float:
+    """Seconds of one forward + backward pass."""
+    for t in model.fields().values():
+        if t is not None:
+            t.grad = None
+    t0 = time.perf_counter()
+    out = render(model, backend=backend)
+    loss = (out - target).pow(2).mean()
+    loss.backward()
+    return time.perf_counter() - t0
+
+
+def run_benchmark(
+    height: int = 512,
+    width: int = 768,
+    kernels=DEFAULT_KERNELS,
+    *,
+    repeats: int = 3,
+    dense: bool = True,
+    backends=None,
+    image: str = "flower",
+    slow_seconds: float = 5.0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Times forward + backward of the renderers; one row per (kernel budget, backend) (see module docstring).
+
+    ``backends`` defaults to ("tiled", "dense"), or ("tiled",) with ``dense=False``.
+    """
+    height, width, repeats = int(height), int(width), int(repeats)
+    if height < 1 or width < 1:
+        raise ValueError(f"the image size must be positive, got {height} x {width}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    kernels = [int(k) for k in kernels]
+    if not kernels or min(kernels) < 1:
+        raise ValueError(f"kernel counts must be >= 1, got {kernels}")
+    if backends is None:
+        backends = ("tiled", "dense") if dense else ("tiled",)
+    backends = tuple(backends)
+
+    img, source = benchmark_image(height, width, image)
+    target = torch.from_numpy(np.ascontiguousarray(img))
+    date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    threads = torch.get_num_threads()
+    rows = []
+    bar = tqdm(total=len(kernels) * len(backends), desc="bench", unit="run", disable=not progress,
+               dynamic_ncols=True, file=sys.stderr)
+    try:
+        for K in kernels:
+            base = grid(img, K)
+            lists = tile_lists(base)
+            mean_len = float(lists.counts.to(torch.float64).mean())
+            n = base.n_kernels
+            for backend in backends:
+                bar.set_postfix(kernels=n, backend=backend, refresh=True)
+                model = base.torch(requires_grad=True)
+                resolved = resolve_backend(backend, model.mu.device)
+                rss0 = _peak_rss_mb()
+                warm = _time_pass(model, target, backend)
+                reps = 1 if warm > slow_seconds else repeats
+                times = [_time_pass(model, target, backend) for _ in range(reps)]
+                rss1 = _peak_rss_mb()
+                pairs = height * width * n if backend == "dense" else tiled_pairs(lists)
+                best = min(times)
+                rows.append(dict(
+                    package_version=__version__, date=date, host=platform.node(), torch_version=torch.__version__,
+                    threads=threads, image=source, height=height, width=width, kernels_requested=K, kernels=n,
+                    backend=backend, backend_resolved=resolved, repeats=reps, best_ms=best * 1e3,
+                    median_ms=statistics.median(times) * 1e3, pairs=pairs, pairs_per_s=pairs / best,
+                    mean_list_length=mean_len, peak_rss_mb=rss1, rss_delta_mb=max(0.0, rss1 - rss0),
+                    load_avg_1min=_load_average(),
+                ))
+                bar.update(1)
+                del model
+    finally:
+        bar.close()
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per kernel count: tiled and dense best times, their ratio, pairs per second, mean list length."""
+    out = []
+    for (K, n), g in df.groupby(["kernels_requested", "kernels"], sort=True):
+        by = {r.backend: r for r in g.itertuples()}
+        t, d = by.get("tiled"), by.get("dense")
+        out.append({
+            "kernels": n,
+            "tiled ms": None if t is None else t.best_ms,
+            "dense ms": None if d is None else d.best_ms,
+            "dense/tiled": None if (t is None or d is None) else d.best_ms / t.best_ms,
+            "tiled pairs/s": None if t is None else t.pairs_per_s,
+            "dense pairs/s": None if d is None else d.pairs_per_s,
+            "mean list/tile": g["mean_list_length"].iloc[0],
+            "peak RSS MB": g["peak_rss_mb"].max(),
+        })
+    return pd.DataFrame(out)
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """The summary table as aligned text."""
+    s = summary_table(df)
+
+    def fmt(col, v):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return "-"
+        if col == "kernels":
+            return f"{int(v)}"
+        if col.endswith("pairs/s"):
+            return f"{v:.3g}"
+        if col == "dense/tiled":
+            return f"{v:.1f}x"
+        if col.endswith("ms"):
+            return f"{v:.1f}"
+        return f"{v:.1f}"
+
+    cols = list(s.columns)
+    cells = [[fmt(c, r[c]) for c in cols] for _, r in s.iterrows()]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def write_csv_atomic(df: pd.DataFrame, path) -> Path:
+    """Writes ``df`` as CSV to a temporary file in the target folder, then moves it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

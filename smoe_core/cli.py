@@ -1,0 +1,456 @@
+"""Command-line interface: ``smoe fit | render | info | bench``.
+
+- ``smoe fit IMAGE --kernels N --init grid``: initialize, fit, save the model (.npz), its render (.png) and,
+  optionally, the training history (.csv).
+- ``smoe render MODEL.npz --scale S --out image.png``: render at any scale (native super-resolution).
+- ``smoe info MODEL.npz``: what a model file holds.
+- ``smoe bench``: forward + backward timings of the tiled and dense renderers (:mod:`smoe_core.bench`).
+
+Errors from bad input (missing or unreadable files, invalid models, bad options) print one line
+``smoe: error: ...`` on stderr and exit with status 2; failures while running (divergence, out of memory,
+I/O errors on output) exit with status 1. Outputs are written to temporary files and moved into place only
+once everything succeeded, so a failed run never clobbers an existing file.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+PROG = "smoe"
+
+# ---------------------------------------------------------------------- initializer registry
+
+
+def _init_grid(image, n_kernels: int):
+    from .init import grid
+
+    return grid(image, n_kernels)
+
+
+#: name -> function(image, n_kernels) -> SMoE. New initializers (kmeans, s_smoe, as_smoe, edge, ...) are added
+#: here (or with :func:`register_initializer`) and become valid ``--init`` choices.
+INITIALIZERS: dict[str, Callable] = {"grid": _init_grid}
+
+
+def register_initializer(name: str, fn: Callable) -> None:
+    """Makes ``fn(image, n_kernels) -> SMoE`` available as ``smoe fit --init name``."""
+    INITIALIZERS[name] = fn
+
+
+# ---------------------------------------------------------------------- argument types
+def _number(text: str, kind, what: str):
+    try:
+        v = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if isinstance(v, float) and not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    v = _number(text, int, "a positive integer")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    v = _number(text, int, "an integer >= 0")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = _number(text, float, "a positive number")
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def nonnegative_float(text: str) -> float:
+    v = _number(text, float, "a number >= 0")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+# ---------------------------------------------------------------------- helpers
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tiff")
+MAX_OUTPUT_PIXELS = 2**28  # a render larger than this is almost surely a mistyped --scale
+
+
+def _check_output_path(path, suffixes, what: str) -> Path:
+    """Validates an output path before any work: suffix, not a folder, its folder creatable and writable."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{what} {path} must end in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory")
+    parent = path.parent
+    while not parent.exists():  # the nearest existing ancestor must be a writable folder
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot create the folder for {what} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {what} {path}: {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"cannot overwrite {what} {path}")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+class _Staged:
+    """Outputs written to temporary names in their target folders, moved into place together by ``commit``."""
+
+    def __init__(self):
+        self.items: list[tuple[Path, Path]] = []
+
+    def tmp(self, final: Path) -> Path:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.stem}.{os.getpid()}.{len(self.items)}.tmp{final.suffix}")
+        self.items.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        for tmp, final in self.items:
+            os.replace(tmp, final)
+        self.items = []
+
+    def discard(self) -> None:
+        for tmp, _ in self.items:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+        self.items = []
+
+
+def load_model(path):
+    """SMoE.load with every way a file can fail to be a model turned into FileNotFoundError / ValueError."""
+    from .model import SMoE
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a model file")
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+                raise ValueError(f"{path} is not an SMoE model file (not an .npz archive)")
+    try:
+        return SMoE.load(path)
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:  # SMoE.check's messages ("mu contains NaN ...") do not name the file
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: {exc}") from exc
+    except (zipfile.BadZipFile, EOFError, KeyError, IndexError, TypeError, OSError) as exc:
+        msg = str(exc) or type(exc).__name__
+        raise ValueError(f"{path} is not an SMoE model file ({msg})") from exc
+
+
+def _load_image(name_or_path, color: bool):
+    from .io import load_image
+
+    img = load_image(name_or_path, color=color)
+    if min(img.shape[:2]) < 1:
+        raise ValueError(f"{name_or_path} is an empty image")
+    return img
+
+
+def _color_name(img) -> str:
+    return "gray" if img.ndim == 2 else f"{img.shape[2]} channels"
+
+
+def _fmt(v: float, digits: int = 4) -> str:
+    return f"{v:.{digits}g}"
+
+
+# ---------------------------------------------------------------------- fit
+def cmd_fit(args) -> int:
+    from .io import resolve_image_path, save_image
+    from .metrics import psnr, ssim
+    from .rendering import render
+    from .training import PARAMS, fit
+
+    if args.init not in INITIALIZERS:  # registry changed after the parser was built
+        raise ValueError(f"unknown initializer {args.init!r} (choose from {', '.join(sorted(INITIALIZERS))})")
+    src = resolve_image_path(args.image)
+    stem = src.stem
+    out = Path(args.out) if args.out else Path("results") / "fit" / f"{stem}_{args.init}_{args.kernels}.npz"
+    out = _check_output_path(out, (".npz",), "--out")
+    png = out.with_suffix(".png")
+    _check_output_path(png, (".png",), "the rendered image")
+    history = _check_output_path(args.history, (".csv",), "--history") if args.history else None
+    if _same_file(png, src) or _same_file(out, src) or (history is not None and _same_file(history, src)):
+        raise ValueError(f"an output would overwrite the input image {src}; choose another --out/--history")
+    if history is not None and (_same_file(history, out) or _same_file(history, png)):
+        raise ValueError("--history must differ from the model and its rendered image")
+
+    image = _load_image(args.image, args.color)
+    H, W = image.shape[:2]
+    model0 = INITIALIZERS[args.init](image, args.kernels)
+    model0.check()
+    init_render = render(model0, backend=args.backend)
+    p0, s0 = psnr(init_render, image), ssim(init_render, image)
+
+    kwargs = dict(loss=args.loss, sparsity=args.sparsity, backend=args.backend, seed=args.seed,
+                  progress=not args.no_progress)
+    if args.iters is not None:
+        kwargs["iters"] = args.iters
+    if args.seconds is not None:
+        kwargs["seconds"] = args.seconds
+    if args.tol is not None:
+        kwargs["tol"] = args.tol
+    lr = {k: getattr(args, f"lr_{k}") for k in PARAMS if getattr(args, f"lr_{k}", None) is not None}
+    if lr:
+        kwargs["lr"] = lr
+    t0 = time.perf_counter()
+    model, hist = fit(image, model0, **kwargs)
+    elapsed = time.perf_counter() - t0
+    rendered = render(model, backend=args.backend)
+    p1, s1 = psnr(rendered, image), ssim(rendered, image)
+
+    staged = _Staged()
+    try:
+        model.save(staged.tmp(out))
+        save_image(staged.tmp(png), rendered)
+        if history is not None:
+            hist.to_csv(staged.tmp(history), index=False)
+        staged.commit()
+    finally:
+        staged.discard()
+
+    print(f"image: {args.image} ({H} x {W}, {_color_name(image)})")
+    print(f"init: {args.init}")
+    print(f"PSNR: {p1:.2f} dB (init {p0:.2f} dB)")
+    print(f"SSIM: {s1:.4f} (init {s0:.4f})")
+    print(f"kernels: {model0.n_kernels} -> {model.n_kernels}")
+    print(f"iterations: {len(hist)}")
+    print(f"seconds: {elapsed:.1f}")
+    print(f"model: {out}")
+    print(f"render: {png}")
+    if history is not None:
+        print(f"history: {history}")
+    return 0
+
+
+# ---------------------------------------------------------------------- render
+def cmd_render(args) -> int:
+    from .io import save_image
+    from .rendering import output_shape, render
+
+    out = _check_output_path(args.out, IMAGE_SUFFIXES, "--out")
+    model = load_model(args.model)
+    if args.shape is not None:
+        shape = tuple(args.shape)
+    elif model.image_shape is not None:
+        shape = model.image_shape
+    else:
+        raise ValueError(f"{args.model} does not record its image shape; give --shape H W")
+    H, W = output_shape(shape, args.scale)
+    if H * W > MAX_OUTPUT_PIXELS:
+        raise ValueError(f"--scale {args.scale:g} gives a {H} x {W} image, more than {MAX_OUTPUT_PIXELS} pixels")
+    if model.color_space == "yuv":
+        print(f"{PROG}: note: the model is in the yuv colour space; the image holds its Y, U, V channels as stored",
+              file=sys.stderr)
+    img = render(model, shape, backend=args.backend, scale=args.scale)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(out, img)
+    print(f"rendered {model.n_kernels} kernels at scale {args.scale:g}: {H} x {W} -> {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- info
+def model_stats(model) -> dict:
+    """Summary numbers of a model (numpy): pi range, kernel sizes, tile-list lengths."""
+    from .rendering import tile_lists
+
+    m = model.numpy()
+    a11, a22 = m.chol[:, 0].astype(np.float64), m.chol[:, 2].astype(np.float64)
+    # det(P) = (a11 a22)^2, so det(Sigma)^(1/4) = det(P)^(-1/4) = 1/sqrt(|a11 a22|): the geometric-mean std. dev.
+    with np.errstate(divide="ignore"):
+        sigma_geo = 1.0 / np.sqrt(np.abs(a11 * a22))
+    P = m.precision().astype(np.float64)
+    try:
+        eig = np.linalg.eigvalsh(P)  # precision eigenvalues; covariance eigenvalues are their inverses
+        with np.errstate(divide="ignore"):
+            axes = 1.0 / np.sqrt(eig)
+    except np.linalg.LinAlgError:
+        axes = np.full((m.n_kernels, 2), np.nan)
+    stats = dict(
+        pi_min=float(m.pi.min()), pi_max=float(m.pi.max()), pi_mean=float(m.pi.mean()),
+        experts_min=float(m.experts.min()), experts_max=float(m.experts.max()),
+        sigma_mean=float(np.mean(sigma_geo)), sigma_median=float(np.median(sigma_geo)),
+        sigma_axis_min=float(np.min(axes)), sigma_axis_max=float(np.max(axes)),
+        tiles=None,
+    )
+    if m.image_shape is not None:
+        counts = tile_lists(m).counts.to(dtype=__import__("torch").float64)
+        stats.update(tiles=int(counts.numel()), list_mean=float(counts.mean()), list_min=int(counts.min()),
+                     list_max=int(counts.max()))
+    return stats
+
+
+def cmd_info(args) -> int:
+    model = load_model(args.model)
+    st = model_stats(model)
+    print(f"file: {args.model}")
+    print(f"kernels: {model.n_kernels}")
+    print(f"channels: {model.n_channels}")
+    print(f"colour space: {model.color_space}")
+    shape = "unknown" if model.image_shape is None else f"{model.image_shape[0]} x {model.image_shape[1]} (H x W)"
+    print(f"image shape: {shape}")
+    print(f"rbf: {'yes' if model.rbf else 'no'}")
+    print(f"linear experts: {'yes' if model.linear else 'no'}")
+    print(f"pi: min {_fmt(st['pi_min'])}, max {_fmt(st['pi_max'])}, mean {_fmt(st['pi_mean'])}")
+    print(f"experts: min {_fmt(st['experts_min'])}, max {_fmt(st['experts_max'])}")
+    print(f"kernel sigma (px): mean {st['sigma_mean']:.3f} (det(P)^-1/4), median {st['sigma_median']:.3f}, "
+          f"axes {st['sigma_axis_min']:.3f} .. {st['sigma_axis_max']:.3f}")
+    if st["tiles"] is None:
+        print("kernels per 16x16 tile: unknown (no image shape)")
+    else:
+        print(f"kernels per 16x16 tile: mean {st['list_mean']:.2f} (min {st['list_min']}, max {st['list_max']}, "
+              f"{st['tiles']} tiles)")
+    return 0
+
+
+# ---------------------------------------------------------------------- bench
+def cmd_bench(args) -> int:
+    from .bench import format_table, run_benchmark, write_csv_atomic
+
+    out = _check_output_path(args.out, (".csv",), "--out")
+    df = run_benchmark(args.height, args.width, args.kernels, repeats=args.repeats, dense=not args.no_dense,
+                       progress=not args.no_progress)
+    write_csv_atomic(df, out)
+    r = df.iloc[0]
+    tiled = df[df.backend == "tiled"]
+    resolved = tiled.backend_resolved.iloc[0] if len(tiled) else "-"
+    print(f"smoe_core {r.package_version}, torch {r.torch_version}, {r.threads} threads, {r.image} "
+          f"{args.height} x {args.width}; forward+backward, best of {args.repeats} after a warm-up "
+          f"(once when the warm-up took > 5 s); tiled ran the {resolved!r} build; "
+          f"load average {df.load_avg_1min.min():.1f}-{df.load_avg_1min.max():.1f}")
+    print(format_table(df))
+    print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser and entry point
+class _Parser(argparse.ArgumentParser):
+    """Reports usage errors of every subcommand as ``smoe: error: ...`` (argparse says ``smoe fit: error:``)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{PROG}: error: {' '.join(message.split())}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .rendering import BACKENDS
+
+    parser = _Parser(prog=PROG, description="Steered Mixture-of-Experts image regression.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("fit", help="initialize and fit a model to an image")
+    p.add_argument("image", metavar="IMAGE", help="an image file or a test image name (barbara, flower, parrot, peppers)")
+    p.add_argument("--kernels", type=positive_int, required=True, metavar="N", help="kernel budget")
+    p.add_argument("--init", choices=sorted(INITIALIZERS), default="grid", help="initializer (default: grid)")
+    p.add_argument("--color", action="store_true", help="fit the RGB image (default: gray)")
+    p.add_argument("--iters", type=nonnegative_int, default=None, metavar="N",
+                   help="maximum iterations (default: fit's default)")
+    p.add_argument("--seconds", type=positive_float, default=None, metavar="S", help="time budget in seconds")
+    for name in ("mu", "chol", "pi", "experts", "slopes"):
+        p.add_argument(f"--lr-{name}", dest=f"lr_{name}", type=nonnegative_float, default=None, metavar="LR",
+                       help=f"learning rate of {name} (0 freezes it)")
+    p.add_argument("--sparsity", type=nonnegative_float, default=0.0, metavar="L", help="L1 weight on pi")
+    p.add_argument("--tol", type=nonnegative_float, default=None, help="stopping tolerance (0 disables)")
+    p.add_argument("--loss", choices=("mse", "ssim"), default="mse")
+    p.add_argument("--backend", choices=BACKENDS, default="tiled")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="MODEL.npz",
+                   help="model file (default: results/fit/<image>_<init>_<N>.npz); the render goes next to it (.png)")
+    p.add_argument("--history", default=None, metavar="HISTORY.csv", help="also write the training history")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("render", help="render a model at any scale")
+    p.add_argument("model", metavar="MODEL.npz")
+    p.add_argument("--scale", type=positive_float, default=1.0, metavar="S", help="output scale (default 1)")
+    p.add_argument("--shape", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
+                   help="native image shape (default: the model's)")
+    p.add_argument("--backend", choices=BACKENDS, default="tiled")
+    p.add_argument("--out", required=True, metavar="IMAGE.png")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("info", help="describe a model file")
+    p.add_argument("model", metavar="MODEL.npz")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="time the tiled and dense renderers (forward + backward)")
+    p.add_argument("--height", type=positive_int, default=512)
+    p.add_argument("--width", type=positive_int, default=768)
+    p.add_argument("--kernels", type=positive_int, nargs="+", default=[500, 1000, 2000, 4000], metavar="K")
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--no-dense", action="store_true", help="time the tiled renderer only")
+    p.add_argument("--out", default=str(Path("results") / "bench" / "bench.csv"), metavar="BENCH.csv")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    return msg
+
+
+def _error(msg: str) -> None:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already reported)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if getattr(args, "func", None) is None:
+        parser.print_usage(sys.stderr)
+        _error("give a command: fit, render, info or bench")
+        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            _error("interrupted")
+            return 130
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ValueError) as exc:
+            _error(_one_line(exc))
+            return 2
+        except (OSError, RuntimeError, ArithmeticError, MemoryError) as exc:
+            _error(_one_line(exc))
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The ``smoe`` command line: fit / render / info / bench, and its error handling (one ``smoe: error:`` line,
+no traceback, nothing clobbered)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import smoe_core
+from smoe_core import SMoE, init, load_image, render
+from smoe_core.bench import COLUMNS, tiled_pairs
+from smoe_core.cli import INITIALIZERS, main
+from smoe_core.metrics import psnr
+
+H, W, K = 32, 40, 20
+
+
+def _write_test_png(path: Path) -> Path:
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    img = 0.15 + 0.6 * x / (W - 1)
+    img = np.where(np.hypot(x - 26, y - 14) < 8, 0.9, img)
+    Image.fromarray(np.round(img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A tiny image, and a model fitted to it through the CLI (with its render and history)."""
+    d = tmp_path_factory.mktemp("fit")
+    img = _write_test_png(d / "disk.png")
+    out = d / "model.npz"
+    rc = main(["fit", str(img), "--kernels", str(K), "--init", "grid", "--iters", "40", "--no-progress",
+               "--out", str(out), "--history", str(d / "history.csv")])
+    assert rc == 0
+    return dict(dir=d, image=img, model=out, png=d / "model.png", history=d / "history.csv")
+
+
+def _errors(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith("smoe: error:")]
+
+
+# ---------------------------------------------------------------------- fit
+def test_fit_writes_model_render_and_history(fitted):
+    image = load_image(fitted["image"])
+    model = SMoE.load(fitted["model"])
+    assert model.image_shape == (H, W)
+    out = render(model)
+    assert out.shape == (H, W)
+    initial = render(init.grid(image, K))
+    assert psnr(out, image) > psnr(initial, image) + 0.5
+    png = np.asarray(Image.open(fitted["png"]))
+    assert png.shape == (H, W)
+    assert np.abs(png / 255.0 - out).max() <= 0.5 / 255 + 1e-6  # the PNG is the model's render
+    hist = pd.read_csv(fitted["history"])
+    assert len(hist) == 40 and {"iteration", "psnr", "n_kernels"} <= set(hist.columns)
+
+
+def test_fit_summary_and_default_output_path(tmp_path, monkeypatch, capsys):
+    img = _write_test_png(tmp_path / "grad.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", str(img), "--kernels", "12", "--init", "grid", "--iters", "3", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    for key in ("PSNR:", "SSIM:", "kernels: 12 -> 12", "iterations: 3", "seconds:"):
+        assert key in text
+    assert (tmp_path / "results" / "fit" / "grad_grid_12.npz").is_file()
+    assert (tmp_path / "results" / "fit" / "grad_grid_12.png").is_file()
+    assert not list((tmp_path / "results" / "fit").glob(".*"))  # no temporary files left behind
+
+
+def test_fit_color(tmp_path):
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, W).astype(np.uint8)
+    rgb[8:24, 10:30, 2] = 200
+    Image.fromarray(rgb).save(tmp_path / "input.png")
+    out = tmp_path / "rgb.npz"
+    assert main(["fit", str(tmp_path / "input.png"), "--kernels", "8", "--color", "--iters", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    m = SMoE.load(out)
+    assert m.n_channels == 3 and m.color_space == "rgb"
+    assert np.asarray(Image.open(tmp_path / "rgb.png")).shape == (H, W, 3)
+
+
+def test_init_registry_drives_choices(tmp_path, capsys):
+    assert "grid" in INITIALIZERS
+    rc = main(["fit", str(_write_test_png(tmp_path / "a.png")), "--kernels", "4", "--init", "nope"])
+    assert rc == 2
+    assert len(_errors(capsys.readouterr().err)) == 1
+
+
+# ---------------------------------------------------------------------- render and info
+def test_render_scale_2(fitted, tmp_path, capsys):
+    out = tmp_path / "sub" / "x2.png"
+    assert main(["render", str(fitted["model"]), "--scale", "2", "--out", str(out)]) == 0
+    assert np.asarray(Image.open(out)).shape == (2 * H, 2 * W)
+    out2 = tmp_path / "shape.png"
+    assert main(["render", str(fitted["model"]), "--shape", "16", "20", "--scale", "1.5", "--backend", "torch",
+                 "--out", str(out2)]) == 0
+    assert np.asarray(Image.open(out2)).shape == (24, 30)
+
+
+def test_info(fitted, capsys):
+    assert main(["info", str(fitted["model"])]) == 0
+    text = capsys.readouterr().out
+    assert f"kernels: {K}" in text
+    assert f"image shape: {H} x {W}" in text
+    assert "kernels per 16x16 tile: mean" in text
+    assert "sigma" in text and "pi: min" in text
+
+
+# ---------------------------------------------------------------------- bad input
+def _bad_models(src: Path, d: Path) -> dict[str, Path]:
+    with np.load(src) as z:
+        arrays = {k: np.array(z[k]) for k in z.files}
+    nan = dict(arrays)
+    nan["mu"] = nan["mu"].copy()
+    nan["mu"][0, 0] = np.nan
+    np.savez(d / "nan.npz", **nan)
+    zero = {k: (v[:0] if v.ndim else v) for k, v in arrays.items()}
+    np.savez(d / "zero.npz", **zero)
+    (d / "corrupt.npz").write_bytes(b"this is not a model\n" * 10)
+    (d / "truncated.npz").write_bytes(src.read_bytes()[:200])
+    meta = json.loads(str(arrays["metadata"]))
+    assert "format_version" in meta  # the hand-written files carry the same keys as a real one
+    return {p: d / f"{p}.npz" for p in ("nan", "zero", "corrupt", "truncated")}
+
+
+BAD_CASES = {
+    "missing image": ["fit", "{dir}/missing.png", "--kernels", "4", "--out", "{out_npz}"],
+    "text file as png": ["fit", "{dir}/x.png", "--kernels", "4", "--out", "{out_npz}"],
+    "corrupt model": ["render", "{corrupt}", "--out", "{out_png}"],
+    "truncated model": ["render", "{truncated}", "--out", "{out_png}"],
+    "nan in mu": ["render", "{nan}", "--out", "{out_png}"],
+    "zero kernels": ["render", "{zero}", "--out", "{out_png}"],
+    "scale 0": ["render", "{model}", "--scale", "0", "--out", "{out_png}"],
+    "scale negative": ["render", "{model}", "--scale=-2", "--out", "{out_png}"],
+    "bad shape": ["render", "{model}", "--shape", "0", "5", "--out", "{out_png}"],
+    "missing model": ["render", "{dir}/nothing.npz", "--out", "{out_png}"],
+    "info nan": ["info", "{nan}"],
+    "info corrupt": ["info", "{corrupt}"],
+    "info zero": ["info", "{zero}"],
+    # fails at run time, after initializing: every kernel is removed at the first step
+    "fit removes all kernels": ["fit", "{image}", "--kernels", "4", "--iters", "3", "--lr-pi", "10",
+                                "--sparsity", "1", "--no-progress", "--out", "{out_npz}"],
+}
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(fitted):
+    d = fitted["dir"] / "bad"
+    d.mkdir()
+    (d / "x.png").write_text("not an image\n")
+    paths = {k: str(v) for k, v in _bad_models(fitted["model"], d).items()}
+    return dict(paths, dir=str(d), model=str(fitted["model"]), image=str(fitted["image"]))
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_one_error_line_nothing_clobbered(case, bad_inputs, tmp_path, capsys):
+    out_npz, out_png = tmp_path / "keep.npz", tmp_path / "keep.png"
+    out_npz.write_bytes(b"precious model bytes")
+    out_png.write_bytes(b"precious image bytes")
+    argv = [a.format(out_npz=out_npz, out_png=out_png, **bad_inputs) for a in BAD_CASES[case]]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc in (1, 2), err
+    assert len(_errors(err)) == 1, err
+    assert "Traceback" not in err
+    assert out_npz.read_bytes() == b"precious model bytes"
+    assert out_png.read_bytes() == b"precious image bytes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.npz", "keep.png"]  # no temporaries left
+
+
+def test_fit_refuses_to_overwrite_its_input(tmp_path, capsys):
+    img = _write_test_png(tmp_path / "same.png")
+    before = img.read_bytes()
+    assert main(["fit", str(img), "--kernels", "4", "--iters", "1", "--no-progress",
+                 "--out", str(tmp_path / "same.npz")]) == 2
+    assert len(_errors(capsys.readouterr().err)) == 1
+    assert img.read_bytes() == before
+
+
+# ---------------------------------------------------------------------- subprocess (the real entry point)
+def _smoe_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "smoe"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "smoe_core.cli"]
+
+
+def test_entry_point_subprocess(fitted, bad_inputs, tmp_path):
+    ok = subprocess.run(_smoe_cmd() + ["info", str(fitted["model"])], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert f"kernels: {K}" in ok.stdout
+    keep = tmp_path / "keep.png"
+    keep.write_bytes(b"old")
+    bad = subprocess.run([sys.executable, "-m", "smoe_core.cli", "render", bad_inputs["nan"], "--out", str(keep)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert len(_errors(bad.stderr)) == 1 and "Traceback" not in bad.stderr
+    assert "mu" in _errors(bad.stderr)[0]
+    assert keep.read_bytes() == b"old"
+
+
+# ---------------------------------------------------------------------- bench
+def test_bench_tiny_writes_csv(tmp_path, capsys):
+    out = tmp_path / "bench" / "bench.csv"
+    assert main(["bench", "--height", "32", "--width", "48", "--kernels", "10", "20", "--repeats", "1",
+                 "--no-progress", "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == COLUMNS
+    assert {"package_version", "date", "backend", "threads", "best_ms", "pairs_per_s", "mean_list_length"} <= set(df.columns)
+    assert len(df) == 4 and set(df.backend) == {"tiled", "dense"}
+    assert (df.package_version.astype(str) == smoe_core.__version__).all()
+    assert (df.threads == torch.get_num_threads()).all()
+    dense = df[df.backend == "dense"]
+    assert (dense.pairs == 32 * 48 * dense.kernels).all()
+    assert (df.best_ms > 0).all()
+    text = capsys.readouterr().out
+    assert "dense/tiled" in text and "tiled ms" in text
+
+
+def test_tiled_pairs_counts_partial_tiles():
+    img = np.linspace(0, 1, 37 * 50, dtype=np.float32).reshape(37, 50)  # partial tiles on both edges
+    m = init.grid(img, 30)
+    lists = smoe_core.tile_lists(m)
+    counts = lists.counts.numpy()
+    expect = 0
+    for ty in range(lists.tiles_y):
+        for tx in range(lists.tiles_x):
+            h = min(16, 37 - 16 * ty)
+            w = min(16, 50 - 16 * tx)
+            expect += counts[ty * lists.tiles_x + tx] * h * w
+    assert tiled_pairs(lists) == expect
