@@ -141,7 +141,7 @@ def run_benchmark(
                dynamic_ncols=True, file=sys.stderr)
     try:
         for K in kernels:
-            base = grid(img, K)
+            base = grid(img, K).model
             lists = tile_lists(base)
             mean_len = float(lists.counts.to(torch.float64).mean())
             n = base.n_kernels

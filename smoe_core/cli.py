@@ -33,7 +33,7 @@ PROG = "smoe"
 def _init_grid(image, n_kernels: int):
     from .init import grid
 
-    return grid(image, n_kernels)
+    return grid(image, n_kernels).model
 
 
 #: name -> function(image, n_kernels) -> SMoE. New initializers (kmeans, s_smoe, as_smoe, edge, ...) are added

@@ -54,7 +54,7 @@ def test_fit_writes_model_render_and_history(fitted):
     assert model.image_shape == (H, W)
     out = render(model)
     assert out.shape == (H, W)
-    initial = render(init.grid(image, K))
+    initial = render(init.grid(image, K).model)
     assert psnr(out, image) > psnr(initial, image) + 0.5
     png = np.asarray(Image.open(fitted["png"]))
     assert png.shape == (H, W)
@@ -226,7 +226,7 @@ def test_bench_tiny_writes_csv(tmp_path, capsys):
 
 def test_tiled_pairs_counts_partial_tiles():
     img = np.linspace(0, 1, 37 * 50, dtype=np.float32).reshape(37, 50)  # partial tiles on both edges
-    m = init.grid(img, 30)
+    m = init.grid(img, 30).model
     lists = smoe_core.tile_lists(m)
     counts = lists.counts.numpy()
     expect = 0

@@ -62,7 +62,7 @@ def test_float32_gradients_match_dense_on_grid_model():
 
     yy, xx = np.mgrid[0:64, 0:80]
     img = (0.5 + 0.4 * np.sin(xx / 7.0 + yy / 11.0)).astype(np.float32)
-    m = grid(img, 120).torch(requires_grad=True)
+    m = grid(img, 120).model.torch(requires_grad=True)
     target = torch.from_numpy(img)
     ga = grads(m, "cpu", 2 * (render(m.torch(), backend="cpu") - target))
     gb = grads(m, "dense", 2 * (render(m.torch(), backend="dense") - target))

@@ -74,7 +74,7 @@ def test_grid_init_recovers_piecewise_constant_cells():
     rng = np.random.default_rng(0)
     values = rng.uniform(0, 1, (4, 6))
     img = np.kron(values, np.ones((8, 8))).astype(np.float32)  # 32 x 48, cells 8 x 8
-    m = grid(img, 24)
+    m = grid(img, 24).model
     assert m.n_kernels == 24
     np.testing.assert_allclose(m.experts[:, 0], values.ravel(), atol=1e-6)
     np.testing.assert_allclose(m.mu[:7], [[3.5, 3.5], [11.5, 3.5], [19.5, 3.5], [27.5, 3.5], [35.5, 3.5],
@@ -87,7 +87,7 @@ def test_grid_init_recovers_piecewise_constant_cells():
 
 def test_grid_init_colour_and_bounds():
     img = load_image("parrot", color=True)[:64, :96]
-    m = grid(img, 50)
+    m = grid(img, 50).model
     assert m.n_channels == 3 and m.n_kernels <= 50
     assert (m.mu[:, 0] >= 0).all() and (m.mu[:, 0] <= 95).all() and (m.mu[:, 1] >= 0).all() and (m.mu[:, 1] <= 63).all()
     assert render(m).shape == (64, 96, 3)

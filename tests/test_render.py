@@ -59,7 +59,7 @@ def test_tiled_equals_dense_on_well_covering_model():
     H, W = 96, 128
     yy, xx = np.mgrid[0:H, 0:W]
     img = (0.5 + 0.4 * np.sin(xx / 9.0) * np.cos(yy / 13.0)).astype(np.float32)
-    m = grid(img, 300)
+    m = grid(img, 300).model
     rng = np.random.default_rng(1)
     m = m.replace(mu=m.mu + rng.normal(0, 1.0, m.mu.shape).astype(np.float32),
                   chol=m.chol * rng.uniform(0.8, 1.2, m.chol.shape).astype(np.float32))

@@ -45,7 +45,7 @@ def test_adam_keep_compacts_state():
 
 def test_fit_improves_and_reports_history():
     img = smooth_image()
-    m0 = grid(img, 48)
+    m0 = grid(img, 48).model
     p0 = metrics.psnr(render(m0), img)
     m, hist = fit(img, m0, iters=60, progress=False, tol=0)
     p1 = metrics.psnr(render(m), img)
@@ -59,7 +59,7 @@ def test_fit_improves_and_reports_history():
 
 def test_fit_is_deterministic():
     img = smooth_image(C=3)
-    m0 = grid(img, 30)
+    m0 = grid(img, 30).model
     a, ha = fit(img, m0, iters=25, progress=False, seed=3)
     b, hb = fit(img, m0, iters=25, progress=False, seed=3)
     for k in ("mu", "chol", "pi", "experts"):
@@ -69,7 +69,7 @@ def test_fit_is_deterministic():
 
 def test_sparsity_removes_kernels_and_keeps_arrays_consistent():
     img = smooth_image()
-    m0 = grid(img, 48)
+    m0 = grid(img, 48).model
     m, hist = fit(img, m0, iters=80, progress=False, sparsity=2e-3, lr={"pi": 2e-2}, tol=0)
     assert m.n_kernels < m0.n_kernels
     assert hist["n_kernels"].is_monotonic_decreasing
@@ -81,12 +81,12 @@ def test_sparsity_removes_kernels_and_keeps_arrays_consistent():
 def test_sparsity_removing_everything_is_an_error():
     img = smooth_image(16, 16)
     with pytest.raises(RuntimeError, match="removed every kernel"):
-        fit(img, grid(img, 4), iters=200, progress=False, sparsity=10.0, lr={"pi": 0.5}, tol=0)
+        fit(img, grid(img, 4).model, iters=200, progress=False, sparsity=10.0, lr={"pi": 0.5}, tol=0)
 
 
 def test_ssim_loss_raises_ssim():
     img = smooth_image()
-    m0 = grid(img, 40)
+    m0 = grid(img, 40).model
     s0 = metrics.ssim(render(m0), img)
     m, _ = fit(img, m0, iters=40, loss="ssim", progress=False, tol=0)
     assert metrics.ssim(render(m), img) > s0 + 0.02
@@ -94,7 +94,7 @@ def test_ssim_loss_raises_ssim():
 
 def test_tolerance_stops_early_and_budget_in_seconds():
     img = smooth_image(24, 24)
-    m0 = grid(img, 9)
+    m0 = grid(img, 9).model
     _, hist = fit(img, m0, iters=5000, progress=False, tol=1e-3, window=5)
     assert len(hist) < 5000
     _, hist2 = fit(img, m0, iters=100000, seconds=0.5, tol=0, progress=False)
@@ -104,7 +104,7 @@ def test_tolerance_stops_early_and_budget_in_seconds():
 def test_transform_sees_the_loss_parameters():
     """A transform that zeroes the experts' effect: the loss is then computed on the transformed model."""
     img = smooth_image(24, 24)
-    m0 = grid(img, 9)
+    m0 = grid(img, 9).model
     seen = []
 
     def zero_experts(p):
@@ -118,7 +118,7 @@ def test_transform_sees_the_loss_parameters():
 
 def test_fit_input_errors():
     img = smooth_image(24, 24)
-    m0 = grid(img, 9)
+    m0 = grid(img, 9).model
     with pytest.raises(ValueError, match="channel"):
         fit(np.stack([img] * 3, -1), m0, iters=1, progress=False)
     with pytest.raises(ValueError, match="NaN"):
@@ -133,7 +133,7 @@ def test_fit_input_errors():
 
 def test_fit_torch_model_returns_torch_and_dense_backend_agrees():
     img = smooth_image(32, 32)
-    m0 = grid(img, 16)
+    m0 = grid(img, 16).model
     a, ha = fit(img, m0.torch(), iters=5, progress=False, tol=0)
     assert isinstance(a.mu, torch.Tensor) and not a.mu.requires_grad
     b, hb = fit(img, m0, iters=5, progress=False, tol=0, backend="dense")

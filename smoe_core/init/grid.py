@@ -16,12 +16,14 @@ spacing/bandwidth rule of the coding paper, section 3 "Initialization and Pre-Tr
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
 
 from ..io import check_image
 from ..model import SMoE
+from ._result import InitResult
 
 
 def grid_layout(shape, n_kernels: int, max_aspect: float = 1.5) -> tuple[int, int]:
@@ -85,12 +87,15 @@ def experts_from_dominance(model: SMoE, image: np.ndarray) -> np.ndarray:
     return experts.astype(np.float32)
 
 
-def grid(image, n_kernels: int, *, color_space: str | None = None, rbf: bool = False, linear: bool = False) -> SMoE:
+def grid(image, n_kernels: int, *, color_space: str | None = None, rbf: bool = False,
+         linear: bool = False) -> InitResult:
     """Radial kernels of one bandwidth on a regular grid of at most ``n_kernels`` (see module docstring).
 
     ``image`` is a float image in [0, 1], (H, W) or (H, W, C); the experts get its channels. ``linear`` adds
-    zero-initialized linear experts (slopes).
+    zero-initialized linear experts (slopes). Returns ``(model, record)``; the record holds the method,
+    seconds, kernels, the layout (k_x, k_y) and sigma.
     """
+    t0 = time.perf_counter()
     img = check_image(image)
     H, W = img.shape[:2]
     C = 1 if img.ndim == 2 else img.shape[2]
@@ -107,4 +112,7 @@ def grid(image, n_kernels: int, *, color_space: str | None = None, rbf: bool = F
     model = SMoE(mu, chol, pi, np.zeros((K, C), np.float32), rbf=rbf, image_shape=(H, W), color_space=color_space)
     experts = experts_from_dominance(model, img)
     slopes = np.zeros((K, C, 2), np.float32) if linear else None
-    return model.replace(experts=experts, slopes=slopes)
+    model = model.replace(experts=experts, slopes=slopes)
+    record = dict(method="grid", seconds=time.perf_counter() - t0, n_kernels=K, kernels_requested=int(n_kernels),
+                  layout=(kx, ky), sigma=sigma)
+    return InitResult(model, record)
