@@ -92,6 +92,8 @@ def fit(
     loss: str = "mse",
     channel_weights=None,
     sparsity: float = 0.0,
+    regularizer: str = "l1",
+    prune_below: float = 0.0,
     tol: float = 1e-6,
     window: int = 50,
     backend: str = "tiled",
@@ -111,7 +113,9 @@ def fit(
     - ``lr``: learning rates per parameter ("mu", "chol", "pi", "experts", "slopes"), merged over
       ``DEFAULT_LR``; a rate of 0 freezes that parameter.
     - ``loss``: "mse" or "ssim" (1 - SSIM, channels weighted by ``channel_weights``).
-    - ``sparsity``: lambda of the L1 term lambda * sum(pi); kernels with pi <= 0 are removed after each step.
+    - ``sparsity``: lambda of the sparsity term: ``regularizer="l1"`` is lambda * sum(pi) (segmentation paper
+      eq. 6, coding paper eq. 10); ``"l1_squared"`` is lambda * (sum |pi|)^2 (edge-aligned paper, tile-wise
+      training). Kernels with pi <= ``prune_below`` (default 0) are removed after each step.
     - ``transform``: maps the dict of parameter tensors to the dict rendered in the loss (fake quantization).
     - ``callback(iteration, model, stats)``: called after every iteration with the current (torch) model.
 
@@ -120,6 +124,8 @@ def fit(
     """
     if loss not in ("mse", "ssim"):
         raise ValueError(f"loss must be 'mse' or 'ssim', got {loss!r}")
+    if regularizer not in ("l1", "l1_squared"):
+        raise ValueError(f"regularizer must be 'l1' or 'l1_squared', got {regularizer!r}")
     if iters < 0:
         raise ValueError("iters must be >= 0")
     model.check()
@@ -164,11 +170,16 @@ def fit(
             else:
                 per = ssim_torch(out, target_hw, per_channel=True)
                 data = 1.0 - (per.mean() if weights is None else (per * weights).sum())
-            total = data + sparsity * opt.params["pi"].sum() if sparsity else data
+            if sparsity:
+                pi_now = opt.params["pi"]
+                reg = pi_now.sum() if regularizer == "l1" else pi_now.abs().sum() ** 2
+                total = data + sparsity * reg
+            else:
+                total = data
             total.backward()
             opt.step()
             with torch.no_grad():
-                keep = opt.params["pi"] > 0
+                keep = opt.params["pi"] > prune_below
             if not bool(keep.all()):
                 if not bool(keep.any()):
                     raise RuntimeError(f"sparsity removed every kernel at iteration {it}; lower `sparsity`")
