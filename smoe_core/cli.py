@@ -28,22 +28,8 @@ import numpy as np
 PROG = "smoe"
 
 # ---------------------------------------------------------------------- initializer registry
-
-
-def _init_grid(image, n_kernels: int):
-    from .init import grid
-
-    return grid(image, n_kernels).model
-
-
-#: name -> function(image, n_kernels) -> SMoE. New initializers (kmeans, s_smoe, as_smoe, edge, ...) are added
-#: here (or with :func:`register_initializer`) and become valid ``--init`` choices.
-INITIALIZERS: dict[str, Callable] = {"grid": _init_grid}
-
-
-def register_initializer(name: str, fn: Callable) -> None:
-    """Makes ``fn(image, n_kernels) -> SMoE`` available as ``smoe fit --init name``."""
-    INITIALIZERS[name] = fn
+#: the initializers of smoe_core.init (name -> fn(image, n_kernels) -> InitResult); ``--init`` choices
+from .init import INITIALIZERS, register_initializer  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------- argument types
@@ -206,7 +192,7 @@ def cmd_fit(args) -> int:
 
     image = _load_image(args.image, args.color)
     H, W = image.shape[:2]
-    model0 = INITIALIZERS[args.init](image, args.kernels)
+    model0, init_record = INITIALIZERS[args.init](image, args.kernels)
     model0.check()
     init_render = render(model0, backend=args.backend)
     p0, s0 = psnr(init_render, image), ssim(init_render, image)
@@ -239,7 +225,7 @@ def cmd_fit(args) -> int:
         staged.discard()
 
     print(f"image: {args.image} ({H} x {W}, {_color_name(image)})")
-    print(f"init: {args.init}")
+    print(f"init: {args.init} ({init_record.get('seconds', float('nan')):.1f} s)")
     print(f"PSNR: {p1:.2f} dB (init {p0:.2f} dB)")
     print(f"SSIM: {s1:.4f} (init {s0:.4f})")
     print(f"kernels: {model0.n_kernels} -> {model.n_kernels}")

@@ -7,7 +7,34 @@ Every initializer takes an image (float in [0, 1], (H, W) or (H, W, C)) and its 
 an :class:`InitResult` ``(model, record)``: the SMoE ready for fit, and a dict of what it did (method,
 seconds, n_kernels, and method-specific figures) that notebooks can tabulate.
 """
+from typing import Callable
+
 from ._result import InitResult
 from .grid import dominant_kernel, grid, grid_layout
 
-__all__ = ["InitResult", "grid", "grid_layout", "dominant_kernel"]
+#: name -> initializer ``fn(image, n_kernels, **kwargs) -> InitResult``. Built-ins and the user's own
+#: (:func:`register_initializer`) are used alike by the CLI, tile-wise training and the notebooks.
+INITIALIZERS: dict[str, Callable[..., InitResult]] = {"grid": grid}
+
+
+def register_initializer(name: str, fn: Callable[..., InitResult], *, overwrite: bool = False) -> None:
+    """Makes ``fn(image, n_kernels, **kwargs) -> InitResult`` available by ``name``."""
+    if not callable(fn):
+        raise TypeError(f"initializer {name!r} must be callable")
+    if name in INITIALIZERS and not overwrite and INITIALIZERS[name] is not fn:
+        raise ValueError(f"an initializer named {name!r} exists; pass overwrite=True to replace it")
+    INITIALIZERS[name] = fn
+
+
+def get_initializer(name_or_fn) -> Callable[..., InitResult]:
+    """The initializer registered as ``name_or_fn`` (or the function itself)."""
+    if callable(name_or_fn):
+        return name_or_fn
+    try:
+        return INITIALIZERS[name_or_fn]
+    except KeyError:
+        raise ValueError(f"unknown initializer {name_or_fn!r} (known: {', '.join(sorted(INITIALIZERS))})") from None
+
+
+__all__ = ["InitResult", "INITIALIZERS", "register_initializer", "get_initializer", "grid", "grid_layout",
+           "dominant_kernel"]

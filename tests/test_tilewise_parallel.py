@@ -1,0 +1,86 @@
+"""Tile-wise training and merging (edge-aligned paper Fig. 4) and Dask execution (identical to serial)."""
+import numpy as np
+import pytest
+
+from smoe_core import SMoE, metrics, render
+from smoe_core.init import INITIALIZERS, InitResult, get_initializer, grid, register_initializer
+from smoe_core.parallel import run_tasks
+from smoe_core.tilewise import fit_tilewise, merge_models, split_budget, tile_rectangles
+
+
+def test_tile_rectangles_cover_the_image_once():
+    for kw in (dict(tiles=(3, 4)), dict(tile_size=37)):
+        rects = tile_rectangles((100, 130), **kw)
+        cover = np.zeros((100, 130), int)
+        for y0, y1, x0, x1 in rects:
+            cover[y0:y1, x0:x1] += 1
+        assert (cover == 1).all()
+    with pytest.raises(ValueError):
+        tile_rectangles((10, 10), tiles=(0, 2))
+
+
+def test_split_budget_sums_exactly():
+    assert sum(split_budget(1000, [3, 3, 2, 7])) == 1000
+    assert split_budget(10, [1, 1]) == [5, 5]
+
+
+def test_merge_translates_centres_exactly():
+    """Two tile models rendered on their tiles equal the merged model rendered on the whole image, away from
+    the seam (where the other tile's kernels join the gating)."""
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 1, (32, 64)).astype(np.float32)
+    left, right = grid(img[:, :32], 16).model, grid(img[:, 32:], 16).model
+    merged = merge_models([left, right], [(0, 0), (32, 0)], (32, 64))
+    np.testing.assert_allclose(merged.mu[16:], right.mu + [32, 0])
+    full = render(merged)
+    np.testing.assert_allclose(full[:, :20], render(left)[:, :20], atol=1e-4)
+    np.testing.assert_allclose(full[:, 44:], render(right)[:, 12:], atol=1e-4)
+
+
+def _square(x):
+    return x * x
+
+
+def test_run_tasks_serial_and_dask_agree():
+    assert run_tasks(_square, range(6), progress=False) == [0, 1, 4, 9, 16, 25]
+    assert run_tasks(_square, range(6), workers=2, progress=False) == [0, 1, 4, 9, 16, 25]
+
+
+def smooth_image(H=48, W=64):
+    yy, xx = np.mgrid[0:H, 0:W]
+    return np.clip(0.5 + 0.3 * np.sin(xx / 6.0 + yy / 9.0) + 0.15 * (xx > W / 2), 0, 1).astype(np.float32)
+
+
+def test_tilewise_serial_equals_dask_and_improves():
+    img = smooth_image()
+    kw = dict(tiles=(2, 2), tile_iters=30, finetune_iters=20, sparsity=0.5, prune_below=0.05, progress=False,
+              lr={"pi": 2e-2})
+    a, rec_a = fit_tilewise(img, 64, **kw)
+    b, rec_b = fit_tilewise(img, 64, workers=2, **kw)
+    for k in ("mu", "chol", "pi", "experts"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    assert rec_a["n_tiles"] == 4 and len(rec_a["tiles"]) == 4
+    assert rec_a["merged_kernels"] <= 64
+    # the merged model's kernels sit inside their tiles
+    assert (a.mu[:, 0] > -5).all() and (a.mu[:, 0] < 69).all()
+    init_psnr = metrics.psnr(render(grid(img, 64).model), img)
+    assert metrics.psnr(render(a), img) > init_psnr + 2
+
+
+def test_user_initializer_registers_and_runs_tilewise():
+    def centre_kernel(image, n_kernels, **kw):
+        H, W = image.shape[:2]
+        m = SMoE(np.array([[W / 2, H / 2]], np.float32), np.array([[0.1, 0.0, 0.1]], np.float32),
+                 np.ones(1, np.float32), np.array([[float(image.mean())]], np.float32), image_shape=(H, W))
+        return InitResult(m, dict(method="centre", seconds=0.0, n_kernels=1))
+
+    register_initializer("centre_test", centre_kernel, overwrite=True)
+    assert get_initializer("centre_test") is centre_kernel and "centre_test" in INITIALIZERS
+    with pytest.raises(ValueError, match="exists"):
+        register_initializer("grid", centre_kernel)
+    with pytest.raises(ValueError, match="unknown initializer"):
+        get_initializer("nope")
+    model, rec = fit_tilewise(smooth_image(32, 32), 4, initializer="centre_test", tiles=(2, 2), tile_iters=2,
+                              finetune_iters=1, progress=False)
+    assert model.n_kernels == 4
+    INITIALIZERS.pop("centre_test")
