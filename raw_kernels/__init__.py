@@ -3,6 +3,8 @@
 - ``smoe_tile.h``: the per-pixel forward/backward math, compiled for host and device.
 - ``smoe_tile_cpu.cpp``: the CPU build (C++/OpenMP), compiled on first use by :mod:`smoe_core._cpu_build`.
 - ``smoe_tile_cuda.cu``: the GPU build, compiled by CuPy's RawModule in :mod:`smoe_core._cuda`.
+- ``mdbscan.cpp``: the sequential loops of the MDBSCAN segmentation (:mod:`smoe_core.segment`), compiled on
+  first use by :mod:`smoe_core._mdbscan_build`.
 """
 from pathlib import Path
 

@@ -2,6 +2,7 @@
 
 - :func:`grid`: radial kernels of one bandwidth on a regular grid (segmentation paper Table II "Grid";
   coding paper "Initialization and Pre-Training").
+- :func:`s_smoe`: radial kernels placed at random inside MDBSCAN segments (the earlier segmentation init).
 
 Every initializer takes an image (float in [0, 1], (H, W) or (H, W, C)) and its own parameters and returns
 an :class:`InitResult` ``(model, record)``: the SMoE ready for fit, and a dict of what it did (method,
@@ -11,10 +12,19 @@ from typing import Callable
 
 from ._result import InitResult
 from .grid import dominant_kernel, grid, grid_layout
+from .s_smoe import kernel_counts, place_kernels, s_smoe
 
 #: name -> initializer ``fn(image, n_kernels, **kwargs) -> InitResult``. Built-ins and the user's own
 #: (:func:`register_initializer`) are used alike by the CLI, tile-wise training and the notebooks.
 INITIALIZERS: dict[str, Callable[..., InitResult]] = {"grid": grid}
+
+
+def _s_smoe_budget(image, n_kernels=None, **kwargs) -> InitResult:
+    """S-SMoE with the kernel budget split over segments by area (``n_kernels=None``: 4 per segment)."""
+    return s_smoe(image, n_kernels=n_kernels, **kwargs)
+
+
+INITIALIZERS["s_smoe"] = _s_smoe_budget
 
 
 def register_initializer(name: str, fn: Callable[..., InitResult], *, overwrite: bool = False) -> None:
@@ -37,4 +47,4 @@ def get_initializer(name_or_fn) -> Callable[..., InitResult]:
 
 
 __all__ = ["InitResult", "INITIALIZERS", "register_initializer", "get_initializer", "grid", "grid_layout",
-           "dominant_kernel"]
+           "dominant_kernel", "s_smoe", "kernel_counts", "place_kernels"]
