@@ -45,14 +45,21 @@ def uses_dask(workers: int | None, scheduler) -> bool:
 
 
 def run_tasks(fn: Callable[[Any], Any], items: Iterable, *, workers: int | None = None, scheduler=None,
-              threads_per_task: int | None = 1, progress: bool = True, desc: str = "tasks") -> list:
+              threads_per_task: int | None = 1, progress: bool = True, desc: str = "tasks",
+              on_result: Callable[[int, Any], None] | None = None) -> list:
     """``[fn(item) for item in items]``, serially or on Dask (see the module docstring); results in order.
 
-    ``fn`` must be a module-level function (it is pickled to the workers) and items must be picklable.
+    ``fn`` must be picklable (a module-level function, or anything cloudpickle handles) and so must the items.
+    ``on_result(index, result)`` is called in this process as each task finishes (e.g. to save it at once).
     """
     items = list(items)
     if not uses_dask(workers, scheduler):
-        return [_call(it, fn, threads_per_task) for it in tqdm(items, desc=desc, disable=not progress)]
+        out = []
+        for i, it in enumerate(tqdm(items, desc=desc, disable=not progress)):
+            out.append(_call(it, fn, threads_per_task))
+            if on_result is not None:
+                on_result(i, out[-1])
+        return out
     from dask.distributed import Client, LocalCluster, as_completed
 
     own_cluster = None
@@ -70,7 +77,10 @@ def run_tasks(fn: Callable[[Any], Any], items: Iterable, *, workers: int | None 
         results: list = [None] * len(items)
         with tqdm(total=len(items), desc=desc, disable=not progress) as bar:
             for fut in as_completed(futures):
-                results[index[fut.key]] = fut.result()
+                i = index[fut.key]
+                results[i] = fut.result()
+                if on_result is not None:
+                    on_result(i, results[i])
                 bar.update(1)
         return results
     finally:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 META_COLUMNS = ("package_version", "git_commit", "preset", "seed", "backend", "date")
 
@@ -98,16 +97,22 @@ class ResultsStore:
         return {tuple(str(v) for v in row) for row in df[list(key_columns)].itertuples(index=False)}
 
     def run_grid(self, name: str, items: Iterable[dict], fn: Callable[[dict], dict | list[dict]],
-                 key_columns, *, progress: bool = True) -> pd.DataFrame:
+                 key_columns, *, progress: bool = True, workers: int | None = None, scheduler=None) -> pd.DataFrame:
         """Runs ``fn(item)`` for every item not yet in table ``name`` (by ``key_columns``), appending its row(s)
-        as soon as it finishes; returns the table. ``fn`` returns a row dict or a list of them."""
+        as soon as it finishes; returns the table. ``fn`` returns a row dict or a list of them. With
+        ``workers``/``scheduler`` the items run on Dask (:func:`smoe_core.parallel.run_tasks`)."""
+        from .parallel import run_tasks
+
         items = list(items)
         done = self.done_keys(name, key_columns)
         todo = [it for it in items if tuple(str(it[k]) for k in key_columns) not in done]
-        for item in tqdm(todo, desc=name, disable=not progress):
-            rows = fn(item)
+
+        def save(i, rows):
             rows = [rows] if isinstance(rows, dict) else list(rows)
-            self.add_rows(name, [dict({k: item[k] for k in key_columns}, **r) for r in rows])
+            self.add_rows(name, [dict({k: todo[i][k] for k in key_columns}, **r) for r in rows])
+
+        run_tasks(fn, todo, workers=workers, scheduler=scheduler, progress=progress, desc=name, on_result=save,
+                  threads_per_task=None if not workers and scheduler is None else 1)
         return self.table(name)
 
     def save_figure(self, fig, name: str, dpi: int = 120) -> Path:
