@@ -51,12 +51,39 @@ def smooth_image(H=48, W=64):
     return np.clip(0.5 + 0.3 * np.sin(xx / 6.0 + yy / 9.0) + 0.15 * (xx > W / 2), 0, 1).astype(np.float32)
 
 
-def test_tilewise_serial_equals_dask_and_improves():
+@pytest.fixture(scope="module")
+def dask_client():
+    from dask.distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40)
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def test_as_smoe_serial_equals_dask(dask_client):
+    """Algorithm 1 split into chunks on two Dask workers gives the serial run's model exactly."""
+    from smoe_core.init import as_smoe
+
+    img = smooth_image(48, 64)
+    labels = np.ones((48, 64), np.int32)
+    labels[:, 32:] = 2
+    labels[30:, :20] = 3
+    kw = dict(labels=labels, epochs=40, checkpoint=20, max_kernels=20, progress=False, seed=1)
+    a, rec_a = as_smoe(img, **kw)
+    b, rec_b = as_smoe(img, scheduler=dask_client, **kw)
+    for k in ("mu", "chol", "pi", "experts"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    assert rec_a["n_segments"] == 3
+
+
+def test_tilewise_serial_equals_dask_and_improves(dask_client):
     img = smooth_image()
     kw = dict(tiles=(2, 2), tile_iters=30, finetune_iters=20, sparsity=0.5, prune_below=0.05, progress=False,
               lr={"pi": 2e-2})
     a, rec_a = fit_tilewise(img, 64, **kw)
-    b, rec_b = fit_tilewise(img, 64, workers=2, **kw)
+    b, rec_b = fit_tilewise(img, 64, scheduler=dask_client, **kw)
     for k in ("mu", "chol", "pi", "experts"):
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
     assert rec_a["n_tiles"] == 4 and len(rec_a["tiles"]) == 4

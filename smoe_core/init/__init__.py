@@ -3,6 +3,7 @@
 - :func:`grid`: radial kernels of one bandwidth on a regular grid (segmentation paper Table II "Grid";
   coding paper "Initialization and Pre-Training").
 - :func:`s_smoe`: radial kernels placed at random inside MDBSCAN segments (the earlier segmentation init).
+- :func:`as_smoe`: the adaptive segmentation-based initialization (segments -> CBBs -> Algorithm 1 -> export).
 
 Every initializer takes an image (float in [0, 1], (H, W) or (H, W, C)) and its own parameters and returns
 an :class:`InitResult` ``(model, record)``: the SMoE ready for fit, and a dict of what it did (method,
@@ -12,6 +13,7 @@ from typing import Callable
 
 from ._result import InitResult
 from .grid import dominant_kernel, grid, grid_layout
+from .as_smoe import as_smoe, segment_epochs_table
 from .s_smoe import kernel_counts, place_kernels, s_smoe
 
 #: name -> initializer ``fn(image, n_kernels, **kwargs) -> InitResult``. Built-ins and the user's own
@@ -24,7 +26,13 @@ def _s_smoe_budget(image, n_kernels=None, **kwargs) -> InitResult:
     return s_smoe(image, n_kernels=n_kernels, **kwargs)
 
 
+def _as_smoe_adaptive(image, n_kernels=None, **kwargs) -> InitResult:
+    """AS-SMoE chooses its kernel count itself (Algorithm 1): the budget ``n_kernels`` is not used."""
+    return as_smoe(image, **kwargs)
+
+
 INITIALIZERS["s_smoe"] = _s_smoe_budget
+INITIALIZERS["as_smoe"] = _as_smoe_adaptive
 
 
 def register_initializer(name: str, fn: Callable[..., InitResult], *, overwrite: bool = False) -> None:
@@ -47,4 +55,4 @@ def get_initializer(name_or_fn) -> Callable[..., InitResult]:
 
 
 __all__ = ["InitResult", "INITIALIZERS", "register_initializer", "get_initializer", "grid", "grid_layout",
-           "dominant_kernel", "s_smoe", "kernel_counts", "place_kernels"]
+           "dominant_kernel", "s_smoe", "kernel_counts", "place_kernels", "as_smoe", "segment_epochs_table"]
