@@ -4,6 +4,8 @@
   coding paper "Initialization and Pre-Training").
 - :func:`s_smoe`: radial kernels placed at random inside MDBSCAN segments (the earlier segmentation init).
 - :func:`as_smoe`: the adaptive segmentation-based initialization (segments -> CBBs -> Algorithm 1 -> export).
+- :func:`kmeans`: block-based K-Means (Verhack et al.; Table II "K-Means").
+- :func:`edge`: edge-aligned kernel pairs with experts by iteration (edge-aligned paper, section III).
 
 Every initializer takes an image (float in [0, 1], (H, W) or (H, W, C)) and its own parameters and returns
 an :class:`InitResult` ``(model, record)``: the SMoE ready for fit, and a dict of what it did (method,
@@ -14,11 +16,13 @@ from typing import Callable
 from ._result import InitResult
 from .grid import dominant_kernel, grid, grid_layout
 from .as_smoe import as_smoe, segment_epochs_table
+from .edge import edge
+from .kmeans import kmeans
 from .s_smoe import kernel_counts, place_kernels, s_smoe
 
 #: name -> initializer ``fn(image, n_kernels, **kwargs) -> InitResult``. Built-ins and the user's own
 #: (:func:`register_initializer`) are used alike by the CLI, tile-wise training and the notebooks.
-INITIALIZERS: dict[str, Callable[..., InitResult]] = {"grid": grid}
+INITIALIZERS: dict[str, Callable[..., InitResult]] = {"grid": grid, "kmeans": kmeans, "edge": edge}
 
 
 def _s_smoe_budget(image, n_kernels=None, **kwargs) -> InitResult:
@@ -55,4 +59,4 @@ def get_initializer(name_or_fn) -> Callable[..., InitResult]:
 
 
 __all__ = ["InitResult", "INITIALIZERS", "register_initializer", "get_initializer", "grid", "grid_layout",
-           "dominant_kernel", "s_smoe", "kernel_counts", "place_kernels", "as_smoe", "segment_epochs_table"]
+           "dominant_kernel", "s_smoe", "kernel_counts", "place_kernels", "as_smoe", "segment_epochs_table", "kmeans", "edge"]
