@@ -1,0 +1,119 @@
+"""``smoe reproduce``: runs the parameterized notebooks with papermill and collects their tables and figures
+into ``results/<preset>/<notebook>/`` and ``results/REPORT.md``.
+
+Presets:
+
+- ``smoke``: every notebook on tiny crops, seconds each; part of the test suite.
+- ``quick``: the whole comparison on the four images at reduced iterations (the README's main command).
+- ``paper``: the papers' settings (hours; resumable: finished grid items are never recomputed).
+
+A notebook runs into a temporary file that is renamed into place when it finishes, so an interrupted run leaves
+the previous executed notebook (if any) untouched; its result tables are appended item by item
+(:class:`smoe_core.results.ResultsStore`), so a rerun resumes where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .results import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+TEST_IMAGES = ["barbara", "flower", "parrot", "peppers"]
+
+#: notebook -> preset -> papermill parameters (merged over the notebook's own defaults).
+PRESETS: dict[str, dict[str, dict]] = {}
+
+
+def register_notebook(name: str, presets: dict[str, dict]) -> None:
+    PRESETS[name] = presets
+
+
+register_notebook("compare_initializers", {
+    # tiny centred crops, a handful of iterations: checks that every cell runs (part of the test suite)
+    "smoke": dict(images=["peppers", "parrot"], crop=64, budgets={"peppers": 48, "parrot": 48}, iters=15,
+                  rbf_initializers=["kmeans"]),
+    # the four images at full size, 300 iterations of global optimization (the README's main command)
+    "quick": dict(images=TEST_IMAGES, iters=300),
+    # the papers' stopping rule (loss decrease below 1e-6), up to 5000 iterations
+    "paper": dict(images=TEST_IMAGES, iters=5000, tol=1e-6),
+})
+
+
+def available_notebooks() -> list[str]:
+    return [n for n in PRESETS if (NOTEBOOK_DIR / f"{n}.ipynb").is_file()]
+
+
+def notebook_parameters(name: str, preset: str, *, results_dir, workers=None, scheduler=None) -> dict:
+    if name not in PRESETS:
+        raise ValueError(f"unknown notebook {name!r} (known: {', '.join(PRESETS)})")
+    if preset not in PRESETS[name]:
+        raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS[name])})")
+    params = dict(PRESETS[name][preset])
+    params.update(preset=preset, results_dir=str(Path(results_dir).resolve()), workers=workers or 0,
+                  scheduler=scheduler or "")
+    return params
+
+
+def run_notebook(name: str, preset: str, *, results_dir="results", workers=None, scheduler=None,
+                 progress: bool = True) -> Path:
+    """Executes ``notebooks/<name>.ipynb`` with the preset's parameters; returns the executed notebook's path."""
+    import papermill
+
+    src = NOTEBOOK_DIR / f"{name}.ipynb"
+    if not src.is_file():
+        raise FileNotFoundError(f"no notebook {src}")
+    out_dir = Path(results_dir) / preset / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}.ipynb"
+    tmp = out_dir / f".{name}.{os.getpid()}.tmp.ipynb"
+    params = notebook_parameters(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler)
+    try:
+        papermill.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=progress, cwd=str(ROOT),
+                                   kernel_name="python3", log_output=False)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            # keep the failed execution next to the results for inspection, under a name that says so
+            os.replace(tmp, out_dir / f"{name}.failed.ipynb")
+    return out
+
+
+def build_report(results_dir="results", presets=("smoke", "quick", "paper")) -> Path:
+    """results/REPORT.md: every notebook's ``report.md`` fragment, preset by preset (latest run first)."""
+    results_dir = Path(results_dir)
+    parts = ["# Reproduction report\n",
+             "Our numbers beside the published ones, written by `smoe reproduce`; each section comes from one "
+             "notebook run (its executed notebook, CSV tables and figures are in the same folder).\n"]
+    for preset in presets:
+        frags = sorted((results_dir / preset).glob("*/report.md"))
+        if not frags:
+            continue
+        parts.append(f"\n## Preset `{preset}`\n")
+        for frag in frags:
+            rel = frag.parent.relative_to(results_dir)
+            text = frag.read_text()
+            parts.append(text.replace("](./", f"]({rel.as_posix()}/"))
+    return atomic_write_text(results_dir / "REPORT.md", "\n".join(parts))
+
+
+def reproduce(preset: str = "quick", *, only=None, results_dir="results", workers=None, scheduler=None,
+              progress: bool = True) -> Path:
+    """Runs the notebooks (all, or ``only``) at ``preset`` and rebuilds results/REPORT.md; returns its path."""
+    names = available_notebooks()
+    if only:
+        only = [only] if isinstance(only, str) else list(only)
+        unknown = [n for n in only if n not in PRESETS]
+        if unknown:
+            raise ValueError(f"unknown notebook(s) {unknown} (known: {', '.join(PRESETS)})")
+        names = [n for n in names if n in only]
+    if not names:
+        raise FileNotFoundError(f"no notebooks to run in {NOTEBOOK_DIR}")
+    for name in names:
+        t0 = time.perf_counter()
+        run_notebook(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler, progress=progress)
+        if progress:
+            print(f"{name} ({preset}): {time.perf_counter() - t0:.0f} s")
+    return build_report(results_dir)
