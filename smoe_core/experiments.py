@@ -276,3 +276,40 @@ def write_report(store, title: str, sections: list[tuple[str, object]]) -> Path:
         else:
             parts.append(f"{content}\n")
     return atomic_write_text(store.dir / "report.md", "\n".join(parts))
+
+
+# ---------------------------------------------------------------------- initializer timing (Fig. 10)
+def _timed_init(item: dict) -> dict:
+    image = load_case(item["image"], item.get("crop"))
+    t0 = time.perf_counter()
+    kw = init_kwargs(item["method"], item)
+    model, record = get_initializer(item["method"])(image, item["budget"], **kw)
+    seconds = time.perf_counter() - t0
+    return dict(image=image_key(item["image"]), method=item["method"], seconds=seconds, kernels=model.n_kernels,
+                psnr_db=psnr(render(model), image))
+
+
+def initializer_timing(images, methods, *, workers_list=(0, 2), d_th=40, budgets=None, crop=None, seed=0,
+                       progress=True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each initializer's time on each image, serially and with the images spread over Dask workers.
+
+    Returns (per_image, totals): per_image has one row per (image, method) of the serial run (seconds,
+    kernels, initial PSNR); totals one row per (method, workers) with the wall time for all images. The
+    segmentation is part of the time of S-SMoE and AS-SMoE.
+    """
+    from .parallel import run_tasks
+
+    per_image, totals = [], []
+    for method in methods:
+        items = grid_items(images, [method], d_th=d_th, budgets=budgets, crop=crop, seed=seed, model_dir=".")
+        for w in workers_list:
+            t0 = time.perf_counter()
+            rows = run_tasks(_timed_init, items, workers=w or None, progress=progress,
+                             desc=f"{method} ({w or 1} worker{'s' if w and w > 1 else ''})",
+                             threads_per_task=None if not w else 1)
+            wall = time.perf_counter() - t0
+            totals.append(dict(method=method, workers=max(int(w or 1), 1), wall_seconds=wall,
+                               sum_task_seconds=sum(r["seconds"] for r in rows)))
+            if not w:
+                per_image.extend(rows)
+    return pd.DataFrame(per_image), pd.DataFrame(totals)

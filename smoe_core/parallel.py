@@ -7,6 +7,10 @@ paper section VI, Fig. 10: initialization time vs the number of parallel devices
 - on a ``dask.distributed.LocalCluster`` of ``workers`` processes (one thread each) otherwise;
 - on an existing cluster when ``scheduler`` is its address (``"tcp://host:8786"``) or a ``Client``.
 
+Dask starts its worker processes with "spawn", which imports the calling script again: a script that calls
+this with workers must keep its work under ``if __name__ == "__main__":`` (the ``smoe`` command and notebooks
+need nothing).
+
 Identical results: every task runs with ``torch.set_num_threads(threads_per_task)`` (default 1) whether it
 runs here or on a worker, so reductions inside torch happen in the same order; the tiled renderer's
 gradients do not depend on the thread count at all (one gradient row per tile entry, summed in a fixed

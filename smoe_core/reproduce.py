@@ -41,6 +41,12 @@ register_notebook("compare_initializers", {
     "paper": dict(images=TEST_IMAGES, iters=5000, tol=1e-6),
 })
 
+register_notebook("as_smoe_segments", {
+    "smoke": dict(images=["peppers"], crop=96, thresholds=[40, 50], epochs=[20, 40], workers_list=[0]),
+    "quick": dict(images=TEST_IMAGES, workers_list=[0, 2]),
+    "paper": dict(images=TEST_IMAGES, workers_list=[0, 1, 2]),
+})
+
 
 def available_notebooks() -> list[str]:
     return [n for n in PRESETS if (NOTEBOOK_DIR / f"{n}.ipynb").is_file()]
