@@ -79,6 +79,8 @@ def init_kwargs(method: str, item: dict) -> dict:
     if method in SEGMENTING:
         kw.setdefault("labels", segmentation_labels(item["image"], item["d_th"], item.get("crop")))
         kw.setdefault("seed", item.get("seed", 0))
+        if method == "as_smoe":
+            kw.setdefault("progress", False)
     elif method == "kmeans":
         kw.setdefault("seed", item.get("seed", 0))
     return kw
