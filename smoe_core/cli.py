@@ -340,6 +340,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- reproduce
+def cmd_reproduce(args) -> int:
+    from .reproduce import reproduce
+
+    if args.workers and args.scheduler:
+        raise ValueError("give --workers or --scheduler, not both")
+    report = reproduce(args.preset, only=args.only, results_dir=args.results, workers=args.workers or None,
+                       scheduler=args.scheduler, progress=not args.no_progress)
+    print(f"report: {report}")
+    return 0
+
+
 # ---------------------------------------------------------------------- denoise and upscale
 def _image_in_out(args):
     """Validates IMAGE and --out of denoise/upscale before any work; returns (source path, output path)."""
@@ -496,6 +508,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("reproduce", help="run the papers' notebooks (papermill) and write results/REPORT.md")
+    p.add_argument("--preset", choices=("smoke", "quick", "paper"), default="quick")
+    p.add_argument("--only", nargs="+", default=None, metavar="NOTEBOOK", help="run only these notebooks")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N", help="Dask workers (local cluster)")
+    p.add_argument("--scheduler", default=None, metavar="ADDR", help="address of a running Dask scheduler")
+    p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 
@@ -520,7 +541,7 @@ def main(argv=None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
-        _error("give a command: fit, render, info or bench")
+        _error("give a command: fit, render, info, bench, denoise, upscale or reproduce")
         return 2
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
