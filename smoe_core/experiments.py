@@ -91,13 +91,19 @@ def model_path(model_dir, item: dict, stage: str) -> Path:
     return Path(model_dir) / f"{image_key(item['image'])}_{item['method']}{d}_{stage}.npz"
 
 
+def _budget(item: dict):
+    """The kernel budget passed to the initializer: none for S-SMoE and AS-SMoE, which choose their own
+    counts (4 kernels per segment; Algorithm 1), as in the paper's Table V."""
+    return None if item["method"] in SEGMENTING else item["budget"]
+
+
 def run_init(item: dict) -> dict:
     """Table V row: the initializer alone. ``item``: image, method, budget, d_th, seed, crop, model_dir."""
     image = load_case(item["image"], item.get("crop"))
     t0 = time.perf_counter()
     kw = init_kwargs(item["method"], item)
     t_seg = time.perf_counter() - t0
-    model, record = get_initializer(item["method"])(image, item["budget"], **kw)
+    model, record = get_initializer(item["method"])(image, _budget(item), **kw)
     seconds = time.perf_counter() - t0
     out = render(model)
     path = model_path(item["model_dir"], item, "init")
@@ -285,7 +291,7 @@ def _timed_init(item: dict) -> dict:
     image = load_case(item["image"], item.get("crop"))
     t0 = time.perf_counter()
     kw = init_kwargs(item["method"], item)
-    model, record = get_initializer(item["method"])(image, item["budget"], **kw)
+    model, record = get_initializer(item["method"])(image, _budget(item), **kw)
     seconds = time.perf_counter() - t0
     return dict(image=image_key(item["image"]), method=item["method"], seconds=seconds, kernels=model.n_kernels,
                 psnr_db=psnr(render(model), image))
