@@ -189,7 +189,6 @@ def _fill(counts, mu, chol, logpi, model_of_kernel, tiles_x, tiles_y, tile, scal
 
 def _fill_empty_tiles(empty, mu, chol, logpi, model_of_kernel, tiles_x, tiles_y, tile, scale, fill):
     """For each empty tile, the ``fill`` kernels of its model with the largest log-weight at the tile centre."""
-    device = mu.device
     per_image = tiles_x * tiles_y
     b = empty // per_image
     rem = empty % per_image

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from raw_kernels import KERNEL_DIR
 
-SOURCES = ("smoe_tile.h", "smoe_tile_cpu.cpp")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
 
 
@@ -51,36 +50,43 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SMOE_CACHE_DIR", Path.home() / ".cache" / "smoe_core"))
 
 
-def library_path(compiler: str) -> Path:
-    h = hashlib.sha256()
-    for name in SOURCES:
-        h.update((KERNEL_DIR / name).read_bytes())
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    for part in (" ".join(FLAGS), version, platform.machine(), _cpu_signature()):
-        h.update(part.encode())
-    return cache_dir() / f"smoe_tile_cpu_{h.hexdigest()[:16]}.so"
+def compile_cached(source: str, flags: list[str], *, depends=(), stem: str, error=RuntimeError,
+                   cpu_specific: bool = False) -> Path:
+    """Compiles raw_kernels/<source> into a shared library unless it is cached; returns its path.
 
-
-def build(verbose: bool = False) -> Path:
-    """Compiles the CPU build if it is not cached yet; returns the path of the shared library."""
+    The cache key hashes the source and ``depends`` (headers), the flags, the compiler's version and the machine
+    (plus the CPU model and flags when ``cpu_specific``, e.g. for ``-march=native``). The library is written to
+    a temporary file and renamed into place, so concurrent builders (Dask workers) never see a half-written
+    file. Raises ``error`` when no compiler is found or the compilation fails.
+    """
     compiler = find_compiler()
     if compiler is None:
-        raise CPUBuildError("no C++ compiler found (set $CXX or install g++)")
-    path = library_path(compiler)
+        raise error("no C++ compiler found (set $CXX or install g++)")
+    h = hashlib.sha256()
+    for name in (source, *depends):
+        h.update((KERNEL_DIR / name).read_bytes())
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    for part in (" ".join(flags), version, platform.machine(), _cpu_signature() if cpu_specific else ""):
+        h.update(part.encode())
+    path = cache_dir() / f"{stem}_{h.hexdigest()[:16]}.so"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
-    cmd = [compiler, *FLAGS, f"-I{KERNEL_DIR}", str(KERNEL_DIR / "smoe_tile_cpu.cpp"), "-o", tmp]
-    if verbose:
-        print(" ".join(cmd))
+    cmd = [compiler, *flags, f"-I{KERNEL_DIR}", str(KERNEL_DIR / source), "-o", tmp]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         os.unlink(tmp)
-        raise CPUBuildError(f"compiling {KERNEL_DIR / 'smoe_tile_cpu.cpp'} failed:\n{proc.stderr[-4000:]}")
-    os.replace(tmp, path)  # atomic: concurrent builders (e.g. Dask workers) never see a half-written file
+        raise error(f"compiling {KERNEL_DIR / source} failed:\n{proc.stderr[-4000:]}")
+    os.replace(tmp, path)
     return path
+
+
+def build() -> Path:
+    """Compiles the CPU build if it is not cached yet; returns the path of the shared library."""
+    return compile_cached("smoe_tile_cpu.cpp", FLAGS, depends=("smoe_tile.h",), stem="smoe_tile_cpu",
+                          error=CPUBuildError, cpu_specific=True)
 
 
 def _declare(lib: ctypes.CDLL) -> None:

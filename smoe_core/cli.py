@@ -23,7 +23,6 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

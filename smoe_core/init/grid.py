@@ -87,6 +87,21 @@ def experts_from_dominance(model: SMoE, image: np.ndarray) -> np.ndarray:
     return experts.astype(np.float32)
 
 
+def radial_model(image: np.ndarray, mu: np.ndarray, sigma: float, *, rbf: bool = False, linear: bool = False,
+                 color_space: str | None = None) -> SMoE:
+    """Radial kernels of one bandwidth ``sigma`` at the centres ``mu`` (precision diag(1/sigma^2)), pi = 1,
+    experts the mean of ``image`` where each kernel dominates, zero slopes when ``linear`` (the common output
+    step of the Grid, K-Means and S-SMoE initializers)."""
+    H, W = image.shape[:2]
+    C = 1 if image.ndim == 2 else image.shape[2]
+    K = mu.shape[0]
+    chol = np.tile(np.array([1.0 / sigma, 0.0, 1.0 / sigma], dtype=np.float32), (K, 1))
+    pi = np.ones(K, dtype=np.float32)
+    model = SMoE(mu, chol, pi, np.zeros((K, C), np.float32), rbf=rbf, image_shape=(H, W), color_space=color_space)
+    slopes = np.zeros((K, C, 2), np.float32) if linear else None
+    return model.replace(experts=experts_from_dominance(model, image), slopes=slopes)
+
+
 def grid(image, n_kernels: int, *, color_space: str | None = None, rbf: bool = False,
          linear: bool = False) -> InitResult:
     """Radial kernels of one bandwidth on a regular grid of at most ``n_kernels`` (see module docstring).
@@ -98,7 +113,6 @@ def grid(image, n_kernels: int, *, color_space: str | None = None, rbf: bool = F
     t0 = time.perf_counter()
     img = check_image(image)
     H, W = img.shape[:2]
-    C = 1 if img.ndim == 2 else img.shape[2]
     kx, ky = grid_layout((H, W), n_kernels)
     cw, ch = W / kx, H / ky
     xs = (np.arange(kx) + 0.5) * cw - 0.5
@@ -107,12 +121,7 @@ def grid(image, n_kernels: int, *, color_space: str | None = None, rbf: bool = F
     mu = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
     K = mu.shape[0]
     sigma = math.sqrt(cw * ch) / 2.0
-    chol = np.tile(np.array([1.0 / sigma, 0.0, 1.0 / sigma], dtype=np.float32), (K, 1))
-    pi = np.ones(K, dtype=np.float32)
-    model = SMoE(mu, chol, pi, np.zeros((K, C), np.float32), rbf=rbf, image_shape=(H, W), color_space=color_space)
-    experts = experts_from_dominance(model, img)
-    slopes = np.zeros((K, C, 2), np.float32) if linear else None
-    model = model.replace(experts=experts, slopes=slopes)
+    model = radial_model(img, mu, sigma, rbf=rbf, linear=linear, color_space=color_space)
     record = dict(method="grid", seconds=time.perf_counter() - t0, n_kernels=K, kernels_requested=int(n_kernels),
                   layout=(kx, ky), sigma=sigma)
     return InitResult(model, record)

@@ -51,9 +51,8 @@ import numpy as np
 import torch
 
 from ..io import check_image
-from ..model import SMoE
 from ._result import InitResult
-from .grid import experts_from_dominance
+from .grid import radial_model
 
 ALLOCATIONS = ("activity", "equal")
 
@@ -216,7 +215,6 @@ def kmeans(image, n_kernels: int, *, block: int = 32, intensity_scale: float | N
     img = check_image(image)
     H, W = img.shape[:2]
     img3 = img if img.ndim == 3 else img[..., None]
-    C = img3.shape[2]
     n_kernels = int(n_kernels)
     if not 1 <= n_kernels <= H * W:
         raise ValueError(f"n_kernels must be in [1, {H * W}] for a {H}x{W} image, got {n_kernels}")
@@ -253,12 +251,7 @@ def kmeans(image, n_kernels: int, *, block: int = 32, intensity_scale: float | N
     assert K == n_kernels
 
     sigma = math.sqrt(H * W / K) / 2.0
-    chol = np.tile(np.array([1.0 / sigma, 0.0, 1.0 / sigma], np.float32), (K, 1))
-    pi = np.ones(K, np.float32)
-    model = SMoE(mu, chol, pi, np.zeros((K, C), np.float32), rbf=rbf, image_shape=(H, W), color_space=color_space)
-    experts = experts_from_dominance(model, img)
-    slopes = np.zeros((K, C, 2), np.float32) if linear else None
-    model = model.replace(experts=experts, slopes=slopes)
+    model = radial_model(img, mu, sigma, rbf=rbf, linear=linear, color_space=color_space)
     record = dict(method="kmeans", seconds=time.perf_counter() - t0, n_kernels=K, kernels_requested=n_kernels,
                   blocks=(nbx, nby), block=block, allocation=allocation, kernels_per_block=(int(k.min()), int(k.max())),
                   intensity_scale=s, sigma=sigma, lloyd_iterations=its, seed=seed)

@@ -33,9 +33,8 @@ import time
 import numpy as np
 
 from ..io import check_image
-from ..model import SMoE
 from ._result import InitResult
-from .grid import experts_from_dominance
+from .grid import radial_model
 
 DEFAULT_KERNELS_PER_SEGMENT = 4
 
@@ -137,12 +136,7 @@ def s_smoe(image, labels=None, *, d_th: float = 40, kernels_per_segment: int = D
     mu, seg_of_kernel = place_kernels(labels, kernels_per_segment=kernels_per_segment, n_kernels=n_kernels, seed=seed)
     K = mu.shape[0]
     sigma = math.sqrt(H * W / K) / 2.0
-    chol = np.tile(np.array([1.0 / sigma, 0.0, 1.0 / sigma], dtype=np.float32), (K, 1))
-    pi = np.ones(K, dtype=np.float32)
-    model = SMoE(mu, chol, pi, np.zeros((K, C), np.float32), rbf=rbf, image_shape=(H, W), color_space=color_space)
-    experts = experts_from_dominance(model, img)
-    slopes = np.zeros((K, C, 2), np.float32) if linear else None
-    model = model.replace(experts=experts, slopes=slopes)
+    model = radial_model(img, mu, sigma, rbf=rbf, linear=linear, color_space=color_space)
     rule = (f"n_kernels={int(n_kernels)} by area" if n_kernels is not None
             else f"{int(kernels_per_segment)} per segment")
     record = dict(method="s_smoe", seconds=time.perf_counter() - t0, n_kernels=K,
