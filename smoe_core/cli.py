@@ -44,32 +44,20 @@ def _number(text: str, kind, what: str):
     return v
 
 
-def positive_int(text: str) -> int:
-    v = _number(text, int, "a positive integer")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+def _bounded(kind, what: str, ok):
+    """An argparse type: ``kind(text)``, finite, and ``ok(value)``, else "expected <what>"."""
+    def parse(text: str):
+        v = _number(text, kind, what)
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    v = _number(text, int, "an integer >= 0")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    v = _number(text, float, "a positive number")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
-
-
-def nonnegative_float(text: str) -> float:
-    v = _number(text, float, "a number >= 0")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
+positive_int = _bounded(int, "a positive integer", lambda v: v >= 1)
+nonnegative_int = _bounded(int, "an integer >= 0", lambda v: v >= 0)
+positive_float = _bounded(float, "a positive number", lambda v: v > 0)
+nonnegative_float = _bounded(float, "a number >= 0", lambda v: v >= 0)
 
 
 # ---------------------------------------------------------------------- helpers
