@@ -159,6 +159,42 @@ def _fmt(v: float, digits: int = 4) -> str:
 
 
 # ---------------------------------------------------------------------- fit
+RADIAL_INITS = ("grid", "kmeans", "s_smoe")
+SEGMENTING_INITS = ("s_smoe", "as_smoe")
+
+
+def fit_init_kwargs(args) -> dict:
+    """The initializer's keyword arguments from ``smoe fit``'s options, with clear errors for options that do
+    not apply. Segmenting initializers (S-SMoE, AS-SMoE) get a ``labels`` thunk: MDBSCAN at ``--d-th`` on the
+    image file's colours (authors' variant, as in the notebooks; :func:`smoe_core.experiments.segmentation_labels`)
+    unless ``--tiles`` is given (then each tile is segmented by the initializer itself)."""
+    init = args.init
+    kw: dict = {}
+    if args.experts is not None:
+        if init not in RADIAL_INITS:
+            raise ValueError(f"--experts applies to {', '.join(RADIAL_INITS)}, not to --init {init}")
+        kw["experts"] = args.experts
+    if args.d_th is not None and init not in SEGMENTING_INITS:
+        raise ValueError(f"--d-th applies to {', '.join(SEGMENTING_INITS)}, not to --init {init}")
+    if (args.workers or args.scheduler) and init != "as_smoe" and not args.tiles:
+        raise ValueError("--workers/--scheduler apply to --init as_smoe (per-segment work) or to --tiles")
+    if init in ("grid", "kmeans", "s_smoe", "as_smoe"):
+        kw["seed"] = args.seed
+    if init in SEGMENTING_INITS:
+        d_th = 40.0 if args.d_th is None else args.d_th
+        if args.tiles:
+            kw["d_th"] = d_th
+        else:
+            from .experiments import segmentation_labels
+
+            kw["labels"] = lambda: segmentation_labels(args.image, d_th)
+    if init == "as_smoe":
+        kw["progress"] = not args.no_progress
+        if not args.tiles:
+            kw.update(workers=args.workers, scheduler=args.scheduler)
+    return kw
+
+
 def cmd_fit(args) -> int:
     from .io import resolve_image_path, save_image
     from .metrics import psnr, ssim
@@ -181,25 +217,46 @@ def cmd_fit(args) -> int:
 
     image = _load_image(args.image, args.color)
     H, W = image.shape[:2]
-    model0, init_record = INITIALIZERS[args.init](image, args.kernels)
+    init_kw = fit_init_kwargs(args)
+    lr = {k: getattr(args, f"lr_{k}") for k in PARAMS if getattr(args, f"lr_{k}", None) is not None}
+    if args.tiles:
+        from .tilewise import fit_tilewise
+
+        if args.seconds is not None:
+            raise ValueError("--seconds is not supported with --tiles; use --tile-iters and --iters")
+        t0 = time.perf_counter()
+        model, record = fit_tilewise(
+            image, args.kernels, initializer=args.init, init_kwargs=init_kw, tiles=tuple(args.tiles),
+            tile_iters=args.tile_iters, sparsity=args.sparsity, finetune_iters=500 if args.iters is None else args.iters,
+            lr=lr or None, backend=args.backend, tol=1e-6 if args.tol is None else args.tol, seed=args.seed,
+            workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
+        elapsed = time.perf_counter() - t0
+        model0, hist = record["merged_model"], record["history"]
+        init_record = dict(seconds=record["tile_seconds"])
+        init_label = f"{args.init}, {record['n_tiles']} tiles trained and merged"
+    else:
+        if init_kw.get("labels") is not None:
+            init_kw["labels"] = init_kw["labels"]()
+        model0, init_record = INITIALIZERS[args.init](image, args.kernels, **init_kw)
+        init_label = args.init
     model0.check()
     init_render = render(model0, backend=args.backend)
     p0, s0 = psnr(init_render, image), ssim(init_render, image)
 
-    kwargs = dict(loss=args.loss, sparsity=args.sparsity, backend=args.backend, seed=args.seed,
-                  progress=not args.no_progress)
-    if args.iters is not None:
-        kwargs["iters"] = args.iters
-    if args.seconds is not None:
-        kwargs["seconds"] = args.seconds
-    if args.tol is not None:
-        kwargs["tol"] = args.tol
-    lr = {k: getattr(args, f"lr_{k}") for k in PARAMS if getattr(args, f"lr_{k}", None) is not None}
-    if lr:
-        kwargs["lr"] = lr
-    t0 = time.perf_counter()
-    model, hist = fit(image, model0, **kwargs)
-    elapsed = time.perf_counter() - t0
+    if not args.tiles:
+        kwargs = dict(loss=args.loss, sparsity=args.sparsity, backend=args.backend, seed=args.seed,
+                      progress=not args.no_progress)
+        if args.iters is not None:
+            kwargs["iters"] = args.iters
+        if args.seconds is not None:
+            kwargs["seconds"] = args.seconds
+        if args.tol is not None:
+            kwargs["tol"] = args.tol
+        if lr:
+            kwargs["lr"] = lr
+        t0 = time.perf_counter()
+        model, hist = fit(image, model0, **kwargs)
+        elapsed = time.perf_counter() - t0
     rendered = render(model, backend=args.backend)
     p1, s1 = psnr(rendered, image), ssim(rendered, image)
 
@@ -214,7 +271,7 @@ def cmd_fit(args) -> int:
         staged.discard()
 
     print(f"image: {args.image} ({H} x {W}, {_color_name(image)})")
-    print(f"init: {args.init} ({init_record.get('seconds', float('nan')):.1f} s)")
+    print(f"init: {init_label} ({init_record.get('seconds', float('nan')):.1f} s)")
     print(f"PSNR: {p1:.2f} dB (init {p0:.2f} dB)")
     print(f"SSIM: {s1:.4f} (init {s0:.4f})")
     print(f"kernels: {model0.n_kernels} -> {model.n_kernels}")
@@ -439,6 +496,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="MODEL.npz",
                    help="model file (default: results/fit/<image>_<init>_<N>.npz); the render goes next to it (.png)")
     p.add_argument("--history", default=None, metavar="HISTORY.csv", help="also write the training history")
+    p.add_argument("--d-th", dest="d_th", type=positive_float, default=None, metavar="D",
+                   help="MDBSCAN threshold on 0-255 intensities for s_smoe/as_smoe (default 40)")
+    p.add_argument("--experts", choices=("mean", "centre", "random"), default=None,
+                   help="expert rule of grid/kmeans/s_smoe (default mean; random is the paper protocol of Table V)")
+    p.add_argument("--tiles", type=positive_int, nargs=2, default=None, metavar=("NX", "NY"),
+                   help="tile-wise training: NX x NY tiles initialized and trained apart, merged, fine-tuned "
+                        "(--iters fine-tuning iterations, default 500)")
+    p.add_argument("--tile-iters", type=nonnegative_int, default=500, metavar="N",
+                   help="iterations per tile with --tiles (default 500)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="Dask workers (local cluster) for as_smoe's segments or --tiles")
+    where.add_argument("--scheduler", default=None, metavar="ADDR", help="a running Dask scheduler's address")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit)
 

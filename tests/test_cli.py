@@ -236,3 +236,60 @@ def test_tiled_pairs_counts_partial_tiles():
             w = min(16, 50 - 16 * tx)
             expect += counts[ty * lists.tiles_x + tx] * h * w
     assert tiled_pairs(lists) == expect
+
+
+def test_fit_experts_rule_reaches_the_initializer(tmp_path, capsys):
+    """--experts random gives the grid initializer's seeded random experts (known: the direct call's model)."""
+    img = _write_test_png(tmp_path / "disk.png")
+    out = tmp_path / "m.npz"
+    rc = main(["fit", str(img), "--kernels", str(K), "--init", "grid", "--experts", "random", "--seed", "7",
+               "--iters", "0", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    direct, _ = init.grid(load_image(img), K, experts="random", seed=7)
+    np.testing.assert_array_equal(SMoE.load(out).experts, direct.experts)
+
+
+def test_fit_segmenting_init_uses_d_th(tmp_path, capsys):
+    """--d-th reaches the segmentation: the model equals the direct S-SMoE call on MDBSCAN labels at that
+    threshold, and differs between a fine and a coarse threshold."""
+    from smoe_core.experiments import segmentation_labels
+
+    img = _write_test_png(tmp_path / "disk.png")
+    models = {}
+    for d_th in (5.0, 250.0):
+        out = tmp_path / f"s{d_th:g}.npz"
+        assert main(["fit", str(img), "--kernels", str(K), "--init", "s_smoe", "--d-th", f"{d_th:g}", "--iters", "0",
+                     "--no-progress", "--out", str(out)]) == 0
+        models[d_th] = SMoE.load(out)
+        direct, _ = init.get_initializer("s_smoe")(load_image(img), K, labels=segmentation_labels(img, d_th), seed=0)
+        np.testing.assert_array_equal(models[d_th].mu, direct.mu)
+    assert len(np.unique(segmentation_labels(img, 5.0))) > len(np.unique(segmentation_labels(img, 250.0)))
+    assert not np.array_equal(models[5.0].mu, models[250.0].mu)
+
+
+def test_fit_tiles_trains_and_merges(tmp_path, capsys):
+    img = _write_test_png(tmp_path / "disk.png")
+    out = tmp_path / "t.npz"
+    rc = main(["fit", str(img), "--kernels", str(K), "--init", "grid", "--tiles", "2", "1", "--tile-iters", "5",
+               "--iters", "3", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "2 tiles trained and merged" in text
+    m = SMoE.load(out)
+    mu = np.asarray(m.mu)
+    # kernels of both tiles, placed back in image coordinates
+    assert (mu[:, 0] < W / 2).any() and (mu[:, 0] >= W / 2).any()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--init", "edge", "--experts", "random"], "--experts applies to"),
+    (["--init", "grid", "--d-th", "40"], "--d-th applies to"),
+    (["--init", "kmeans", "--workers", "2"], "--workers/--scheduler apply to"),
+])
+def test_fit_options_that_do_not_apply_are_refused(argv, message, tmp_path, capsys):
+    img = _write_test_png(tmp_path / "disk.png")
+    rc = main(["fit", str(img), "--kernels", str(K), "--iters", "0", "--no-progress", "--out",
+               str(tmp_path / "x.npz"), *argv])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()

@@ -39,8 +39,9 @@ The paper describes the method in one paragraph; everything below that it leaves
 - Bandwidth: one isotropic sigma for all kernels, the grid initializer's rule with the mean spacing of
   ``n_kernels`` kernels over the image: sigma = sqrt(H W / K) / 2 ("the distance between the centres of two
   kernels equals two standard deviations", coding paper section 3); precision diag(1 / sigma^2).
-- pi_j = 1; experts: the mean of the image over the pixels each kernel dominates
-  (:func:`smoe_core.init.grid.experts_from_dominance`).
+- pi_j = 1; experts (``experts=``): by default the mean of the image over the pixels each kernel dominates
+  (:func:`smoe_core.init.grid.experts_from_dominance`); "centre" and "random" as in :mod:`.grid`
+  ("random" draws from a generator seeded by ``seed + 1``, independent of the k-means++ stream).
 """
 from __future__ import annotations
 
@@ -200,8 +201,8 @@ def _lloyd(X: np.ndarray, mask: np.ndarray, k: np.ndarray, cent: np.ndarray, n_i
 
 def kmeans(image, n_kernels: int, *, block: int = 32, intensity_scale: float | None = None,
            allocation: str = "equal", n_iter: int = 30, tol: float = 1e-3, seed: int = 0,
-           color_space: str | None = None,
-           rbf: bool = False, linear: bool = False, chunk_elems: int = 8_000_000) -> InitResult:
+           color_space: str | None = None, rbf: bool = False, linear: bool = False, experts: str = "mean",
+           chunk_elems: int = 8_000_000) -> InitResult:
     """Block-based K-Means initialization with exactly ``n_kernels`` radial kernels of one bandwidth.
 
     ``image``: float image in [0, 1], (H, W) or (H, W, C). ``block``: block side in pixels. ``intensity_scale``:
@@ -251,8 +252,9 @@ def kmeans(image, n_kernels: int, *, block: int = 32, intensity_scale: float | N
     assert K == n_kernels
 
     sigma = math.sqrt(H * W / K) / 2.0
-    model = radial_model(img, mu, sigma, rbf=rbf, linear=linear, color_space=color_space)
-    record = dict(method="kmeans", seconds=time.perf_counter() - t0, n_kernels=K, kernels_requested=n_kernels,
+    model = radial_model(img, mu, sigma, rbf=rbf, linear=linear, color_space=color_space, experts=experts,
+                         seed=seed + 1)
+    record = dict(method="kmeans", experts=experts, seconds=time.perf_counter() - t0, n_kernels=K, kernels_requested=n_kernels,
                   blocks=(nbx, nby), block=block, allocation=allocation, kernels_per_block=(int(k.min()), int(k.max())),
                   intensity_scale=s, sigma=sigma, lloyd_iterations=its, seed=seed)
     return InitResult(model, record)

@@ -22,8 +22,9 @@ The paper gives no formulas for [38]; every choice below is ours:
 - **Bandwidth**: one isotropic sigma for all kernels from the mean kernel spacing, with the grid
   initializer's rule "distance between centres = 2 sigma": sigma = sqrt(H W / K) / 2, precision
   diag(1 / sigma^2), i.e. A = diag(1 / sigma) (the grid gives the same sigma for the same K).
-- pi_j = 1; experts: the mean of the image over the pixels each kernel dominates
-  (:func:`smoe_core.init.grid.experts_from_dominance`).
+- pi_j = 1; experts (``experts=``): by default the mean of the image over the pixels each kernel dominates
+  (:func:`smoe_core.init.grid.experts_from_dominance`); "centre" and "random" as in :mod:`.grid`
+  ("random" draws from a generator seeded by ``seed + 1``, independent of the placement stream).
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def place_kernels(labels, *, kernels_per_segment: int | None = DEFAULT_KERNELS_P
 
 def s_smoe(image, labels=None, *, d_th: float = 40, kernels_per_segment: int = DEFAULT_KERNELS_PER_SEGMENT,
            n_kernels: int | None = None, seed=0, variant: str = "spec", color_space: str | None = None,
-           rbf: bool = False, linear: bool = False) -> InitResult:
+           rbf: bool = False, linear: bool = False, experts: str = "mean") -> InitResult:
     """S-SMoE initialization (module docstring): radial kernels of one bandwidth placed at random inside the
     MDBSCAN segments of ``image`` (float in [0, 1], (H, W) or (H, W, C); the experts get its channels).
 
@@ -136,10 +137,11 @@ def s_smoe(image, labels=None, *, d_th: float = 40, kernels_per_segment: int = D
     mu, seg_of_kernel = place_kernels(labels, kernels_per_segment=kernels_per_segment, n_kernels=n_kernels, seed=seed)
     K = mu.shape[0]
     sigma = math.sqrt(H * W / K) / 2.0
-    model = radial_model(img, mu, sigma, rbf=rbf, linear=linear, color_space=color_space)
+    model = radial_model(img, mu, sigma, rbf=rbf, linear=linear, color_space=color_space, experts=experts,
+                         seed=seed + 1)
     rule = (f"n_kernels={int(n_kernels)} by area" if n_kernels is not None
             else f"{int(kernels_per_segment)} per segment")
     record = dict(method="s_smoe", seconds=time.perf_counter() - t0, n_kernels=K,
                   n_segments=int(len(np.unique(seg_of_kernel))), d_th=used_d_th, segmentation_seconds=seg_seconds,
-                  variant=variant if used_d_th is not None else None, kernel_rule=rule, sigma=sigma, seed=seed)
+                  variant=variant if used_d_th is not None else None, kernel_rule=rule, sigma=sigma, seed=seed, experts=experts)
     return InitResult(model, record)
