@@ -390,8 +390,13 @@ def cmd_reproduce(args) -> int:
 
     if args.workers and args.scheduler:
         raise ValueError("give --workers or --scheduler, not both")
+    if args.images:
+        from .io import resolve_image_path
+
+        for name in args.images:
+            resolve_image_path(name)  # a clear error before any notebook starts
     report = reproduce(args.preset, only=args.only, results_dir=args.results, workers=args.workers or None,
-                       scheduler=args.scheduler, progress=not args.no_progress)
+                       scheduler=args.scheduler, progress=not args.no_progress, images=args.images)
     print(f"report: {report}")
     return 0
 
@@ -569,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="run the papers' notebooks (papermill) and write results/REPORT.md")
     p.add_argument("--preset", choices=("smoke", "quick", "paper"), default="quick")
     p.add_argument("--only", nargs="+", default=None, metavar="NOTEBOOK", help="run only these notebooks")
+    p.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
+                   help="replace the preset's images (test-image names or paths): run a long preset in pieces")
     p.add_argument("--workers", type=positive_int, default=None, metavar="N", help="Dask workers (local cluster)")
     p.add_argument("--scheduler", default=None, metavar="ADDR", help="address of a running Dask scheduler")
     p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results)")

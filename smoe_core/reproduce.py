@@ -47,24 +47,61 @@ register_notebook("as_smoe_segments", {
     "paper": dict(images=TEST_IMAGES, workers_list=[0, 1, 2]),
 })
 
+register_notebook("r_smoe", {
+    # one tiny crop, a few steps, 2-model fusion: checks that every cell runs (part of the test suite)
+    "smoke": dict(images=["peppers"], crop=32, kernels=[16, 64], iters=5, speed_images=["peppers"], speed_crop=32,
+                  speed_kernels=[64], speed_repeats=1, denoise_images=["peppers"], denoise_crop=32, sigmas=[25],
+                  rgb_sigmas=[25], fusion_models=2, denoise_iters=5, sr_images=["peppers"], sr_crop=48, scales=[2],
+                  sr_iters=5, figure_window=24),
+    # the four images on centred crops, reduced steps; colour denoising at sigma 25 only (about 5 minutes)
+    "quick": dict(images=TEST_IMAGES, crop=96, kernels=[24, 96, 384], iters=100, speed_images=["peppers"],
+                  speed_crop=192, speed_kernels=[256, 1024, 4096], speed_repeats=2, denoise_images=TEST_IMAGES,
+                  denoise_crop=128, sigmas=[15, 25, 50], rgb_sigmas=[25], sr_images=TEST_IMAGES, sr_crop=192,
+                  sr_iters=300, grid_workers=2),
+    # larger crops and pools, more steps, full-size speed/memory, denoising and super-resolution (hours)
+    "paper": dict(images=TEST_IMAGES, crop=256, kernels=[64, 256, 1024, 4096], iters=500, speed_images=["peppers"],
+                  speed_crop=None, speed_kernels=[500, 1000, 2000, 4000], speed_repeats=3,
+                  denoise_images=TEST_IMAGES, denoise_crop=None, sigmas=[15, 25, 50], rgb_sigmas=[15, 25, 50],
+                  sr_images=TEST_IMAGES, sr_crop=None, figure_window=128, grid_workers=2),
+})
+
+
+register_notebook("edge_aligned", {
+    # a tiny crop, a few iterations: checks that every cell runs (part of the test suite)
+    "smoke": dict(images=["peppers"], crop=96, budgets={"peppers": 80}, expert_iters=5, tile_iters=15,
+                  finetune_iters=15),
+    # the four images, Figs. 5/6 at two budgets (0.5x, 1x Table V's), stages capped at 200 iterations
+    "quick": dict(images=TEST_IMAGES, expert_iters=30, budget_factors=[0.5, 1.0], tile_iters=200,
+                  finetune_iters=200, tol=2e-5),
+    # the papers' stopping rule (loss decrease below 1e-6), five budgets, AS-SMoE at three thresholds
+    "paper": dict(images=TEST_IMAGES, expert_iters=100, budget_factors=[0.25, 0.5, 1.0, 1.5, 2.0],
+                  as_smoe_d_th=[30, 40, 50], tile_iters=2000, finetune_iters=5000, tol=1e-6),
+})
+
 
 def available_notebooks() -> list[str]:
     return [n for n in PRESETS if (NOTEBOOK_DIR / f"{n}.ipynb").is_file()]
 
 
-def notebook_parameters(name: str, preset: str, *, results_dir, workers=None, scheduler=None) -> dict:
+def notebook_parameters(name: str, preset: str, *, results_dir, workers=None, scheduler=None,
+                        images=None) -> dict:
+    """The papermill parameters of a notebook at a preset. ``images`` (test-image names or paths) replaces the
+    preset's image list, to run a long preset in pieces: results of every piece land in the same tables (the
+    grids are keyed by image), and a later full run only computes what is missing."""
     if name not in PRESETS:
         raise ValueError(f"unknown notebook {name!r} (known: {', '.join(PRESETS)})")
     if preset not in PRESETS[name]:
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS[name])})")
     params = dict(PRESETS[name][preset])
+    if images:
+        params["images"] = [str(i) for i in images]
     params.update(preset=preset, results_dir=str(Path(results_dir).resolve()), workers=workers or 0,
                   scheduler=scheduler or "")
     return params
 
 
 def run_notebook(name: str, preset: str, *, results_dir="results", workers=None, scheduler=None,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, images=None) -> Path:
     """Executes ``notebooks/<name>.ipynb`` with the preset's parameters; returns the executed notebook's path."""
     import papermill
 
@@ -75,7 +112,8 @@ def run_notebook(name: str, preset: str, *, results_dir="results", workers=None,
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{name}.ipynb"
     tmp = out_dir / f".{name}.{os.getpid()}.tmp.ipynb"
-    params = notebook_parameters(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler)
+    params = notebook_parameters(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler,
+                                 images=images)
     try:
         papermill.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=progress, cwd=str(ROOT),
                                    kernel_name="python3", log_output=False)
@@ -106,8 +144,9 @@ def build_report(results_dir="results", presets=("smoke", "quick", "paper")) -> 
 
 
 def reproduce(preset: str = "quick", *, only=None, results_dir="results", workers=None, scheduler=None,
-              progress: bool = True) -> Path:
-    """Runs the notebooks (all, or ``only``) at ``preset`` and rebuilds results/REPORT.md; returns its path."""
+              progress: bool = True, images=None) -> Path:
+    """Runs the notebooks (all, or ``only``) at ``preset`` and rebuilds results/REPORT.md; returns its path.
+    ``images`` replaces the presets' image lists (:func:`notebook_parameters`)."""
     names = available_notebooks()
     if only:
         only = [only] if isinstance(only, str) else list(only)
@@ -119,7 +158,8 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
         raise FileNotFoundError(f"no notebooks to run in {NOTEBOOK_DIR}")
     for name in names:
         t0 = time.perf_counter()
-        run_notebook(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler, progress=progress)
+        run_notebook(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler, progress=progress,
+                     images=images)
         if progress:
             print(f"{name} ({preset}): {time.perf_counter() - t0:.0f} s")
     return build_report(results_dir)

@@ -37,3 +37,24 @@ def test_run_grid_resumes_without_redoing(tmp_path):
     assert calls == [0, 1, 2, 3, 3, 4]
     assert list(df["value"]) == [0, 1, 4, 9, 16]
     assert isinstance(df, pd.DataFrame)
+
+
+def test_notebook_parameters_images_override_runs_a_preset_in_pieces(tmp_path):
+    from smoe_core.reproduce import PRESETS, notebook_parameters
+
+    base = notebook_parameters("compare_initializers", "paper", results_dir=tmp_path)
+    piece = notebook_parameters("compare_initializers", "paper", results_dir=tmp_path, images=["peppers"])
+    assert piece["images"] == ["peppers"] and len(base["images"]) == 4
+    # everything else is the preset's, and the registry itself is not modified
+    assert {k: v for k, v in piece.items() if k != "images"} == {k: v for k, v in base.items() if k != "images"}
+    assert len(PRESETS["compare_initializers"]["paper"]["images"]) == 4
+
+
+def test_reproduce_refuses_an_unknown_image_before_running(tmp_path, capsys):
+    from smoe_core.cli import main
+
+    rc = main(["reproduce", "--preset", "smoke", "--images", str(tmp_path / "missing.png"), "--results",
+               str(tmp_path / "r")])
+    assert rc == 2
+    assert "smoe: error:" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
