@@ -176,7 +176,10 @@ def test_batched_equals_one_cbb_at_a_time(backend):
                 np.testing.assert_array_equal(getattr(one, name)[0], getattr(batch, name)[b])
             else:  # batched BLAS products round differently with the batch size (float32)
                 np.testing.assert_allclose(getattr(one, name)[0], getattr(batch, name)[b], rtol=1e-3, atol=1e-4)
-        assert one.psnr[0] == pytest.approx(batch.psnr[b], abs=1e-3)
+        if backend == "tiled":
+            assert one.psnr[0] == batch.psnr[b]
+        else:  # compare MSEs: a flat CBB fitted to ~150 dB turns float32 rounding into a large dB difference
+            assert 10 ** (-one.psnr[0] / 10) == pytest.approx(10 ** (-batch.psnr[b] / 10), rel=1e-2, abs=1e-9)
 
 
 # ---------------------------------------------------------------------- the pipeline
