@@ -21,15 +21,17 @@ META_COLUMNS = ("package_version", "git_commit", "preset", "seed", "backend", "d
 
 
 def git_commit(path: Path | None = None) -> str:
-    """The repository's HEAD commit (with "+dirty" if files differ), or "unknown" outside a checkout."""
+    """The repository's HEAD commit (with "+dirty" if tracked files outside results/ differ), or "unknown"
+    outside a checkout."""
     cwd = Path(path or Path(__file__).resolve().parents[1])
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True,
                               timeout=10)
         if head.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        # outputs under results/ do not make the code dirty (a run that clears results/ first is still clean)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

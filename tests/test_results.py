@@ -58,3 +58,25 @@ def test_reproduce_refuses_an_unknown_image_before_running(tmp_path, capsys):
     assert rc == 2
     assert "smoe: error:" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_git_commit_ignores_outputs_under_results(tmp_path):
+    import subprocess
+
+    from smoe_core.results import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.csv").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 12 and not clean.endswith("+dirty")
+    (tmp_path / "results" / "t.csv").unlink()  # a run that clears its results folder first
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == clean + "+dirty"
