@@ -17,10 +17,9 @@ Steered Mixture of Experts"), as functions the notebook ``notebooks/edge_aligned
 
 Choices the paper leaves open, made here (every one a parameter):
 
-- Fig. 2 recomputes the intermediate stages with the initializer's own helpers
-  (:mod:`smoe_core.init.edge`: ``line_segments``, ``importance_scores``, ``reduce_segments``,
-  ``place_pairs``) and the defaults of :func:`smoe_core.init.edge` (read from its signature), and checks that
-  the kernel centres equal those of the initializer itself (an error if they ever drift apart).
+- Fig. 2 takes the intermediate stages from :func:`smoe_core.init.edge.edge_layout`, the function the
+  initializer itself runs for steps A-C, with the defaults of :func:`smoe_core.init.edge` (read from its
+  signature).
 - Fig. 3: the edge-aligned initializer at the Table V budgets (:func:`smoe_core.experiments.default_budget`:
   3500 kernels for Barbara, 1500 for the others) run for a fixed number of iterations (``tol=None``), the PSNR
   of the whole image after each iteration (index 0 is m^(0), the luma sampled at the kernel centres, eq. 10).
@@ -52,7 +51,6 @@ Choices the paper leaves open, made here (every one a parameter):
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from pathlib import Path
 
@@ -61,8 +59,7 @@ import pandas as pd
 
 from .experiments import SEGMENTING, default_budget, image_key, load_case
 from .init import get_initializer
-from .init.edge import (ANGLES, DEFAULT_MAX_PTS, _luma, edge, importance_scores, line_segments, place_pairs,
-                        reduce_segments, sample_bilinear)
+from .init.edge import ANGLES, edge, edge_layout, resolve_max_pts, sample_bilinear
 from .io import check_image
 from .metrics import psnr, ssim
 from .rendering import render
@@ -103,36 +100,20 @@ def edge_stages(image, n_kernels: int | None = None, **edge_kwargs) -> dict:
     (K, 2) kernel centres (x, y) (d); ``model`` and ``record`` of :func:`smoe_core.init.edge` with the same
     arguments, and ``reduction`` (eps, n_clusters, n_clustered, n_noise, n_noise_kept).
     """
-    from skimage.feature import canny
-
     p = edge_parameters(**edge_kwargs)
     img = check_image(image)
-    H, W = img.shape[:2]
-    edges = canny(_luma(img).astype(np.float64), sigma=p["canny_sigma"], low_threshold=p["low_threshold"],
-                  high_threshold=p["high_threshold"], use_quantiles=p["use_quantiles"])
-    seg_c, seg_o, seg_n = line_segments(edges, min_length=p["min_length"])
-    if len(seg_c) == 0:
-        raise ValueError("no line segments: the Canny edge mask is (nearly) empty")
-    scores, _, _ = importance_scores(seg_c, seg_o, p["lam"], missing=float(math.hypot(H, W)))
-    if n_kernels is not None:
-        max_pts = int(n_kernels) // 2
-    else:
-        max_pts = int(p["max_pts"] if p["max_pts"] is not None else DEFAULT_MAX_PTS)
-    kept_c, kept_o, info = reduce_segments(seg_c, seg_o, scores, max_pts, cluster_fraction=p["cluster_fraction"],
-                                           min_samples=p["min_samples"], eps0=p["eps0"],
-                                           eps_growth=p["eps_growth"], max_eps=float(math.hypot(H, W)))
-    centres = place_pairs(kept_c, kept_o, p["delta_mu"])
-    centres[:, 0] = np.clip(centres[:, 0], 0, W - 1)
-    centres[:, 1] = np.clip(centres[:, 1], 0, H - 1)
+    lay = edge_layout(img, resolve_max_pts(n_kernels, p["max_pts"]),
+                      **{k: p[k] for k, v in inspect.signature(edge_layout).parameters.items()
+                         if v.kind is inspect.Parameter.KEYWORD_ONLY})
     model, record = edge(img, n_kernels, **edge_kwargs)
-    if model.n_kernels != len(centres) or not np.allclose(np.asarray(model.mu), centres, atol=1e-3):
-        raise RuntimeError("edge_stages is out of sync with smoe_core.init.edge: the kernel centres differ")
     angles = np.asarray(ANGLES)
-    segments = pd.DataFrame(dict(x=seg_c[:, 0], y=seg_c[:, 1], orientation=seg_o, angle_deg=angles[seg_o],
-                                 length=seg_n, score=scores))
-    reduced = pd.DataFrame(dict(x=kept_c[:, 0], y=kept_c[:, 1], orientation=kept_o, angle_deg=angles[kept_o]))
-    return dict(edges=edges, segments=segments, reduced=reduced, centres=centres, model=model, record=record,
-                reduction=info)
+    c, o = lay.centres, lay.orientation
+    segments = pd.DataFrame(dict(x=c[:, 0], y=c[:, 1], orientation=o, angle_deg=angles[o], length=lay.lengths,
+                                 score=lay.scores))
+    kc, ko = lay.kept_centres, lay.kept_orientation
+    reduced = pd.DataFrame(dict(x=kc[:, 0], y=kc[:, 1], orientation=ko, angle_deg=angles[ko]))
+    return dict(edges=lay.edges, segments=segments, reduced=reduced, centres=lay.mu, model=model, record=record,
+                reduction=lay.reduction)
 
 
 def stage_counts(stages: dict, image: str = "") -> dict:

@@ -109,6 +109,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -289,6 +290,62 @@ def sample_bilinear(img3: np.ndarray, mu: np.ndarray) -> np.ndarray:
                      for c in range(img3.shape[2])], 1)
 
 
+def resolve_max_pts(n_kernels: int | None, max_pts: int | None) -> int:
+    """The number of segments kept: ``n_kernels // 2`` (one kernel pair each), or ``max_pts``, or
+    :data:`DEFAULT_MAX_PTS` when neither is given."""
+    if n_kernels is not None and max_pts is not None:
+        raise ValueError("give n_kernels or max_pts, not both")
+    if n_kernels is not None:
+        if int(n_kernels) < 2:
+            raise ValueError(f"n_kernels must be >= 2 (one pair), got {n_kernels}")
+        max_pts = int(n_kernels) // 2
+    elif max_pts is None:
+        max_pts = DEFAULT_MAX_PTS
+    max_pts = int(max_pts)
+    if max_pts < 1:
+        raise ValueError(f"max_pts must be >= 1, got {max_pts}")
+    return max_pts
+
+
+@dataclass
+class EdgeLayout:
+    """Steps A-C of the initializer (the stages of the edge paper's Fig. 2)."""
+
+    edges: np.ndarray  # (H, W) bool: the Canny mask (step A)
+    centres: np.ndarray  # (n, 2) every line segment's centre (x, y) (step A)
+    orientation: np.ndarray  # (n,) index into ANGLES
+    lengths: np.ndarray  # (n,) pixels per segment
+    scores: np.ndarray  # (n,) importance score, eq. 8 (step B)
+    kept_centres: np.ndarray  # (m, 2) the segments left by the reduction (step B)
+    kept_orientation: np.ndarray  # (m,)
+    reduction: dict  # eps, n_clusters, n_clustered, n_noise, ... of :func:`reduce_segments`
+    mu: np.ndarray  # (2m, 2) kernel centres (x, y), clipped to the image (step C)
+
+
+def edge_layout(img: np.ndarray, max_pts: int, *, canny_sigma: float, low_threshold: float, high_threshold: float,
+                use_quantiles: bool, min_length: int, lam: float, cluster_fraction: float, min_samples: int,
+                eps0: float, eps_growth: float, delta_mu: float) -> EdgeLayout:
+    """Steps A (Canny edges, line segments), B (importance scores, reduction to ``max_pts`` segments) and C
+    (kernel pairs) on a checked float image; :func:`edge` and the Fig. 2 study both use it."""
+    from skimage.feature import canny
+
+    H, W = img.shape[:2]
+    edges = canny(_luma(img).astype(np.float64), sigma=canny_sigma, low_threshold=low_threshold,
+                  high_threshold=high_threshold, use_quantiles=use_quantiles)
+    seg_c, seg_o, seg_n = line_segments(edges, min_length=min_length)
+    if len(seg_c) == 0:
+        raise ValueError("no line segments: the Canny edge mask is (nearly) empty; lower the thresholds or "
+                         "canny_sigma, or use another initializer for this image")
+    scores, _, _ = importance_scores(seg_c, seg_o, lam, missing=float(math.hypot(H, W)))
+    kept_c, kept_o, info = reduce_segments(seg_c, seg_o, scores, max_pts, cluster_fraction=cluster_fraction,
+                                           min_samples=min_samples, eps0=eps0, eps_growth=eps_growth,
+                                           max_eps=float(math.hypot(H, W)))
+    mu = place_pairs(kept_c, kept_o, delta_mu)
+    mu[:, 0] = np.clip(mu[:, 0], 0, W - 1)
+    mu[:, 1] = np.clip(mu[:, 1], 0, H - 1)
+    return EdgeLayout(edges, seg_c, seg_o, seg_n, scores, kept_c, kept_o, info, mu)
+
+
 def edge(image, n_kernels: int | None = None, *, max_pts: int | None = None, canny_sigma: float = 2.0,
          low_threshold: float = 0.1, high_threshold: float = 0.2, use_quantiles: bool = False,
          min_length: int = 2, lam: float = 0.1, cluster_fraction: float = 0.8, min_samples: int = 2,
@@ -309,44 +366,18 @@ def edge(image, n_kernels: int | None = None, *, max_pts: int | None = None, can
     H, W = img.shape[:2]
     img3 = img if img.ndim == 3 else img[..., None]
     C = img3.shape[2]
-    if n_kernels is not None and max_pts is not None:
-        raise ValueError("give n_kernels or max_pts, not both")
-    if n_kernels is not None:
-        if int(n_kernels) < 2:
-            raise ValueError(f"n_kernels must be >= 2 (one pair), got {n_kernels}")
-        max_pts = int(n_kernels) // 2
-    elif max_pts is None:
-        max_pts = DEFAULT_MAX_PTS
-    max_pts = int(max_pts)
-    if max_pts < 1:
-        raise ValueError(f"max_pts must be >= 1, got {max_pts}")
+    max_pts = resolve_max_pts(n_kernels, max_pts)
     if not delta_mu > 0:
         raise ValueError(f"delta_mu must be > 0, got {delta_mu}")
     sigma = float(delta_mu if bandwidth is None else bandwidth)
     if not sigma > 0:
         raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
 
-    # A. Canny edges and line segments
-    from skimage.feature import canny
-
-    edges = canny(_luma(img).astype(np.float64), sigma=canny_sigma, low_threshold=low_threshold,
-                  high_threshold=high_threshold, use_quantiles=use_quantiles)
-    seg_c, seg_o, _ = line_segments(edges, min_length=min_length)
-    n_segments = len(seg_c)
-    if n_segments == 0:
-        raise ValueError("no line segments: the Canny edge mask is (nearly) empty; lower the thresholds or "
-                         "canny_sigma, or use another initializer for this image")
-
-    # B. importance scores and reduction
-    scores, _, _ = importance_scores(seg_c, seg_o, lam, missing=float(math.hypot(H, W)))
-    kept_c, kept_o, info = reduce_segments(seg_c, seg_o, scores, max_pts, cluster_fraction=cluster_fraction,
-                                           min_samples=min_samples, eps0=eps0, eps_growth=eps_growth,
-                                           max_eps=float(math.hypot(H, W)))
-
-    # C. kernel pairs
-    mu = place_pairs(kept_c, kept_o, delta_mu)
-    mu[:, 0] = np.clip(mu[:, 0], 0, W - 1)
-    mu[:, 1] = np.clip(mu[:, 1], 0, H - 1)
+    lay = edge_layout(img, max_pts, canny_sigma=canny_sigma, low_threshold=low_threshold,
+                      high_threshold=high_threshold, use_quantiles=use_quantiles, min_length=min_length, lam=lam,
+                      cluster_fraction=cluster_fraction, min_samples=min_samples, eps0=eps0,
+                      eps_growth=eps_growth, delta_mu=delta_mu)
+    mu, info = lay.mu, lay.reduction
     K = len(mu)
     chol = np.tile(np.array([1.0 / sigma, 0.0, 1.0 / sigma], np.float32), (K, 1))
     pi = np.ones(K, np.float32)
@@ -380,8 +411,9 @@ def edge(image, n_kernels: int | None = None, *, max_pts: int | None = None, can
     model = model.replace(experts=m.astype(np.float32), slopes=slopes)
     record = dict(method="edge", seconds=time.perf_counter() - t0, n_kernels=K,
                   kernels_requested=None if n_kernels is None else int(n_kernels), max_pts=max_pts,
-                  n_edge_pixels=int(edges.sum()), n_segments=int(n_segments), n_clustered=info["n_clustered"],
-                  n_clusters=info["n_clusters"], n_noise=info["n_noise"], n_kept=int(len(kept_c)),
+                  n_edge_pixels=int(lay.edges.sum()), n_segments=int(len(lay.centres)),
+                  n_clustered=info["n_clustered"], n_clusters=info["n_clusters"], n_noise=info["n_noise"],
+                  n_kept=int(len(lay.kept_centres)),
                   eps=info["eps"], delta_mu=float(delta_mu), bandwidth=sigma, canny_sigma=float(canny_sigma),
                   expert_iterations=len(mses) - 1, best_iteration=best_it,
                   psnr_per_iteration=[psnr_from_mse(v) for v in mses],
