@@ -165,7 +165,7 @@ SEGMENTING_INITS = ("s_smoe", "as_smoe")
 
 def fit_init_kwargs(args) -> dict:
     """The initializer's keyword arguments from ``smoe fit``'s options, with clear errors for options that do
-    not apply. Segmenting initializers (S-SMoE, AS-SMoE) get a ``labels`` thunk: MDBSCAN at ``--d-th`` on the
+    not apply. Segmenting initializers (S-SMoE, AS-SMoE) get ``labels``: MDBSCAN at ``--d-th`` on the
     image file's colours (authors' variant, as in the notebooks; :func:`smoe_core.experiments.segmentation_labels`)
     unless ``--tiles`` is given (then each tile is segmented by the initializer itself)."""
     init = args.init
@@ -187,7 +187,7 @@ def fit_init_kwargs(args) -> dict:
         else:
             from .experiments import segmentation_labels
 
-            kw["labels"] = lambda: segmentation_labels(args.image, d_th)
+            kw["labels"] = segmentation_labels(args.image, d_th)
     if init == "as_smoe":
         kw["progress"] = not args.no_progress
         if not args.tiles:
@@ -219,44 +219,34 @@ def cmd_fit(args) -> int:
     H, W = image.shape[:2]
     init_kw = fit_init_kwargs(args)
     lr = {k: getattr(args, f"lr_{k}") for k in PARAMS if getattr(args, f"lr_{k}", None) is not None}
+    t0 = time.perf_counter()
     if args.tiles:
         from .tilewise import fit_tilewise
 
         if args.seconds is not None:
             raise ValueError("--seconds is not supported with --tiles; use --tile-iters and --iters")
-        t0 = time.perf_counter()
         model, record = fit_tilewise(
             image, args.kernels, initializer=args.init, init_kwargs=init_kw, tiles=tuple(args.tiles),
             tile_iters=args.tile_iters, sparsity=args.sparsity, finetune_iters=500 if args.iters is None else args.iters,
             lr=lr or None, backend=args.backend, tol=1e-6 if args.tol is None else args.tol, seed=args.seed,
             workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
-        elapsed = time.perf_counter() - t0
         model0, hist = record["merged_model"], record["history"]
-        init_record = dict(seconds=record["tile_seconds"])
+        model0.check()
+        init_seconds = record["tile_seconds"]
         init_label = f"{args.init}, {record['n_tiles']} tiles trained and merged"
     else:
-        if init_kw.get("labels") is not None:
-            init_kw["labels"] = init_kw["labels"]()
         model0, init_record = INITIALIZERS[args.init](image, args.kernels, **init_kw)
-        init_label = args.init
-    model0.check()
-    init_render = render(model0, backend=args.backend)
-    p0, s0 = psnr(init_render, image), ssim(init_render, image)
-
-    if not args.tiles:
+        model0.check()
+        init_seconds, init_label = init_record.get("seconds", float("nan")), args.init
         kwargs = dict(loss=args.loss, sparsity=args.sparsity, backend=args.backend, seed=args.seed,
                       progress=not args.no_progress)
-        if args.iters is not None:
-            kwargs["iters"] = args.iters
-        if args.seconds is not None:
-            kwargs["seconds"] = args.seconds
-        if args.tol is not None:
-            kwargs["tol"] = args.tol
-        if lr:
-            kwargs["lr"] = lr
+        optional = dict(iters=args.iters, seconds=args.seconds, tol=args.tol, lr=lr or None)
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
         t0 = time.perf_counter()
         model, hist = fit(image, model0, **kwargs)
-        elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    init_render = render(model0, backend=args.backend)
+    p0, s0 = psnr(init_render, image), ssim(init_render, image)
     rendered = render(model, backend=args.backend)
     p1, s1 = psnr(rendered, image), ssim(rendered, image)
 
@@ -271,7 +261,7 @@ def cmd_fit(args) -> int:
         staged.discard()
 
     print(f"image: {args.image} ({H} x {W}, {_color_name(image)})")
-    print(f"init: {init_label} ({init_record.get('seconds', float('nan')):.1f} s)")
+    print(f"init: {init_label} ({init_seconds:.1f} s)")
     print(f"PSNR: {p1:.2f} dB (init {p0:.2f} dB)")
     print(f"SSIM: {s1:.4f} (init {s0:.4f})")
     print(f"kernels: {model0.n_kernels} -> {model.n_kernels}")

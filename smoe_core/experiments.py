@@ -90,7 +90,7 @@ def init_kwargs(method: str, item: dict) -> dict:
         kw.setdefault("seed", item.get("seed", 0))
         if method == "as_smoe":
             kw.setdefault("progress", False)
-    elif method == "kmeans":
+    elif method in ("grid", "kmeans"):
         kw.setdefault("seed", item.get("seed", 0))
     return kw
 
@@ -213,8 +213,6 @@ def paper_protocol_items(items) -> list[dict]:
             continue
         kw = {m: dict(v) for m, v in it.get("init_kwargs", {}).items()}
         kw.setdefault(it["method"], {}).update(experts="random")
-        if it["method"] == "grid":
-            kw[it["method"]].setdefault("seed", it.get("seed", 0))
         out.append(dict(it, init_kwargs=kw, tag=PAPER_PROTOCOL))
     return out
 
@@ -271,21 +269,22 @@ def initial_ranking(table: pd.DataFrame, method: str = "as_smoe", rivals=("grid"
 
 def final_quality_table(store, items, *, workers=None, scheduler=None, progress=True) -> pd.DataFrame:
     """Table III (after global optimization): ours, and ours beside the paper's row 1 (d_th = 40)."""
-    protocol = bool(items) and items[0].get("tag") == PAPER_PROTOCOL
     if items and items[0].get("rbf"):
-        key = "table3_rbf"
+        key, side = "table3_rbf", None
+    elif items and items[0].get("tag") == PAPER_PROTOCOL:
+        key, side = "table3_paper_protocol", "table3_paper_protocol_side_by_side"
     else:
-        key = "table3_paper_protocol" if protocol else "table3_final_quality"
+        key, side = "table3_final_quality", "table3_side_by_side"
     df = store.run_grid(key, items, run_global, ["image", "method", "d_th"], workers=workers,
                         scheduler=scheduler, progress=progress)
     ours = _ours(df)
-    if key == "table3_rbf":
+    if side is None:
         return ours
     paper = paper_table("as_smoe_table3_final_quality")
     paper = paper[paper["row"] == 1]
     cols = ["L_opt", "psnr_db", "ssim"] + (["lpips"] if "lpips" in ours.columns else [])
     both = side_by_side(ours, paper, ["image", "method"], cols)
-    store.write_table(f"{key.replace('_final_quality', '')}_side_by_side", both)
+    store.write_table(side, both)
     return both
 
 

@@ -61,7 +61,7 @@ def test_paper_protocol_items_touch_only_radial_methods(tmp_path):
     # the original items are not modified, and the protocol's models are saved apart
     assert all("tag" not in it and "init_kwargs" not in it for it in items)
     assert ex.model_path(tmp_path, pitems[0], "init") != ex.model_path(tmp_path, items[0], "init")
-    assert pitems[0]["init_kwargs"]["grid"]["seed"] == 5
+    assert ex.init_kwargs("grid", pitems[0])["seed"] == 5  # the random experts are drawn under the item's seed
 
 
 def test_initial_ranking_on_a_hand_made_table():

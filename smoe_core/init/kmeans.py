@@ -254,7 +254,7 @@ def kmeans(image, n_kernels: int, *, block: int = 32, intensity_scale: float | N
     sigma = math.sqrt(H * W / K) / 2.0
     model = radial_model(img, mu, sigma, rbf=rbf, linear=linear, color_space=color_space, experts=experts,
                          seed=seed + 1)
-    record = dict(method="kmeans", experts=experts, seconds=time.perf_counter() - t0, n_kernels=K, kernels_requested=n_kernels,
+    record = dict(method="kmeans", seconds=time.perf_counter() - t0, n_kernels=K, kernels_requested=n_kernels,
                   blocks=(nbx, nby), block=block, allocation=allocation, kernels_per_block=(int(k.min()), int(k.max())),
-                  intensity_scale=s, sigma=sigma, lloyd_iterations=its, seed=seed)
+                  intensity_scale=s, sigma=sigma, lloyd_iterations=its, seed=seed, experts=experts)
     return InitResult(model, record)

@@ -143,5 +143,6 @@ def s_smoe(image, labels=None, *, d_th: float = 40, kernels_per_segment: int = D
             else f"{int(kernels_per_segment)} per segment")
     record = dict(method="s_smoe", seconds=time.perf_counter() - t0, n_kernels=K,
                   n_segments=int(len(np.unique(seg_of_kernel))), d_th=used_d_th, segmentation_seconds=seg_seconds,
-                  variant=variant if used_d_th is not None else None, kernel_rule=rule, sigma=sigma, seed=seed, experts=experts)
+                  variant=variant if used_d_th is not None else None, kernel_rule=rule, sigma=sigma, seed=seed,
+                  experts=experts)
     return InitResult(model, record)
