@@ -100,7 +100,6 @@ import ctypes
 import gc
 import math
 import os
-import resource
 import statistics
 import sys
 import time
@@ -110,6 +109,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .bench import _load_average, _peak_rss_mb, tiled_pairs
 from .experiments import image_key, load_case
 from .init import get_initializer
 from .metrics import psnr, ssim
@@ -412,11 +412,6 @@ def _proc_status_mb() -> dict:
     return out
 
 
-def _ru_maxrss_mb() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
-
-
 def _reset_peak() -> bool:
     """Returns freed heap memory and resets the kernel's RSS high-water mark; False where impossible."""
     gc.collect()
@@ -437,9 +432,9 @@ def measure_peak_mb(fn) -> tuple[float, str]:
         before = _proc_status_mb()["VmRSS"]
         fn()
         return max(0.0, _proc_status_mb()["VmHWM"] - before), "vmhwm"
-    before = _ru_maxrss_mb()
+    before = _peak_rss_mb()
     fn()
-    return max(0.0, _ru_maxrss_mb() - before), "ru_maxrss"
+    return max(0.0, _peak_rss_mb() - before), "ru_maxrss"
 
 
 def saved_tensor_bytes(fn, exclude=()) -> int:
@@ -547,8 +542,6 @@ def run_speed_memory_item(item: dict) -> list[dict]:
     bound). One row per backend: renderer (the backend), kernels_model (the model's count), height, width,
     threads, repeats, best_ms, median_ms, peak_mb, saved_mb, memory_method, kernels_per_block, pairs (pixel-kernel
     pairs evaluated), load_avg_1min."""
-    from .bench import tiled_pairs
-
     threads = item.get("threads", 1)
     with torch_threads(threads):
         threads = torch.get_num_threads()
@@ -587,13 +580,6 @@ def run_speed_memory_item(item: dict) -> list[dict]:
                          kernels_per_block=st["kernels_per_block"],
                          pairs=H * W * base.n_kernels if b == "dense" else tiled_pairs(lists), load_avg_1min=load))
     return rows
-
-
-def _load_average() -> float:
-    try:
-        return float(os.getloadavg()[0])
-    except (OSError, AttributeError):
-        return float("nan")
 
 
 def speed_memory_runs(items, store=None, *, name: str = "speed_memory_runs", **kw) -> pd.DataFrame:
@@ -821,6 +807,23 @@ def crops_figure(images: dict, window, *, titles: dict | None = None, ncols: int
     return fig
 
 
+def _scored_crops(item: dict, runs: pd.DataFrame, column: str, value: int, outs: dict, reference, prefix: str,
+                  methods, label=lambda m: m):
+    """The reference crop ``(name, image)`` then ``outs[prefix + m]`` for each of ``methods`` present, titled
+    with their PSNR / SSIM from the rows of ``runs`` for this item (its image and channels, ``column == value``)."""
+    sel = runs[(runs["image"].map(image_key) == image_key(item["image"])) & (runs["channels"] == item["channels"])
+               & (runs[column].astype(int) == value)]
+    score = {r["method"]: f"{r['psnr']:.2f} dB / {r['ssim']:.3f}" for _, r in sel.iterrows()}
+    name, image = reference
+    images = {name: image}
+    titles = {name: f"{name} ({image_key(item['image'])}, {item['channels']})"}
+    for m in methods:
+        if prefix + m in outs:
+            images[m] = outs[prefix + m]
+            titles[m] = f"{label(m)}\n{score.get(m, '')}"
+    return crops_figure(images, None, titles=titles)
+
+
 def denoise_crops_figure(item: dict, runs: pd.DataFrame, methods=None):
     """The saved crops of one denoising item (clean, noisy and each method: by default the noisy input, the SMoE
     rows by S, then the baselines), titled with their PSNR / SSIM on the whole image; None when the item kept
@@ -834,16 +837,7 @@ def denoise_crops_figure(item: dict, runs: pd.DataFrame, methods=None):
         smoe_rows = sorted((m for m in kept if m.startswith("smoe S=")), key=lambda m: int(m.split("=")[1]))
         others = [m for m in kept if m != "noisy" and m not in smoe_rows]
         methods = [m for m in kept if m == "noisy"] + smoe_rows + others
-    sel = runs[(runs["image"].map(image_key) == image_key(item["image"])) & (runs["channels"] == item["channels"])
-               & (runs["sigma"].astype(int) == sigma)]
-    score = {r["method"]: f"{r['psnr']:.2f} dB / {r['ssim']:.3f}" for _, r in sel.iterrows()}
-    images = {"clean": outs["clean"]}
-    titles = {"clean": f"clean ({image_key(item['image'])}, {item['channels']})"}
-    for m in methods:
-        if f"s{sigma}_{m}" in outs:
-            images[m] = outs[f"s{sigma}_{m}"]
-            titles[m] = f"{m}\n{score.get(m, '')}"
-    return crops_figure(images, None, titles=titles)
+    return _scored_crops(item, runs, "sigma", sigma, outs, ("clean", outs["clean"]), f"s{sigma}_", methods)
 
 
 def superres_crops_figure(item: dict, runs: pd.DataFrame, methods=("bicubic", "lanczos", "smoe")):
@@ -852,16 +846,8 @@ def superres_crops_figure(item: dict, runs: pd.DataFrame, methods=("bicubic", "l
     scale = int(item["scale"])
     if not outs or f"x{scale}_hr" not in outs:
         return None
-    sel = runs[(runs["image"].map(image_key) == image_key(item["image"])) & (runs["channels"] == item["channels"])
-               & (runs["scale"].astype(int) == scale)]
-    score = {r["method"]: f"{r['psnr']:.2f} dB / {r['ssim']:.3f}" for _, r in sel.iterrows()}
-    images = {"original": outs[f"x{scale}_hr"]}
-    titles = {"original": f"original ({image_key(item['image'])}, {item['channels']})"}
-    for m in methods:
-        if f"x{scale}_{m}" in outs:
-            images[m] = outs[f"x{scale}_{m}"]
-            titles[m] = f"{m} x{scale}\n{score.get(m, '')}"
-    return crops_figure(images, None, titles=titles)
+    return _scored_crops(item, runs, "scale", scale, outs, ("original", outs[f"x{scale}_hr"]), f"x{scale}_",
+                         methods, label=lambda m: f"{m} x{scale}")
 
 
 def mean_curves(df: pd.DataFrame, x: str, metrics, *, by: str = "variant_label", logx: bool = False, title=None):
