@@ -50,7 +50,9 @@ Choices the paper leaves open, made here:
 - **Output**: the fused image is clipped to [0, 1].
 - **Parallelism**: the S fits are independent tasks of :func:`smoe_core.parallel.run_tasks` (serial, or one
   Dask worker process per fit with ``workers=`` / ``scheduler=``), one torch thread each, so serial and Dask
-  runs give identical results.
+  runs give identical results. The baselines are single-threaded too (BM3D explicitly, see below), so every
+  row of :func:`denoising_experiment` (and of :func:`smoe_core.rsmoe.run_denoise_item`) is the same number
+  however often, wherever and with however many threads it runs (the ``seconds`` column aside).
 - **Noise** (:func:`add_noise`): additive white Gaussian noise of standard deviation sigma on the 0-255 scale
   (sigma / 255 on [0, 1] images), float32, **not clipped** by default: the convention of the denoising
   papers' PSNR tables (BM3D's own experiments included), and what BM3D's Gaussian noise model assumes;
@@ -60,7 +62,14 @@ Baselines (:func:`denoise_baseline`), all given the true sigma (no estimation), 
 
 - ``"bm3d"``: the ``bm3d`` package (Mäkinen, Azzari, Foi; PyPI ``bm3d``, tested with 4.0.3),
   ``bm3d.bm3d(noisy, sigma_psd=sigma/255)`` with its default profile for gray, ``bm3d.bm3d_rgb`` (opponent
-  colour transform) for RGB. If the package is missing the baseline raises ImportError saying how to install.
+  colour transform) for RGB, except that the profile's ``num_threads`` is :data:`BM3D_THREADS` = 1 instead of
+  the package's 0 ("automatic": one thread per CPU of its own thread pool, which ignores torch's and
+  OpenMP's settings). With more than one thread the package aggregates the block estimates in whatever order
+  its threads finish ("may yield slightly different results each application", its profile says): the same
+  call gave PSNRs differing by up to 1e-6 dB (SSIMs by 2e-8) from run to run, serially and on Dask workers
+  alike, and the thread count itself changes the result (by 1.4e-5 dB on a 128 x 128 crop). One thread makes
+  it a deterministic function of its input (and on a shared 2-core machine it is no slower). If the package
+  is missing the baseline raises ImportError saying how to install.
 - ``"nlm"``: ``skimage.restoration.denoise_nl_means`` with the parameters of scikit-image's own guidance:
   ``patch_size=5, patch_distance=6, fast_mode=True, sigma=sigma/255, h=0.8*sigma/255`` (the docstring's
   "h = 0.8 * sigma when fast_mode is True"), with the known sigma in place of ``estimate_sigma``'s estimate.
@@ -80,7 +89,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from .io import check_image
+from .io import TEST_IMAGES, check_image
 from .metrics import psnr, ssim
 from .parallel import run_tasks
 
@@ -90,10 +99,30 @@ MAX_MODELS = 64
 BORDERS = ("reflect", "crop", "roll")
 BASELINES = ("bm3d", "nlm", "tv")
 TV_WEIGHT_PER_SIGMA = 0.8
+#: threads of the BM3D baseline: 1, the only setting with run-to-run identical results (module docstring)
+BM3D_THREADS = 1
 NLM_H_PER_SIGMA = 0.8
 
 
 # ---------------------------------------------------------------------- noise
+def image_number(name) -> int:
+    """The number of an image in the noise seeds: a test image's position in ``TEST_IMAGES`` (0-3), any other
+    name (a path counts by its file stem, lower case) 4 + crc32(name) mod 1e6. It depends on the image alone,
+    not on which other images run with it, so a run split into pieces draws the same noise as a whole one."""
+    import zlib
+    from pathlib import Path
+
+    key = Path(str(name)).stem.lower()
+    if key in TEST_IMAGES:
+        return TEST_IMAGES.index(key)
+    return len(TEST_IMAGES) + zlib.crc32(key.encode()) % 1_000_000
+
+
+def noise_seed(seed: int, name, sigma: float) -> int:
+    """The seed of the noise added to image ``name`` at ``sigma``: ``seed + 1000 * image_number(name) + sigma``."""
+    return int(seed) + 1000 * image_number(name) + int(sigma)
+
+
 def add_noise(image, sigma: float, seed: int = 0, *, clip: bool = False) -> np.ndarray:
     """``image`` + white Gaussian noise of standard deviation ``sigma`` / 255 (float32; see module docstring).
 
@@ -279,7 +308,9 @@ def denoise_baseline(noisy, sigma: float, method: str) -> np.ndarray:
             import bm3d
         except ImportError as exc:
             raise ImportError("the BM3D baseline needs the 'bm3d' package: pip install bm3d") from exc
-        out = bm3d.bm3d_rgb(gray_in, s) if color else bm3d.bm3d(gray_in, s)
+        profile = bm3d.BM3DProfile()  # the default profile ("np"), single-threaded: deterministic
+        profile.num_threads = BM3D_THREADS
+        out = bm3d.bm3d_rgb(gray_in, s, profile=profile) if color else bm3d.bm3d(gray_in, s, profile=profile)
     elif method == "nlm":
         from skimage.restoration import denoise_nl_means
 
@@ -301,8 +332,9 @@ def denoising_experiment(images: dict, sigmas=(15, 25, 50), models=(1, 8), *, n_
                          **fit_kwargs) -> pd.DataFrame:
     """PSNR / SSIM of the noisy input, SMoE with each S in ``models`` and the ``baselines``, per image and sigma.
 
-    ``images``: name -> clean image in [0, 1]. The noise of (image i in insertion order, sigma) uses seed
-    ``seed + 1000 * i + sigma`` (fixed per pair, the same for every method). The SMoE fits run once per
+    ``images``: name -> clean image in [0, 1]. The noise of (image, sigma) uses seed
+    :func:`noise_seed` (``seed + 1000 * image_number(name) + sigma``: fixed per pair, the same for every method
+    and whatever other images run). The SMoE fits run once per
     (image, sigma) for max(models) models; the row for S is the fusion of the first S of them (the first
     model is the S = 1 denoiser; see the module docstring). A baseline whose package is missing gets a row
     with NaN metrics and the error in ``note``.
@@ -312,10 +344,10 @@ def denoising_experiment(images: dict, sigmas=(15, 25, 50), models=(1, 8), *, n_
     """
     S_list = sorted({_check_models(S) for S in models})
     rows = []
-    for i, (name, clean) in enumerate(images.items()):
+    for name, clean in images.items():
         clean = check_image(clean)
         for sigma in sigmas:
-            noisy = add_noise(clean, sigma, seed=int(seed) + 1000 * i + int(sigma))
+            noisy = add_noise(clean, sigma, seed=noise_seed(seed, name, sigma))
             base = dict(image=name, sigma=sigma)
             rows.append(dict(base, method="noisy", models=np.nan, psnr=psnr(noisy, clean), ssim=ssim(noisy, clean),
                              seconds=0.0, note=""))
@@ -341,6 +373,6 @@ def denoising_experiment(images: dict, sigmas=(15, 25, 50), models=(1, 8), *, n_
     return pd.DataFrame(rows, columns=["image", "sigma", "method", "models", "psnr", "ssim", "seconds", "note"])
 
 
-__all__ = ["add_noise", "shift_schedule", "default_kernels", "shifted_frame", "unshift", "fit_shifted", "fuse",
+__all__ = ["add_noise", "image_number", "noise_seed", "shift_schedule", "default_kernels", "shifted_frame", "unshift", "fit_shifted", "fuse",
            "denoise", "denoise_baseline", "denoising_experiment", "PIXELS_PER_KERNEL", "DEFAULT_ITERS",
-           "MAX_MODELS", "BORDERS", "BASELINES"]
+           "MAX_MODELS", "BORDERS", "BASELINES", "BM3D_THREADS"]

@@ -631,16 +631,16 @@ def _keep(image, out_dir, save_images, window) -> dict:
 def denoise_items(images, sigmas=(15, 25, 50), *, channels=("gray", "rgb"), crop=None, models: int = 8,
                   n_kernels=None, iters=None, init="grid", baselines=("bm3d", "nlm", "tv"), seed: int = 0,
                   out_dir=None, save_images=None, save_sigmas=None, window=None) -> list[dict]:
-    """One item per (image, channels, sigma) for :func:`run_denoise_item`; ``image_index`` is the image's
-    position in ``images`` (the noise seed of :func:`smoe_core.denoise.denoising_experiment` depends on it).
+    """One item per (image, channels, sigma) for :func:`run_denoise_item` (its noise seed is
+    :func:`smoe_core.denoise.noise_seed` of the image's name, whatever other images are in ``images``).
     Outputs are kept in ``out_dir`` for the images in ``save_images`` (None: all) and sigmas in
     ``save_sigmas`` (None: all), cut to ``window`` = (y0, y1, x0, x1) when given."""
     items = []
-    for i, im in enumerate(images):
+    for im in images:
         for ch in _channels_list(channels):
             for s in sigmas:
                 keep = _keep(im, out_dir if (save_sigmas is None or s in save_sigmas) else None, save_images, window)
-                items.append(dict(image=str(im), image_index=i, channels=ch, sigma=int(s), crop=crop,
+                items.append(dict(image=str(im), channels=ch, sigma=int(s), crop=crop,
                                   models=int(models), n_kernels=n_kernels, iters=iters, init=init,
                                   baselines=list(baselines), seed=int(seed), **keep))
     return items
@@ -649,14 +649,14 @@ def denoise_items(images, sigmas=(15, 25, 50), *, channels=("gray", "rgb"), crop
 def run_denoise_item(item: dict) -> list[dict]:
     """Rows of :func:`smoe_core.denoise.denoising_experiment` for one (image, channels, sigma) -- noisy,
     "smoe S=1", "smoe S=<models>", the baselines -- computed from the same public pieces (add_noise with seed
-    ``seed + 1000 * image_index + sigma``, the shifted fits, fuse, the baselines) so the outputs can be kept:
+    :func:`smoe_core.denoise.noise_seed`, the shifted fits, fuse, the baselines) so the outputs can be kept:
     with ``out_dir`` they are saved to ``denoise_<image>_<channels>.npz`` under keys ``s<sigma>_<method>``."""
     from . import denoise as dn
 
     clean = load_item_image(item)
     sigma, S = int(item["sigma"]), int(item.get("models", 8))
     seed = int(item.get("seed", 0))
-    noisy = dn.add_noise(clean, sigma, seed=seed + 1000 * int(item.get("image_index", 0)) + sigma)
+    noisy = dn.add_noise(clean, sigma, seed=dn.noise_seed(seed, item["image"], sigma))
     outputs = {"noisy": noisy}
     rows = [dict(method="noisy", models=np.nan, psnr=psnr(noisy, clean), ssim=ssim(noisy, clean), seconds=0.0, note="")]
     img, nk, it = dn._check_inputs(noisy, item.get("n_kernels"), item.get("iters"), "reflect")
