@@ -114,6 +114,35 @@ def test_export_drops_kernels_outside_their_segment_and_with_pi_not_positive():
     np.testing.assert_allclose(export_kernels(local, cbbs, labels, pi_export="mean")["pi"][:2], [1 / 0.78] * 2)
 
 
+def test_export_cbb_keep_rule_tests_the_rounded_cbb_position_against_the_cbb_mask():
+    """The authors' keep rule: a kernel's rounded CBB pixel must be set in the CBB's segment mask, which holds
+    the label of that pixel's nearest source pixel. Near a boundary it keeps kernels the exact rule drops."""
+    img = np.zeros((64, 64), np.float32)
+    labels = np.ones((64, 64), np.int32)
+    labels[:, 32:] = 2
+    cbbs = crop_cbbs(img, labels, cbb=32, corona=5)
+    s, (r0, c0) = cbbs.scale[0], cbbs.origin[0]
+    assert (s, c0) == (74 / 32, -21)
+    # CBB column 22 samples image column c0 + floor(22.5 * s) = -21 + 52 = 31 (segment 1), column 23 samples 33
+    assert cbbs.masks[0, 16, 22] and not cbbs.masks[0, 16, 23]
+    mu = [[22.49, 16.0],   # image x = c0 + 22.99 s - 0.5 = 31.66: rounds to column 32 (segment 2), CBB pixel 22
+          [22.51, 16.0],   # CBB pixel 23: dropped by both rules
+          [10.0, 16.0],    # well inside: kept by both
+          [-0.6, 16.0]]    # rounds to CBB column -1, outside the CBB: dropped by the CBB rule
+    local = _local([mu, [[16.0, 16.0]]], [np.tile([0.5, 0.0, 0.5], (4, 1)), [[0.5, 0.0, 0.5]]],
+                   [[1.0] * 4, [1.0]], [np.zeros((4, 1)), np.zeros((1, 1))], [4, 1])
+    image_rule = export_kernels(local, cbbs, labels, pi_export="keep")
+    cbb_rule = export_kernels(local, cbbs, labels, pi_export="keep", keep_rule="cbb")
+    x_image = c0 + (np.array(mu)[:, 0] + 0.5) * s - 0.5
+    np.testing.assert_allclose(cbb_rule["mu"][cbb_rule["cbb"] == 0][:, 0], x_image[[0, 2]], atol=1e-9)
+    np.testing.assert_allclose(image_rule["mu"][image_rule["cbb"] == 0][:, 0], x_image[[2]], atol=1e-9)
+    assert list(cbb_rule["exported"]) == [2, 1]
+    with pytest.raises(ValueError, match="mask_margin"):
+        export_kernels(local, cbbs, labels, keep_rule="cbb", mask_margin=1)
+    with pytest.raises(ValueError, match="keep_rule"):
+        export_kernels(local, cbbs, labels, keep_rule="nearest")
+
+
 # ---------------------------------------------------------------------- Algorithm 1
 def _cbb_set():
     rng = np.random.default_rng(1)

@@ -70,3 +70,46 @@ def test_initial_ranking_on_a_hand_made_table():
     r = ex.initial_ranking(t).set_index("image")
     assert bool(r.loc["a", "beats_all"]) and r.loc["a", "margin_db"] == pytest.approx(1.0)
     assert not bool(r.loc["b", "beats_all"]) and r.loc["b", "margin_db"] == pytest.approx(-5.0)
+
+
+def test_table3_claim_on_hand_made_tables():
+    """The claim holds only where AS-SMoE beats the better rival in PSNR *and* keeps no more kernels than the
+    sparser rival; checked per variant and per baseline protocol."""
+    ours = pd.DataFrame(dict(image=["a"] * 3 + ["b"] * 3, method=["grid", "kmeans", "as_smoe"] * 2,
+                             psnr_db_ours=[30.0, 31.0, 29.0, 25.0, 24.0, 26.0], L_opt_ours=[1000, 900, 500] * 2))
+    paper = pd.DataFrame(dict(image=["a", "a", "b", "b"], method=["grid", "kmeans"] * 2,
+                              psnr_db=[28.0, 28.5, 25.0, 24.0], L_opt=[800, 850, 1000, 950]))
+    variants = pd.DataFrame(dict(image=["a", "b"], variant=["wide", "wide"], psnr_db=[31.5, 27.0],
+                                 L_opt=[950, 960]))
+    c = ex.table3_claim(ours, paper, variants).set_index(["image", "variant", "protocol"])
+    assert len(c) == 8
+    r = c.loc[("a", "paper_text", "ours (region-mean experts)")]
+    assert r["best_rival"] == "kmeans" and r["margin_db"] == pytest.approx(-2.0) and not r["claim_holds"]
+    r = c.loc[("b", "paper_text", "ours (region-mean experts)")]
+    assert r["beats_both"] and r["no_more_kernels"] and r["claim_holds"] and r["margin_db"] == pytest.approx(1.0)
+    r = c.loc[("a", "paper_text", "paper (random experts)")]
+    assert r["margin_db"] == pytest.approx(0.5) and r["claim_holds"]
+    # more PSNR but more kernels than the sparser rival (900 / 800): the claim fails on kernels
+    r = c.loc[("a", "wide", "ours (region-mean experts)")]
+    assert r["beats_both"] and not r["no_more_kernels"] and not r["claim_holds"]
+    r = c.loc[("b", "wide", "paper (random experts)")]
+    assert r["beats_both"] and not r["no_more_kernels"]  # 960 > 950
+    s = ex.claim_summary(c.reset_index()).set_index(["variant", "protocol"])
+    assert s.loc[("paper_text", "ours (region-mean experts)"), "claim_holds"] == 1
+    assert s.loc[("paper_text", "paper (random experts)"), "claim_holds"] == 2
+    assert s.loc[("wide", "ours (region-mean experts)"), "beats_both"] == 2
+    assert s.loc[("wide", "ours (region-mean experts)"), "claim_holds"] == 0
+    # without the paper protocol's table only our protocol is checked
+    assert set(ex.table3_claim(ours).protocol) == {"ours (region-mean experts)"}
+
+
+def test_as_smoe_variant_items_tag_and_merge_kwargs():
+    items = ex.grid_items(["peppers"], ["grid", "as_smoe"], model_dir="m",
+                          init_kwargs={"as_smoe": {"sparsity": 1e-3}})
+    v = ex.as_smoe_variant_items(items)
+    assert [it["variant"] for it in v] == ["authors_code", "authors_code_margin1", "authors_code_margin2"]
+    assert v[2]["init_kwargs"]["as_smoe"] == dict(sparsity=1e-3, initial_kernels=20, epochs=900, checkpoint=300,
+                                                  mask_margin=2)
+    assert items[1]["init_kwargs"]["as_smoe"] == {"sparsity": 1e-3}  # the original item is untouched
+    paths = {str(ex.model_path("m", it, "init")) for it in v + items}
+    assert len(paths) == 5

@@ -148,6 +148,7 @@ from ._result import InitResult
 
 DEFAULT_LOCAL_LR = {"mu": 0.1, "chol": 0.05, "pi": 5e-3, "experts": 0.01}
 PI_EXPORT = ("count", "mean", "keep")
+KEEP_RULES = ("image", "cbb")
 BACKENDS = ("tiled", "dense")
 
 
@@ -494,16 +495,26 @@ def _double(opt: Adam, alive: torch.Tensor, rngs, jitter: float) -> torch.Tensor
 
 
 # ---------------------------------------------------------------------- IV-B: exportation
-def export_kernels(local: LocalModels, cbbs: CBBs, labels, *, pi_export: str = "count", mask_margin: int = 0) -> dict:
+def export_kernels(local: LocalModels, cbbs: CBBs, labels, *, pi_export: str = "count", mask_margin: int = 0,
+                   keep_rule: str = "image") -> dict:
     """Maps every CBB's kernels to the image, drops those outside their segment, merges (section IV-B).
 
-    A kernel is kept when a pixel of its segment lies within ``mask_margin`` pixels (Chebyshev distance) of
-    its rounded image position; 0 (default) is the paper's rule, the position itself must be in the segment.
+    ``keep_rule="image"`` (default): a kernel is kept when a pixel of its segment lies within ``mask_margin``
+    pixels (Chebyshev distance) of its rounded image position; 0 is the paper's rule in its exact form, the
+    position itself must be in the segment. ``keep_rule="cbb"``: the authors' code's test, a kernel is kept
+    when its rounded *CBB* position (floor(x + 0.5) per axis) is a pixel of the CBB and that pixel of the
+    CBB's segment mask (:attr:`CBBs.masks`, the label of its nearest source pixel) is set; ``mask_margin``
+    must then be 0. A CBB pixel stands for s = tb / cbb image pixels, so this keeps kernels up to about s / 2
+    image pixels outside the segment, and more of them on large segments.
     Returns a dict of arrays over the kept kernels: mu, chol, pi, experts, cbb (index of the CBB), and
     ``exported`` (n,) kernels kept per CBB.
     """
     if pi_export not in PI_EXPORT:
         raise ValueError(f"pi_export must be one of {PI_EXPORT}, got {pi_export!r}")
+    if keep_rule not in KEEP_RULES:
+        raise ValueError(f"keep_rule must be one of {KEEP_RULES}, got {keep_rule!r}")
+    if keep_rule == "cbb" and mask_margin:
+        raise ValueError("mask_margin applies to keep_rule='image' only")
     labels = np.asarray(labels)
     H, W = labels.shape
     n = cbbs.n
@@ -522,8 +533,15 @@ def export_kernels(local: LocalModels, cbbs: CBBs, labels, *, pi_export: str = "
         pi = pi_c / mean[idx]
     else:
         pi = pi_c.astype(np.float64)
-    c, r = _round_half_up(mu[:, 0]), _round_half_up(mu[:, 1])
     own = np.zeros(len(idx), bool)
+    if keep_rule == "cbb":
+        c, r = _round_half_up(mu_c[:, 0]), _round_half_up(mu_c[:, 1])
+        inside = (r >= 0) & (r < cbbs.cbb) & (c >= 0) & (c < cbbs.cbb)
+        own[inside] = cbbs.masks[idx[inside], r[inside], c[inside]]
+        keep = own & (pi_c > 0)
+        return dict(mu=mu[keep], chol=chol[keep], pi=pi[keep], experts=ex_c[keep], cbb=idx[keep],
+                    exported=np.bincount(idx[keep], minlength=n))
+    c, r = _round_half_up(mu[:, 0]), _round_half_up(mu[:, 1])
     d = int(mask_margin)
     for dy in range(-d, d + 1):
         for dx in range(-d, d + 1):
@@ -579,7 +597,8 @@ def as_smoe(image, labels=None, *, d_th: float = 40, cbb: int = 32, corona: int 
             target_psnr: float = 25.0, epochs: int = 300, checkpoint: int | None = 100,
             max_kernels: int | None = 80, sparsity: float = 1e-4, lr: dict | None = None, seed: int = 0,
             jitter: float = 0.5, init_sigma: float | None = None, experts_init: str = "crop",
-            pi_export: str = "count", mask_margin: int = 0, antialias: bool = True, backend: str = "tiled",
+            pi_export: str = "count", mask_margin: int = 0, keep_rule: str = "image", antialias: bool = True,
+            backend: str = "tiled",
             color_space: str | None = None, progress: bool = True, workers: int | None = None,
             scheduler=None) -> InitResult:
     """AS-SMoE initialization: segments -> CBBs -> Algorithm 1 (batched) -> exported global SMoE.
@@ -621,7 +640,7 @@ def as_smoe(image, labels=None, *, d_th: float = 40, cbb: int = 32, corona: int 
     else:
         local = adaptive_kernel_adjustment(cbbs.targets, seed_ids, progress=progress, **local_kw)
     t2 = time.perf_counter()
-    ex = export_kernels(local, cbbs, labels, pi_export=pi_export, mask_margin=mask_margin)
+    ex = export_kernels(local, cbbs, labels, pi_export=pi_export, mask_margin=mask_margin, keep_rule=keep_rule)
     if len(ex["pi"]) == 0:
         raise RuntimeError("no kernel survived the export (every local kernel lies outside its segment)")
     C = cbbs.targets.shape[-1]
@@ -646,7 +665,8 @@ def as_smoe(image, labels=None, *, d_th: float = 40, cbb: int = 32, corona: int 
         settings=dict(d_th=d_th, cbb=cbb, corona=corona, initial_kernels=initial_kernels, target_psnr=target_psnr,
                       epochs=epochs, checkpoint=checkpoint, max_kernels=max_kernels, sparsity=sparsity,
                       lr=dict(DEFAULT_LOCAL_LR, **(lr or {})), seed=seed, jitter=jitter, init_sigma=init_sigma,
-                      experts_init=experts_init, pi_export=pi_export, mask_margin=mask_margin, antialias=antialias,
+                      experts_init=experts_init, pi_export=pi_export, mask_margin=mask_margin, keep_rule=keep_rule,
+                      antialias=antialias,
                       backend=backend),
         per_cbb=per_cbb, labels=labels)
     return InitResult(model, record)
