@@ -196,7 +196,7 @@ __all__ = ["paper_table", "default_budget", "load_case", "segmentation_labels", 
            "paper_protocol_items", "init_quality_paper_protocol", "initial_ranking", "RADIAL", "PAPER_PROTOCOL",
            "kernels_at_target", "side_by_side", "markdown_table", "TEST_IMAGES", "data_dir", "resolve_image_path",
            "AS_SMOE_VARIANTS", "as_smoe_variant_items", "as_smoe_variant_table", "run_init_and_global", "table3_claim",
-           "claim_summary"]
+           "claim_summary", "claim_points"]
 
 
 # ---------------------------------------------------------------------- the comparison, table by table
@@ -408,6 +408,7 @@ AS_SMOE_VARIANTS = {
     # ... keeping the kernels within 1 or 2 pixels of their segment (``mask_margin``, IV-B)
     "authors_code_margin1": dict(initial_kernels=20, epochs=900, checkpoint=300, mask_margin=1),
     "authors_code_margin2": dict(initial_kernels=20, epochs=900, checkpoint=300, mask_margin=2),
+    "authors_code_margin3": dict(initial_kernels=20, epochs=900, checkpoint=300, mask_margin=3),
 }
 
 
@@ -497,3 +498,29 @@ def claim_summary(claim: pd.DataFrame) -> pd.DataFrame:
     return g.agg(images=("image", "size"), claim_holds=("claim_holds", "sum"), beats_both=("beats_both", "sum"),
                  no_more_kernels=("no_more_kernels", "sum"), min_margin_db=("margin_db", "min"),
                  max_margin_db=("margin_db", "max")).reset_index()
+
+
+def claim_points(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = None,
+                 variants: pd.DataFrame | None = None, rivals=("grid", "kmeans")) -> pd.DataFrame:
+    """Final PSNR against final kernels (L_opt) of every run behind :func:`table3_claim`, for a quality-vs-
+    kernels plot: one row per (image, series, run); the AS-SMoE variants of the authors' code form one series
+    ordered by ``mask_margin``."""
+    def col(df, c):
+        return f"{c}_ours" if f"{c}_ours" in df.columns else c
+
+    rows = []
+    for df, label in ((table3, "ours"), (table3_protocol, "paper protocol")):
+        if df is None or not len(df):
+            continue
+        for _, r in df.iterrows():
+            if r["method"] in rivals or (label == "ours" and r["method"] == "as_smoe"):
+                name = "AS-SMoE (paper text)" if r["method"] == "as_smoe" else f"{r['method']} ({label})"
+                rows.append(dict(image=image_key(r["image"]), series=name, L_opt=float(r[col(df, "L_opt")]),
+                                 psnr_db=float(r[col(df, "psnr_db")])))
+    if variants is not None and len(variants):
+        for _, r in variants.iterrows():
+            series = ("AS-SMoE (authors' code, margin 0-3)" if str(r["variant"]).startswith("authors_code")
+                      else f"AS-SMoE ({r['variant']})")
+            rows.append(dict(image=image_key(r["image"]), series=series, L_opt=float(r["L_opt"]),
+                             psnr_db=float(r["psnr_db"])))
+    return pd.DataFrame(rows, columns=["image", "series", "L_opt", "psnr_db"])

@@ -39,7 +39,8 @@ register_notebook("compare_initializers", {
     "quick": dict(images=TEST_IMAGES, iters=200),
     # the papers' stopping rule (loss decrease below 1e-6), up to 5000 iterations
     "paper": dict(images=TEST_IMAGES, iters=5000, tol=1e-6, paper_protocol_final=True,
-                  as_smoe_variants=["authors_code", "authors_code_margin1", "authors_code_margin2"]),
+                  as_smoe_variants=["authors_code", "authors_code_margin1", "authors_code_margin2",
+                                    "authors_code_margin3"]),
 })
 
 register_notebook("as_smoe_segments", {

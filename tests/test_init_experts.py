@@ -99,6 +99,12 @@ def test_table3_claim_on_hand_made_tables():
     assert s.loc[("paper_text", "paper (random experts)"), "claim_holds"] == 2
     assert s.loc[("wide", "ours (region-mean experts)"), "beats_both"] == 2
     assert s.loc[("wide", "ours (region-mean experts)"), "claim_holds"] == 0
+    pts = ex.claim_points(ours, paper, variants.assign(variant=["authors_code_margin1", "authors_code"]))
+    assert len(pts) == 2 * 3 + 4 + 2 and set(pts.series) == {
+        "grid (ours)", "kmeans (ours)", "AS-SMoE (paper text)", "grid (paper protocol)", "kmeans (paper protocol)",
+        "AS-SMoE (authors' code, margin 0-3)"}
+    assert pts[(pts.image == "b") & (pts.series == "kmeans (paper protocol)")][["L_opt", "psnr_db"]].values.tolist() \
+        == [[950.0, 24.0]]
     # without the paper protocol's table only our protocol is checked
     assert set(ex.table3_claim(ours).protocol) == {"ours (region-mean experts)"}
 
@@ -107,9 +113,10 @@ def test_as_smoe_variant_items_tag_and_merge_kwargs():
     items = ex.grid_items(["peppers"], ["grid", "as_smoe"], model_dir="m",
                           init_kwargs={"as_smoe": {"sparsity": 1e-3}})
     v = ex.as_smoe_variant_items(items)
-    assert [it["variant"] for it in v] == ["authors_code", "authors_code_margin1", "authors_code_margin2"]
+    assert [it["variant"] for it in v] == ["authors_code", "authors_code_margin1", "authors_code_margin2",
+                                           "authors_code_margin3"]
     assert v[2]["init_kwargs"]["as_smoe"] == dict(sparsity=1e-3, initial_kernels=20, epochs=900, checkpoint=300,
                                                   mask_margin=2)
     assert items[1]["init_kwargs"]["as_smoe"] == {"sparsity": 1e-3}  # the original item is untouched
     paths = {str(ex.model_path("m", it, "init")) for it in v + items}
-    assert len(paths) == 5
+    assert len(paths) == 6
