@@ -196,7 +196,7 @@ __all__ = ["paper_table", "default_budget", "load_case", "segmentation_labels", 
            "paper_protocol_items", "init_quality_paper_protocol", "initial_ranking", "RADIAL", "PAPER_PROTOCOL",
            "kernels_at_target", "side_by_side", "markdown_table", "TEST_IMAGES", "data_dir", "resolve_image_path",
            "AS_SMOE_VARIANTS", "as_smoe_variant_items", "as_smoe_variant_table", "run_init_and_global", "table3_claim",
-           "claim_summary", "claim_points"]
+           "claim_summary", "claim_points", "matched_rival_items", "matched_rival_table"]
 
 
 # ---------------------------------------------------------------------- the comparison, table by table
@@ -450,15 +450,59 @@ def as_smoe_variant_table(store, items, variants: dict | None = None, *, workers
     return df.reset_index(drop=True)
 
 
+def matched_rival_items(items, variants_table: pd.DataFrame, variants=None, protocols=("ours", "paper"),
+                        rivals=("grid", "kmeans")) -> list[dict]:
+    """The rivals (Grid, K-Means items of ``items``) given an AS-SMoE variant's initial kernel count: one item
+    per (rival, image, variant in ``variants`` (None: all rows of ``variants_table``), protocol), with
+    ``budget`` = that variant's L_init on that image, ``protocol`` "ours" (region-mean experts) or "paper"
+    (random experts, :func:`paper_protocol_items`), and a ``tag`` that keeps the saved models apart. Both
+    sides then start global optimization with the same number of kernels."""
+    out = []
+    if variants_table is None or not len(variants_table):
+        return out
+    vt = variants_table.assign(image=variants_table["image"].map(image_key))
+    for it in items:
+        if it["method"] not in rivals:
+            continue
+        for _, r in vt[vt["image"] == image_key(it["image"])].iterrows():
+            if variants is not None and r["variant"] not in variants:
+                continue
+            for protocol in protocols:
+                if protocol not in ("ours", "paper"):
+                    raise ValueError(f"protocol must be 'ours' or 'paper', got {protocol!r}")
+                kw = {m: dict(v) for m, v in it.get("init_kwargs", {}).items()}
+                if protocol == "paper":
+                    kw.setdefault(it["method"], {}).update(experts="random")
+                out.append(dict(it, budget=int(r["L_init"]), init_kwargs=kw, variant=r["variant"], protocol=protocol,
+                                tag=f"matched_{r['variant']}" + (f"_{PAPER_PROTOCOL}" if protocol == "paper" else "")))
+    return out
+
+
+def matched_rival_table(store, items, variants_table, variants=None, *, workers=None, scheduler=None,
+                        progress=True) -> pd.DataFrame:
+    """Runs :func:`matched_rival_items` (initialization and global optimization), one row per (image, method,
+    variant, protocol), resumable (table ``table3_matched_rivals``)."""
+    mitems = matched_rival_items(items, variants_table, variants)
+    if not mitems:
+        return pd.DataFrame()
+    keys = ["image", "method", "variant", "protocol"]
+    df = store.run_grid("table3_matched_rivals", mitems, run_init_and_global, keys, workers=workers,
+                        scheduler=scheduler, progress=progress)
+    df = df.assign(image=df["image"].map(image_key)).drop_duplicates(keys, keep="last")
+    return df.reset_index(drop=True)
+
+
 def table3_claim(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = None,
-                 variants: pd.DataFrame | None = None, method: str = "as_smoe",
-                 rivals=("grid", "kmeans")) -> pd.DataFrame:
+                 variants: pd.DataFrame | None = None, matched: pd.DataFrame | None = None,
+                 method: str = "as_smoe", rivals=("grid", "kmeans")) -> pd.DataFrame:
     """Table III's claim, per image, AS-SMoE variant and baseline protocol: does AS-SMoE end with a higher
     PSNR than every rival **and** no more kernels (L_opt) than the best of them?
 
     ``table3``: our Table III (or its side-by-side form), whose ``method`` row is the "paper_text" variant
     and whose rival rows are the "ours" protocol; ``table3_protocol``: the rivals under the paper protocol;
-    ``variants``: :func:`as_smoe_variant_table`. One row per (image, variant, protocol).
+    ``variants``: :func:`as_smoe_variant_table`; ``matched``: :func:`matched_rival_table`, whose rivals are
+    compared with their own variant only, under the protocols "ours, rivals at AS-SMoE's L_init" and
+    "paper (random experts), rivals at AS-SMoE's L_init". One row per (image, variant, protocol).
     """
     def col(df, c):
         return f"{c}_ours" if f"{c}_ours" in df.columns else c
@@ -475,9 +519,16 @@ def table3_claim(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = No
     if variants is not None and len(variants):
         for _, r in variants.iterrows():
             candidates[(image_key(r["image"]), r["variant"])] = (float(r["psnr_db"]), float(r["L_opt"]))
+    matched_base = {}
+    if matched is not None and len(matched):
+        names = {"ours": "ours, rivals at AS-SMoE's L_init", "paper": "paper (random experts), rivals at AS-SMoE's L_init"}
+        for _, r in matched.iterrows():
+            key = (image_key(r["image"]), r["variant"])
+            matched_base.setdefault(key, {}).setdefault(names[r["protocol"]], {})[(key[0], r["method"])] = (
+                float(r["psnr_db"]), float(r["L_opt"]))
     out = []
     for (img, variant), (p, k) in candidates.items():
-        for protocol, base in baselines.items():
+        for protocol, base in list(baselines.items()) + list(matched_base.get((img, variant), {}).items()):
             if not all((img, r) in base for r in rivals):
                 continue
             best = max(rivals, key=lambda r: base[(img, r)][0])
@@ -501,10 +552,12 @@ def claim_summary(claim: pd.DataFrame) -> pd.DataFrame:
 
 
 def claim_points(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = None,
-                 variants: pd.DataFrame | None = None, rivals=("grid", "kmeans")) -> pd.DataFrame:
+                 variants: pd.DataFrame | None = None, matched: pd.DataFrame | None = None,
+                 rivals=("grid", "kmeans")) -> pd.DataFrame:
     """Final PSNR against final kernels (L_opt) of every run behind :func:`table3_claim`, for a quality-vs-
     kernels plot: one row per (image, series, run); the AS-SMoE variants of the authors' code form one series
-    ordered by ``mask_margin``."""
+    ordered by ``mask_margin``, and each rival's runs at the variants' kernel counts (``matched``) one per
+    protocol."""
     def col(df, c):
         return f"{c}_ours" if f"{c}_ours" in df.columns else c
 
@@ -523,4 +576,9 @@ def claim_points(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = No
                       else f"AS-SMoE ({r['variant']})")
             rows.append(dict(image=image_key(r["image"]), series=series, L_opt=float(r["L_opt"]),
                              psnr_db=float(r["psnr_db"])))
+    if matched is not None and len(matched):
+        for _, r in matched.iterrows():
+            label = "ours" if r["protocol"] == "ours" else "paper protocol"
+            rows.append(dict(image=image_key(r["image"]), series=f"{r['method']} ({label}, at AS-SMoE's L_init)",
+                             L_opt=float(r["L_opt"]), psnr_db=float(r["psnr_db"])))
     return pd.DataFrame(rows, columns=["image", "series", "L_opt", "psnr_db"])

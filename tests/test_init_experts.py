@@ -120,3 +120,31 @@ def test_as_smoe_variant_items_tag_and_merge_kwargs():
     assert items[1]["init_kwargs"]["as_smoe"] == {"sparsity": 1e-3}  # the original item is untouched
     paths = {str(ex.model_path("m", it, "init")) for it in v + items}
     assert len(paths) == 6
+
+
+def test_matched_rivals_get_the_variants_kernel_count_and_join_the_claim():
+    items = ex.grid_items(["peppers", "parrot"], ["grid", "kmeans", "as_smoe"], model_dir="m")
+    vt = pd.DataFrame(dict(image=["peppers", "peppers", "parrot"], variant=["v1", "v2", "v1"], L_init=[700, 900, 500],
+                           psnr_db=[30.0, 31.0, 29.0], L_opt=[600, 800, 450]))
+    m = ex.matched_rival_items(items, vt, variants=["v1"])
+    assert len(m) == 2 * 2 * 2  # (grid, kmeans) x (peppers, parrot) x (ours, paper)
+    assert {(it["image"], it["budget"]) for it in m} == {("peppers", 700), ("parrot", 500)}
+    paper = [it for it in m if it["protocol"] == "paper"]
+    assert all(it["init_kwargs"][it["method"]] == {"experts": "random"} for it in paper)
+    assert all("experts" not in it.get("init_kwargs", {}).get(it["method"], {}) for it in m if it["protocol"] == "ours")
+    assert len({str(ex.model_path("m", it, "init")) for it in m + items}) == len(m) + len(items)
+    with pytest.raises(ValueError, match="protocol"):
+        ex.matched_rival_items(items, vt, protocols=("mine",))
+    table3 = pd.DataFrame(dict(image=["peppers"] * 3, method=["grid", "kmeans", "as_smoe"], psnr_db=[32.0, 32.5, 27.0],
+                               L_opt=[1200, 1250, 400]))
+    matched = pd.DataFrame(dict(image=["peppers"] * 4, method=["grid", "kmeans"] * 2, variant=["v1"] * 4,
+                                protocol=["ours", "ours", "paper", "paper"], psnr_db=[30.5, 29.0, 29.5, 29.9],
+                                L_opt=[650, 640, 590, 610]))
+    c = ex.table3_claim(table3, None, vt[vt.image == "peppers"], matched).set_index(["variant", "protocol"])
+    r = c.loc[("v1", "paper (random experts), rivals at AS-SMoE's L_init")]
+    assert r["best_rival"] == "kmeans" and r["margin_db"] == pytest.approx(0.1) and not r["no_more_kernels"]
+    r = c.loc[("v1", "ours, rivals at AS-SMoE's L_init")]
+    assert r["margin_db"] == pytest.approx(-0.5) and not r["claim_holds"]
+    assert ("v2", "ours, rivals at AS-SMoE's L_init") not in c.index  # matched rivals only for their own variant
+    pts = ex.claim_points(table3, None, vt, matched)
+    assert (pts.series == "grid (paper protocol, at AS-SMoE's L_init)").sum() == 1

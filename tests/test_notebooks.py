@@ -20,7 +20,10 @@ def test_smoke_preset_runs_notebook(tmp_path, name):
     assert list(out.glob("*.png"))
     if name == "compare_initializers":  # the AS-SMoE variant and Table III's claim, checked per image
         claim = pd.read_csv(out / "table3_claim.csv")
-        assert set(claim["variant"]) == {"paper_text", "authors_code_margin2"} and len(claim) == 4
+        assert set(claim["variant"]) == {"paper_text", "authors_code_margin2"} and len(claim) == 8
+        matched = pd.read_csv(out / "table3_matched_rivals.csv")
+        variants = pd.read_csv(out / "table3_as_smoe_variants.csv").set_index("image")
+        assert len(matched) == 8 and (matched["L_init"] <= matched["image"].map(variants["L_init"])).all()
         assert (claim["claim_holds"] == (claim["beats_both"] & claim["no_more_kernels"])).all()
     text = report.read_text()
     assert "## Preset `smoke`" in text and "| --- |" in text
