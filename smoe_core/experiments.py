@@ -196,7 +196,8 @@ __all__ = ["paper_table", "default_budget", "load_case", "segmentation_labels", 
            "paper_protocol_items", "init_quality_paper_protocol", "initial_ranking", "RADIAL", "PAPER_PROTOCOL",
            "kernels_at_target", "side_by_side", "markdown_table", "TEST_IMAGES", "data_dir", "resolve_image_path",
            "AS_SMOE_VARIANTS", "as_smoe_variant_items", "as_smoe_variant_table", "run_init_and_global", "table3_claim",
-           "claim_summary", "claim_points", "matched_rival_items", "matched_rival_table"]
+           "claim_summary", "claim_points", "matched_rival_items", "matched_rival_table",
+           "variants_side_by_side"]
 
 
 # ---------------------------------------------------------------------- the comparison, table by table
@@ -490,6 +491,19 @@ def matched_rival_table(store, items, variants_table, variants=None, *, workers=
                         scheduler=scheduler, progress=progress)
     df = df.assign(image=df["image"].map(image_key)).drop_duplicates(keys, keep="last")
     return df.reset_index(drop=True)
+
+
+def variants_side_by_side(variants: pd.DataFrame) -> pd.DataFrame:
+    """The AS-SMoE variants' final rows beside the paper's AS-SMoE row of Table III (row 1, d_th = 40)."""
+    if variants is None or not len(variants):
+        return pd.DataFrame()
+    paper = paper_table("as_smoe_table3_final_quality")
+    paper = paper[(paper["row"] == 1) & (paper["method"] == "as_smoe")]
+    ours = variants.assign(image=variants["image"].map(image_key), method="as_smoe")
+    both = side_by_side(ours[["image", "method", "variant", "L_init", "L_opt", "psnr_db", "ssim"]], paper,
+                        ["image", "method"], ["L_opt", "psnr_db", "ssim"])
+    both.insert(2, "variant", ours["variant"].values)
+    return both.drop(columns=["variant_ours"], errors="ignore")
 
 
 def table3_claim(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = None,

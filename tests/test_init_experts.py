@@ -148,3 +148,13 @@ def test_matched_rivals_get_the_variants_kernel_count_and_join_the_claim():
     assert ("v2", "ours, rivals at AS-SMoE's L_init") not in c.index  # matched rivals only for their own variant
     pts = ex.claim_points(table3, None, vt, matched)
     assert (pts.series == "grid (paper protocol, at AS-SMoE's L_init)").sum() == 1
+
+
+def test_variants_side_by_side_against_the_papers_as_smoe_row():
+    v = pd.DataFrame(dict(image=["peppers", "peppers"], variant=["a", "b"], L_init=[900, 1300], L_opt=[700, 861],
+                          psnr_db=[30.0, 32.0], ssim=[0.8, 0.9]))
+    t = ex.variants_side_by_side(v).set_index("variant")
+    # the paper's Table III, row 1, Peppers AS-SMoE: 861 kernels, 31.55 dB, SSIM 0.85
+    assert t.loc["a", "psnr_db_paper"] == pytest.approx(31.55) and t.loc["a", "psnr_db_diff"] == pytest.approx(-1.55)
+    assert t.loc["b", "L_opt_diff"] == 0 and t.loc["b", "ssim_diff"] == pytest.approx(0.05)
+    assert ex.variants_side_by_side(pd.DataFrame()).empty
