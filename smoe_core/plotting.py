@@ -81,8 +81,10 @@ def crops_with_kernels(image, models: dict, renders: dict | None = None, *, crop
 
 
 def curves(df, x: str, y: str, *, by: str, panel: str | None = None, xlabel=None, ylabel=None, logx=False,
-           markers=True):
-    """Line plot of ``y`` against ``x`` per ``by`` value, one panel per ``panel`` value (e.g. per image)."""
+           markers=True, legend_below: bool = False):
+    """Line plot of ``y`` against ``x`` per ``by`` value, one panel per ``panel`` value (e.g. per image).
+    ``legend_below``: one legend for the figure under the panels (for many series) instead of one in the last
+    panel."""
     plt = _plt()
     panels = [None] if panel is None else list(dict.fromkeys(df[panel]))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
@@ -98,6 +100,16 @@ def curves(df, x: str, y: str, *, by: str, panel: str | None = None, xlabel=None
         if logx:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    if legend_below:
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        seen = dict(zip(labels, handles))
+        for ax in axes[0][1:]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+        fig.tight_layout()
+        fig.legend(list(seen.values()), list(seen.keys()), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(4, len(seen)), fontsize=7, frameon=False)
+    else:
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
     return fig
