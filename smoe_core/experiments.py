@@ -506,6 +506,11 @@ def variants_side_by_side(variants: pd.DataFrame) -> pd.DataFrame:
     return both.drop(columns=["variant_ours"], errors="ignore")
 
 
+def _ours_col(df: pd.DataFrame, c: str) -> str:
+    """Column ``c`` of our run in a plain table or in its side-by-side form (``c_ours``)."""
+    return f"{c}_ours" if f"{c}_ours" in df.columns else c
+
+
 def table3_claim(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = None,
                  variants: pd.DataFrame | None = None, matched: pd.DataFrame | None = None,
                  method: str = "as_smoe", rivals=("grid", "kmeans")) -> pd.DataFrame:
@@ -518,12 +523,9 @@ def table3_claim(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = No
     compared with their own variant only, under the protocols "ours, rivals at AS-SMoE's L_init" and
     "paper (random experts), rivals at AS-SMoE's L_init". One row per (image, variant, protocol).
     """
-    def col(df, c):
-        return f"{c}_ours" if f"{c}_ours" in df.columns else c
-
     def rows_of(df):
         df = df.assign(image=df["image"].map(image_key))
-        return {(r["image"], r["method"]): (float(r[col(df, "psnr_db")]), float(r[col(df, "L_opt")]))
+        return {(r["image"], r["method"]): (float(r[_ours_col(df, "psnr_db")]), float(r[_ours_col(df, "L_opt")]))
                 for _, r in df.iterrows()}
 
     baselines = {"ours (region-mean experts)": rows_of(table3)}
@@ -572,9 +574,6 @@ def claim_points(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = No
     kernels plot: one row per (image, series, run); the AS-SMoE variants of the authors' code form one series
     ordered by ``mask_margin``, and each rival's runs at the variants' kernel counts (``matched``) one per
     protocol."""
-    def col(df, c):
-        return f"{c}_ours" if f"{c}_ours" in df.columns else c
-
     rows = []
     for df, label in ((table3, "ours"), (table3_protocol, "paper protocol")):
         if df is None or not len(df):
@@ -582,8 +581,8 @@ def claim_points(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = No
         for _, r in df.iterrows():
             if r["method"] in rivals or (label == "ours" and r["method"] == "as_smoe"):
                 name = "AS-SMoE (paper text)" if r["method"] == "as_smoe" else f"{r['method']} ({label})"
-                rows.append(dict(image=image_key(r["image"]), series=name, L_opt=float(r[col(df, "L_opt")]),
-                                 psnr_db=float(r[col(df, "psnr_db")])))
+                rows.append(dict(image=image_key(r["image"]), series=name, L_opt=float(r[_ours_col(df, "L_opt")]),
+                                 psnr_db=float(r[_ours_col(df, "psnr_db")])))
     if variants is not None and len(variants):
         for _, r in variants.iterrows():
             series = ("AS-SMoE (authors' code, margin 0-3)" if str(r["variant"]).startswith("authors_code")
