@@ -515,7 +515,7 @@ def table3_claim(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = No
                  variants: pd.DataFrame | None = None, matched: pd.DataFrame | None = None,
                  method: str = "as_smoe", rivals=("grid", "kmeans")) -> pd.DataFrame:
     """Table III's claim, per image, AS-SMoE variant and baseline protocol: does AS-SMoE end with a higher
-    PSNR than every rival **and** no more kernels (L_opt) than the best of them?
+    PSNR than the better rival **and** no more kernels (L_opt) than the sparser rival?
 
     ``table3``: our Table III (or its side-by-side form), whose ``method`` row is the "paper_text" variant
     and whose rival rows are the "ours" protocol; ``table3_protocol``: the rivals under the paper protocol;
