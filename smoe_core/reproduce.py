@@ -73,8 +73,8 @@ register_notebook("edge_aligned", {
     # a tiny crop, a few iterations: checks that every cell runs (part of the test suite)
     "smoke": dict(images=["peppers"], crop=96, budgets={"peppers": 80}, expert_iters=5, tile_iters=15,
                   finetune_iters=15),
-    # the four images, Figs. 5/6 at two budgets (0.5x, 1x Table V's), stages capped at 200 iterations
-    "quick": dict(images=TEST_IMAGES, expert_iters=30, budget_factors=[0.5, 1.0], tile_iters=200,
+    # the four images, Figs. 5/6 at three budgets (0.25x, 0.5x, 1x Table V's), stages capped at 200 iterations
+    "quick": dict(images=TEST_IMAGES, expert_iters=30, budget_factors=[0.25, 0.5, 1.0], tile_iters=200,
                   finetune_iters=200, tol=2e-5),
     # the papers' stopping rule (loss decrease below 1e-6), five budgets, AS-SMoE at three thresholds
     "paper": dict(images=TEST_IMAGES, expert_iters=100, budget_factors=[0.25, 0.5, 1.0, 1.5, 2.0],

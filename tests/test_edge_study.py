@@ -125,7 +125,31 @@ def test_fig5_items_keys_budgets_and_pickle(tmp_path):
     # the training settings are part of the key: a rerun with other settings does not reuse stale rows
     other = es.fig5_items(["peppers"], ["grid"], tile_iters=7, model_dir=tmp_path)
     assert other[0]["config"] != items[0]["config"] and "i7-" in other[0]["config"]
-    assert len({it["config"] for it in items}) == 1
+    configs = {it["method"]: it["config"] for it in items}
+    assert configs["as_smoe"] == configs["grid"] + es.AS_SMOE_CONFIG_SUFFIX  # AS-SMoE's tiles start at pi = 1
+    assert len({it["config"] for it in items if it["method"] != "as_smoe"}) == 1
+
+
+def test_as_smoe_tile_is_as_smoe_with_every_pi_one():
+    """The tile initializer of AS-SMoE keeps the kernels of smoe_core.init.as_smoe and sets pi = 1 (the start of
+    the other initializers), which leaves the gating's pi ratios out; the render changes accordingly."""
+    from smoe_core.init import as_smoe
+
+    img = np.zeros((48, 48), np.float32)
+    img[:, 20:] = 0.8
+    img[30:, :] += 0.15
+    labels = np.ones((48, 48), np.int32)
+    labels[:, 20:] = 2
+    labels[30:, :] += 2
+    kw = dict(labels=labels, seed=3, epochs=40, progress=False)
+    ref, _ = as_smoe(img, **kw)
+    tile, rec = es.as_smoe_tile(img, 12, **kw)
+    assert rec["pi_reset"] and tile.n_kernels == ref.n_kernels
+    np.testing.assert_array_equal(np.asarray(tile.mu), np.asarray(ref.mu))
+    np.testing.assert_array_equal(np.asarray(tile.chol), np.asarray(ref.chol))
+    np.testing.assert_array_equal(np.asarray(tile.experts), np.asarray(ref.experts))
+    assert (np.asarray(tile.pi) == 1).all() and not (np.asarray(ref.pi) == 1).all()
+    assert es._tile_initializer("as_smoe") is es.as_smoe_tile and es._tile_initializer("grid") == "grid"
 
 
 def test_fig5_items_deterministic_and_resumable(tmp_path):
