@@ -506,4 +506,4 @@ def paper_claims_table(fig5: pd.DataFrame, times: pd.DataFrame, fig3: pd.DataFra
 __all__ = ["PAPER_METHODS", "PAPER_CLAIMS", "FIG5_KEYS", "edge_parameters", "edge_stages", "stage_counts",
            "plot_stages", "expert_iterations_table", "iteration0_psnr", "expert_iterations_summary", "fig5_items",
            "run_fig5_item", "edge_tile", "warm_up", "kernels_vs_psnr_table", "convergence_times", "plot_times",
-           "psnr_at_kernels", "paper_claims_table"]
+           "psnr_at_kernels", "paper_claims_table", "as_smoe_tile", "AS_SMOE_CONFIG_SUFFIX"]
