@@ -102,7 +102,7 @@ def test_table3_claim_on_hand_made_tables():
     pts = ex.claim_points(ours, paper, variants.assign(variant=["authors_code_margin1", "authors_code"]))
     assert len(pts) == 2 * 3 + 4 + 2 and set(pts.series) == {
         "grid (ours)", "kmeans (ours)", "AS-SMoE (paper text)", "grid (paper protocol)", "kmeans (paper protocol)",
-        "AS-SMoE (authors' code, margin 0-3)"}
+        "AS-SMoE (authors' code, by export margin)"}
     assert pts[(pts.image == "b") & (pts.series == "kmeans (paper protocol)")][["L_opt", "psnr_db"]].values.tolist() \
         == [[950.0, 24.0]]
     # without the paper protocol's table only our protocol is checked
