@@ -89,7 +89,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from .io import TEST_IMAGES, check_image
+from .io import TEST_IMAGES, check_image, image_key
 from .metrics import psnr, ssim
 from .parallel import run_tasks
 
@@ -110,9 +110,8 @@ def image_number(name) -> int:
     name (a path counts by its file stem, lower case) 4 + crc32(name) mod 1e6. It depends on the image alone,
     not on which other images run with it, so a run split into pieces draws the same noise as a whole one."""
     import zlib
-    from pathlib import Path
 
-    key = Path(str(name)).stem.lower()
+    key = image_key(name)
     if key in TEST_IMAGES:
         return TEST_IMAGES.index(key)
     return len(TEST_IMAGES) + zlib.crc32(key.encode()) % 1_000_000

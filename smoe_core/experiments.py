@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .init import get_initializer
-from .io import TEST_IMAGES, data_dir, load_image, resolve_image_path
+from .io import TEST_IMAGES, data_dir, image_key, load_image, resolve_image_path
 from .metrics import psnr, ssim
 from .model import SMoE
 from .rendering import render
@@ -59,11 +59,7 @@ def paper_table(name: str) -> pd.DataFrame:
 
 def default_budget(image_name: str) -> int:
     """Table V's kernel budget: 3500 for Barbara, 1500 for the others (and for the user's own images)."""
-    return 3500 if Path(str(image_name)).stem.lower() == "barbara" else 1500
-
-
-def image_key(name_or_path) -> str:
-    return Path(str(name_or_path)).stem.lower()
+    return 3500 if image_key(image_name) == "barbara" else 1500
 
 
 def load_case(name_or_path, crop: int | None = None, color: bool = False) -> np.ndarray:
@@ -212,6 +208,13 @@ def grid_items(images, methods, *, d_th=40, budgets=None, crop=None, seed=0, mod
     return items
 
 
+def _init_kwargs_with(item: dict, method: str, **updates) -> dict:
+    """A copy of ``item["init_kwargs"]`` (method -> keyword arguments) with ``updates`` for ``method``."""
+    kw = {m: dict(v) for m, v in item.get("init_kwargs", {}).items()}
+    kw.setdefault(method, {}).update(updates)
+    return kw
+
+
 def paper_protocol_items(items) -> list[dict]:
     """The paper protocol's items (module docstring): the radial baselines of ``items`` with random experts
     (``experts="random"``, seeded by the item's seed) and ``tag="paper_protocol"``."""
@@ -219,9 +222,7 @@ def paper_protocol_items(items) -> list[dict]:
     for it in items:
         if it["method"] not in RADIAL:
             continue
-        kw = {m: dict(v) for m, v in it.get("init_kwargs", {}).items()}
-        kw.setdefault(it["method"], {}).update(experts="random")
-        out.append(dict(it, init_kwargs=kw, tag=PAPER_PROTOCOL))
+        out.append(dict(it, init_kwargs=_init_kwargs_with(it, it["method"], experts="random"), tag=PAPER_PROTOCOL))
     return out
 
 
@@ -423,9 +424,7 @@ def as_smoe_variant_items(items, variants: dict | None = None) -> list[dict]:
         if it["method"] != "as_smoe":
             continue
         for name, kw in variants.items():
-            init = {m: dict(v) for m, v in it.get("init_kwargs", {}).items()}
-            init.setdefault("as_smoe", {}).update(kw)
-            out.append(dict(it, init_kwargs=init, tag=f"as_{name}", variant=name))
+            out.append(dict(it, init_kwargs=_init_kwargs_with(it, "as_smoe", **kw), tag=f"as_{name}", variant=name))
     return out
 
 
@@ -471,9 +470,7 @@ def matched_rival_items(items, variants_table: pd.DataFrame, variants=None, prot
             for protocol in protocols:
                 if protocol not in ("ours", "paper"):
                     raise ValueError(f"protocol must be 'ours' or 'paper', got {protocol!r}")
-                kw = {m: dict(v) for m, v in it.get("init_kwargs", {}).items()}
-                if protocol == "paper":
-                    kw.setdefault(it["method"], {}).update(experts="random")
+                kw = _init_kwargs_with(it, it["method"], **({"experts": "random"} if protocol == "paper" else {}))
                 out.append(dict(it, budget=int(r["L_init"]), init_kwargs=kw, variant=r["variant"], protocol=protocol,
                                 tag=f"matched_{r['variant']}" + (f"_{PAPER_PROTOCOL}" if protocol == "paper" else "")))
     return out

@@ -14,6 +14,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 TEST_IMAGES = ("barbara", "flower", "parrot", "peppers")
 
 
+def image_key(name_or_path) -> str:
+    """The short name of an image: a test image's name, or a path's file stem, lower case."""
+    return Path(str(name_or_path)).stem.lower()
+
+
 def data_dir() -> Path:
     """The project's data/ folder ($SMOE_DATA_DIR overrides)."""
     env = os.environ.get("SMOE_DATA_DIR")

@@ -101,9 +101,8 @@ def curves(df, x: str, y: str, *, by: str, panel: str | None = None, xlabel=None
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
     if legend_below:
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        seen = dict(zip(labels, handles))
-        for ax in axes[0][1:]:
+        seen = {}  # label -> handle, over all panels (a series may be missing from some)
+        for ax in axes[0]:
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 seen.setdefault(lab, h)
         fig.tight_layout()

@@ -548,16 +548,14 @@ def export_kernels(local: LocalModels, cbbs: CBBs, labels, *, pi_export: str = "
         c, r = _round_half_up(mu_c[:, 0]), _round_half_up(mu_c[:, 1])
         inside = (r >= 0) & (r < cbbs.cbb) & (c >= 0) & (c < cbbs.cbb)
         own[inside] = cbbs.masks[idx[inside], r[inside], c[inside]]
-        keep = own & (pi_c > 0)
-        return dict(mu=mu[keep], chol=chol[keep], pi=pi[keep], experts=ex_c[keep], cbb=idx[keep],
-                    exported=np.bincount(idx[keep], minlength=n))
-    c, r = _round_half_up(mu[:, 0]), _round_half_up(mu[:, 1])
-    d = int(mask_margin)
-    for dy in range(-d, d + 1):
-        for dx in range(-d, d + 1):
-            rr, cc = r + dy, c + dx
-            inside = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
-            own[inside] |= labels[rr[inside], cc[inside]] == cbbs.labels[idx[inside]]
+    else:
+        c, r = _round_half_up(mu[:, 0]), _round_half_up(mu[:, 1])
+        d = int(mask_margin)
+        for dy in range(-d, d + 1):
+            for dx in range(-d, d + 1):
+                rr, cc = r + dy, c + dx
+                inside = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+                own[inside] |= labels[rr[inside], cc[inside]] == cbbs.labels[idx[inside]]
     keep = own & (pi_c > 0)
     return dict(mu=mu[keep], chol=chol[keep], pi=pi[keep], experts=ex_c[keep], cbb=idx[keep],
                 exported=np.bincount(idx[keep], minlength=n))
