@@ -4,9 +4,9 @@
   optionally, the training history (.csv).
 - ``smoe render MODEL.npz --scale S --out image.png``: render at any scale (native super-resolution).
 - ``smoe info MODEL.npz``: what a model file holds.
-- ``smoe bench``: forward + backward timings of the tiled and dense renderers (:mod:`smoe_core.bench`).
-- ``smoe denoise NOISY.png --out clean.png``: multi-model fusion denoising (:mod:`smoe_core.denoise`).
-- ``smoe upscale IMAGE.png --scale S --out big.png``: fit and render at S (:mod:`smoe_core.superres`).
+- ``smoe bench``: forward + backward timings of the tiled and dense renderers (:mod:`smoe_core.studies.bench`).
+- ``smoe denoise NOISY.png --out clean.png``: multi-model fusion denoising (:mod:`smoe_core.tasks.denoise`).
+- ``smoe upscale IMAGE.png --scale S --out big.png``: fit and render at S (:mod:`smoe_core.tasks.superres`).
 
 Errors from bad input (missing or unreadable files, invalid models, bad options) print one line
 ``smoe: error: ...`` on stderr and exit with status 2; failures while running (divergence, out of memory,
@@ -30,7 +30,7 @@ PROG = "smoe"
 
 # ---------------------------------------------------------------------- initializer registry
 #: the initializers of smoe_core.init (name -> fn(image, n_kernels) -> InitResult); ``--init`` choices
-from .init import INITIALIZERS, register_initializer  # noqa: E402,F401
+from .init import EXPERT_RULES, INITIALIZERS, register_initializer  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------- argument types
@@ -159,36 +159,36 @@ def _fmt(v: float, digits: int = 4) -> str:
 
 
 # ---------------------------------------------------------------------- fit
-RADIAL_INITS = ("grid", "kmeans", "s_smoe")
-SEGMENTING_INITS = ("s_smoe", "as_smoe")
-
-
 def fit_init_kwargs(args) -> dict:
     """The initializer's keyword arguments from ``smoe fit``'s options, with clear errors for options that do
     not apply. Segmenting initializers (S-SMoE, AS-SMoE) get ``labels``: MDBSCAN at ``--d-th`` on the
-    image file's colours (authors' variant, as in the notebooks; :func:`smoe_core.experiments.segmentation_labels`)
+    image file's colours (authors' variant, as in the notebooks; :func:`smoe_core.studies.common.segmentation_labels`)
     unless ``--tiles`` is given (then each tile is segmented by the initializer itself)."""
     init = args.init
+    info = INITIALIZERS.info(init)
     kw: dict = {}
     if args.experts is not None:
-        if init not in RADIAL_INITS:
-            raise ValueError(f"--experts applies to {', '.join(RADIAL_INITS)}, not to --init {init}")
+        if not info.expert_rules:
+            radial = [n for n in INITIALIZERS if INITIALIZERS.info(n).expert_rules]
+            raise ValueError(f"--experts applies to {', '.join(radial)}, not to --init {init}")
+        if args.experts not in info.expert_rules:
+            raise ValueError(f"--experts for --init {init} must be one of {', '.join(info.expert_rules)}")
         kw["experts"] = args.experts
-    if args.d_th is not None and init not in SEGMENTING_INITS:
-        raise ValueError(f"--d-th applies to {', '.join(SEGMENTING_INITS)}, not to --init {init}")
-    if (args.workers or args.scheduler) and init != "as_smoe" and not args.tiles:
-        raise ValueError("--workers/--scheduler apply to --init as_smoe (per-segment work) or to --tiles")
-    if init in ("grid", "kmeans", "s_smoe", "as_smoe"):
-        kw["seed"] = args.seed
-    if init in SEGMENTING_INITS:
+    if args.d_th is not None and not info.segments:
+        raise ValueError(f"--d-th applies to {', '.join(INITIALIZERS.names(segments=True))}, not to --init {init}")
+    if (args.workers or args.scheduler) and not info.parallel and not args.tiles:
+        raise ValueError(f"--workers/--scheduler apply to --init {', '.join(INITIALIZERS.names(parallel=True))} "
+                         "(per-segment work) or to --tiles")
+    kw.update(info.seed_kwargs(args.seed))
+    if info.segments:
         d_th = 40.0 if args.d_th is None else args.d_th
         if args.tiles:
             kw["d_th"] = d_th
         else:
-            from .experiments import segmentation_labels
+            from .studies.common import segmentation_labels
 
             kw["labels"] = segmentation_labels(args.image, d_th)
-    if init == "as_smoe":
+    if info.parallel:
         kw["progress"] = not args.no_progress
         if not args.tiles:
             kw.update(workers=args.workers, scheduler=args.scheduler)
@@ -198,7 +198,7 @@ def fit_init_kwargs(args) -> dict:
 def cmd_fit(args) -> int:
     from .io import resolve_image_path, save_image
     from .metrics import psnr, ssim
-    from .rendering import render
+    from .render import render
     from .training import PARAMS, fit
 
     if args.init not in INITIALIZERS:  # registry changed after the parser was built
@@ -221,7 +221,7 @@ def cmd_fit(args) -> int:
     lr = {k: getattr(args, f"lr_{k}") for k in PARAMS if getattr(args, f"lr_{k}", None) is not None}
     t0 = time.perf_counter()
     if args.tiles:
-        from .tilewise import fit_tilewise
+        from .tasks.tilewise import fit_tilewise
 
         if args.seconds is not None:
             raise ValueError("--seconds is not supported with --tiles; use --tile-iters and --iters")
@@ -277,7 +277,7 @@ def cmd_fit(args) -> int:
 # ---------------------------------------------------------------------- render
 def cmd_render(args) -> int:
     from .io import save_image
-    from .rendering import output_shape, render
+    from .render import output_shape, render
 
     out = _check_output_path(args.out, IMAGE_SUFFIXES, "--out")
     model = load_model(args.model)
@@ -303,7 +303,7 @@ def cmd_render(args) -> int:
 # ---------------------------------------------------------------------- info
 def model_stats(model) -> dict:
     """Summary numbers of a model (numpy): pi range, kernel sizes, tile-list lengths."""
-    from .rendering import tile_lists
+    from .render import tile_lists
 
     m = model.numpy()
     a11, a22 = m.chol[:, 0].astype(np.float64), m.chol[:, 2].astype(np.float64)
@@ -356,12 +356,13 @@ def cmd_info(args) -> int:
 
 # ---------------------------------------------------------------------- bench
 def cmd_bench(args) -> int:
-    from .bench import format_table, run_benchmark, write_csv_atomic
+    from .studies.bench import format_table, run_benchmark
+    from .studies.results import atomic_write_csv
 
     out = _check_output_path(args.out, (".csv",), "--out")
     df = run_benchmark(args.height, args.width, args.kernels, repeats=args.repeats, dense=not args.no_dense,
                        progress=not args.no_progress)
-    write_csv_atomic(df, out)
+    atomic_write_csv(df, out)
     r = df.iloc[0]
     tiled = df[df.backend == "tiled"]
     resolved = tiled.backend_resolved.iloc[0] if len(tiled) else "-"
@@ -376,7 +377,7 @@ def cmd_bench(args) -> int:
 
 # ---------------------------------------------------------------------- reproduce
 def cmd_reproduce(args) -> int:
-    from .reproduce import reproduce
+    from .studies.reproduce import reproduce
 
     if args.workers and args.scheduler:
         raise ValueError("give --workers or --scheduler, not both")
@@ -415,7 +416,7 @@ def _save_staged(out: Path, image) -> None:
 
 
 def cmd_denoise(args) -> int:
-    from .denoise import MAX_MODELS, default_kernels, denoise
+    from .tasks.denoise import MAX_MODELS, default_kernels, denoise
 
     if not 1 <= args.models <= MAX_MODELS:
         raise ValueError(f"--models must be from 1 to {MAX_MODELS}, got {args.models}")
@@ -436,8 +437,8 @@ def cmd_denoise(args) -> int:
 
 
 def cmd_upscale(args) -> int:
-    from .rendering import output_shape
-    from .superres import upscale
+    from .render import output_shape
+    from .tasks.superres import upscale
 
     _, out = _image_in_out(args)
     image = _load_image(args.image, args.color)
@@ -467,7 +468,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .rendering import BACKENDS
+    from .render import BACKENDS
 
     parser = _Parser(prog=PROG, description="Steered Mixture-of-Experts image regression.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -493,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", default=None, metavar="HISTORY.csv", help="also write the training history")
     p.add_argument("--d-th", dest="d_th", type=positive_float, default=None, metavar="D",
                    help="MDBSCAN threshold on 0-255 intensities for s_smoe/as_smoe (default 40)")
-    p.add_argument("--experts", choices=("mean", "centre", "random"), default=None,
+    p.add_argument("--experts", choices=EXPERT_RULES, default=None,
                    help="expert rule of grid/kmeans/s_smoe (default mean; random is the paper protocol of Table V)")
     p.add_argument("--tiles", type=positive_int, nargs=2, default=None, metavar=("NX", "NY"),
                    help="tile-wise training: NX x NY tiles initialized and trained apart, merged, fine-tuned "

@@ -19,10 +19,21 @@ def image_key(name_or_path) -> str:
     return Path(str(name_or_path)).stem.lower()
 
 
+#: The package's own data (the four test images, their sources in README.md, and the published tables in
+#: paper_tables/): package data of ``smoe_core``, so it is found the same way from a checkout, an editable
+#: install and a regular ``pip install .``.
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+
+
 def data_dir() -> Path:
-    """The project's data/ folder ($SMOE_DATA_DIR overrides)."""
+    """The folder of the test images: ``$SMOE_DATA_DIR`` if set, else the package's ``smoe_core/data``."""
     env = os.environ.get("SMOE_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
+    return Path(env) if env else PACKAGE_DATA
+
+
+def paper_tables_dir() -> Path:
+    """The published tables (CSV, one per paper table), shipped in ``smoe_core/data/paper_tables``."""
+    return PACKAGE_DATA / "paper_tables"
 
 
 def resolve_image_path(name_or_path) -> Path:

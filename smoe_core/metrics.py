@@ -1,9 +1,9 @@
-"""Image quality metrics on [0, 1] images (adaptive-segmentation paper section V-B: PSNR, SSIM).
+"""Image quality metrics on [0, 1] images ([AS-SMoE] section V-B: PSNR, SSIM).
 
 ``ssim`` is Wang et al.'s SSIM with the usual defaults (11x11 Gaussian window, sigma 1.5, K1 = 0.01,
 K2 = 0.03, population statistics), as ``skimage.metrics.structural_similarity(..., gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False, data_range=1)`` computes it; colour images average the channels.
-``ssim_torch`` is the same formula in torch (differentiable, for the SSIM loss of the coding paper, eq. 9).
+``ssim_torch`` is the same formula in torch (differentiable, for the SSIM loss of [QSMoE], eq. 9).
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""The Steered Mixture-of-Experts model (adaptive-segmentation paper, section II, eqs. 1-5; coding paper,
+"""The Steered Mixture-of-Experts model ([AS-SMoE], section II, eqs. 1-5; [QSMoE],
 section 2, eqs. 1-8).
 
     y(x) = sum_j m_j(x) w_j(x),   w_j(x) = pi_j K_j(x) / sum_i pi_i K_i(x),
     K_j(x) = exp(-1/2 (x - mu_j)^T P_j (x - mu_j)),   P_j = A_j A_j^T,
     m_j(x) = e_j + S_j (x - mu_j)     (constant experts when S is absent)
 
-and its RBF variant (eq. 1 of the segmentation paper): y(x) = sum_j pi_j K_j(x) m_j(x).
+and its RBF variant (eq. 1 of [AS-SMoE]): y(x) = sum_j pi_j K_j(x) m_j(x).
 
 Coordinates are pixels: pixel (row r, column c) is the point (x=c, y=r).
 """
@@ -35,9 +35,9 @@ class SMoE:
     - ``mu`` (K, 2): centres (x, y) in pixels.
     - ``chol`` (K, 3): ``(a11, a21, a22)``, the lower-triangular factor A of each kernel's precision,
       **P = A A^T** with A = [[a11, 0], [a21, a22]]. This is the ordinary Cholesky factor of P (what
-      ``numpy.linalg.cholesky(P)`` returns), as in the coding paper's eq. 4 and the TF SMoE code, so
+      ``numpy.linalg.cholesky(P)`` returns), as in [QSMoE]'s eq. 4 and the TF SMoE code, so
       :meth:`from_precision` is exact, and the quadratic form is q = (a11 dx + a21 dy)^2 + (a22 dy)^2 with
-      two products per pixel. The segmentation paper writes P = B^T B with B lower-triangular (an upper-lower
+      two products per pixel. [AS-SMoE] writes P = B^T B with B lower-triangular (an upper-lower
       factorization); both parameterize every positive-definite P, and its export rule B_s = B / sqrt(s)
       holds for A unchanged since P scales by 1/s either way.
     - ``pi`` (K,): mixing weights (kernels with pi <= 0 carry no weight and are removed by training).
@@ -49,10 +49,12 @@ class SMoE:
 
     ``rbf=True`` makes it the RBF network (weighted sum of kernels, no normalization) over the same fields.
     ``image_shape`` (H, W) is the native image size; ``color_space`` is "gray", "rgb" or "yuv".
+    ``validate=False`` skips :meth:`check` (for callers that validate once elsewhere, such as a training step,
+    whose model :func:`~smoe_core.render.render_many` checks: on a GPU each check waits for the device).
     """
 
     def __init__(self, mu, chol, pi, experts, slopes=None, *, rbf: bool = False, image_shape=None,
-                 color_space: str | None = None):
+                 color_space: str | None = None, validate: bool = True):
         self.mu, self.chol, self.pi, self.experts, self.slopes = mu, chol, pi, experts, slopes
         self.rbf = bool(rbf)
         self.image_shape = None if image_shape is None else (int(image_shape[0]), int(image_shape[1]))
@@ -61,7 +63,8 @@ class SMoE:
         if color_space not in COLOR_SPACES:
             raise ValueError(f"color_space must be one of {COLOR_SPACES}, got {color_space!r}")
         self.color_space = color_space
-        self.check()
+        if validate:
+            self.check()
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -224,6 +227,6 @@ class SMoE:
 
 
 def _package_version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__

@@ -1,5 +1,5 @@
-"""Gradient-descent training of SMoE models (adaptive-segmentation paper section IV-A, eq. 6 and the global
-optimization of section VI; coding paper section 3 "Parameter Optimization", eqs. 9-12).
+"""Gradient-descent training of SMoE models ([AS-SMoE] section IV-A, eq. 6 and the global
+optimization of section VI; [QSMoE] section 3 "Parameter Optimization", eqs. 9-12).
 
 Loss = data term + lambda * sum_j pi_j (eq. 6 / eq. 10), data term the MSE over all pixels and channels, or
 1 - SSIM (eq. 9; optionally weighted per channel, e.g. Y:U:V = 6:1:1). Adam with one learning rate per
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .io import check_image
 from .metrics import psnr_from_mse, ssim_torch
 from .model import SMoE
-from .rendering import DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, render
+from .render import DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, render
 
 PARAMS = ("mu", "chol", "pi", "experts", "slopes")
 DEFAULT_LR = {"mu": 0.1, "chol": 5e-3, "pi": 1e-3, "experts": 2e-3, "slopes": 1e-4}
@@ -113,8 +113,8 @@ def fit(
     - ``lr``: learning rates per parameter ("mu", "chol", "pi", "experts", "slopes"), merged over
       ``DEFAULT_LR``; a rate of 0 freezes that parameter.
     - ``loss``: "mse" or "ssim" (1 - SSIM, channels weighted by ``channel_weights``).
-    - ``sparsity``: lambda of the sparsity term: ``regularizer="l1"`` is lambda * sum(pi) (segmentation paper
-      eq. 6, coding paper eq. 10); ``"l1_squared"`` is lambda * (sum |pi|)^2 (edge-aligned paper, tile-wise
+    - ``sparsity``: lambda of the sparsity term: ``regularizer="l1"`` is lambda * sum(pi) ([AS-SMoE]
+      eq. 6, [QSMoE] eq. 10); ``"l1_squared"`` is lambda * (sum |pi|)^2 ([EDGE], tile-wise
       training). Kernels with pi <= ``prune_below`` (default 0) are removed after each step.
     - ``transform``: maps the dict of parameter tensors to the dict rendered in the loss (fake quantization).
     - ``callback(iteration, model, stats)``: called after every iteration with the current (torch) model.
@@ -152,7 +152,8 @@ def fit(
     target_hw = target[..., 0] if tm.n_channels == 1 else target
 
     def current(p) -> SMoE:
-        return SMoE(**{k: p.get(k) for k in PARAMS}, **meta)
+        # not validated here: render_many checks the model once per step (each check syncs a GPU)
+        return SMoE(**{k: p.get(k) for k in PARAMS}, **meta, validate=False)
 
     rows = []
     t0 = time.perf_counter()

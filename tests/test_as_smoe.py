@@ -10,7 +10,8 @@ import torch
 
 from smoe_core import SMoE, metrics, render
 from smoe_core.init.as_smoe import (LocalModels, adaptive_kernel_adjustment, as_smoe, cbb_to_image, crop_cbbs,
-                                    export_kernels, segment_epochs_table)
+                                    export_kernels)
+from smoe_core.studies.as_smoe_segments import segment_epochs_table
 
 
 def _scene(H=64, W=64, seed=0):

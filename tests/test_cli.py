@@ -16,7 +16,7 @@ from PIL import Image
 
 import smoe_core
 from smoe_core import SMoE, init, load_image, render
-from smoe_core.bench import COLUMNS, tiled_pairs
+from smoe_core.studies.bench import COLUMNS, tiled_pairs
 from smoe_core.cli import INITIALIZERS, main
 from smoe_core.metrics import psnr
 
@@ -252,7 +252,7 @@ def test_fit_experts_rule_reaches_the_initializer(tmp_path, capsys):
 def test_fit_segmenting_init_uses_d_th(tmp_path, capsys):
     """--d-th reaches the segmentation: the model equals the direct S-SMoE call on MDBSCAN labels at that
     threshold, and differs between a fine and a coarse threshold."""
-    from smoe_core.experiments import segmentation_labels
+    from smoe_core.studies.common import segmentation_labels
 
     img = _write_test_png(tmp_path / "disk.png")
     models = {}

@@ -1,9 +1,9 @@
-"""The GPU build of the tiled renderer (raw_kernels/smoe_tile_cuda.cu, smoe_core/_cuda.py).
+"""The GPU build of the tiled renderer (raw_kernels/smoe_tile_cuda.cu, smoe_core/cuda_build.py).
 
 Three levels, so that most of it runs on machines without a GPU:
 
 1. Compilation: nvcc to PTX (and to a cubin, checking the resources a 32 x 32 tile needs), and NVRTC through
-   CuPy with the source text and options that ``_cuda.py`` uses at run time. NVRTC needs no device, but CuPy's
+   CuPy with the source text and options that ``cuda_build.py`` uses at run time. NVRTC needs no device, but CuPy's
    own compile entry points query the device for the architecture, so the NVRTC test drives
    ``cupy.cuda.nvrtc`` directly with the options CuPy would assemble.
 2. Emulation: the same .cu compiled for the host with g++, the CUDA thread model emulated (one block at a
@@ -25,10 +25,13 @@ import pytest
 import torch
 
 from raw_kernels import KERNEL_DIR
-from smoe_core import SMoE, _cpu_build, _cuda, render
-from smoe_core._binning import bin_kernels
-from smoe_core._tiled import MODE_RBF, MODE_SMOE, NO_WEIGHT, _cpu_backward, _cpu_forward, grad_slots
-from smoe_core.rendering import log_pi
+from smoe_core import SMoE, render
+from smoe_core.render import cpu as cpu_build, cuda as cuda_build
+from smoe_core.render.build import find_compiler
+from smoe_core.render.binning import bin_kernels
+from smoe_core.render.abi import MODE_RBF, MODE_SMOE, NO_WEIGHT, grad_slots
+from smoe_core.render.cpu import backward as cpu_backward, forward as cpu_forward
+from smoe_core.render import log_pi
 
 CUDA_SOURCE = KERNEL_DIR / "smoe_tile_cuda.cu"
 
@@ -69,7 +72,7 @@ def _plan_param_types(args) -> list[str]:
 
 
 def _check_ptx_against_launch_plans(ptx: str):
-    """Every kernel is in the PTX, with the parameters _cuda.launch_plan passes (count, order, kinds)."""
+    """Every kernel is in the PTX, with the parameters cuda_build.launch_plan passes (count, order, kinds)."""
     params = _ptx_param_types(ptx)
     for C in range(1, 5):
         for linear in (False, True):
@@ -78,11 +81,11 @@ def _check_ptx_against_launch_plans(ptx: str):
             lse = torch.empty(1, lists.height, lists.width)
             g = torch.empty(lists.tile_ids.numel(), grad_slots(C, linear))
             for kind, bufs in (("forward", (out, lse)), ("backward", (out, out, lse, g))):
-                name, _, _, args = _cuda.launch_plan(kind, mu, chol, logpi, experts, slopes, lists, inv_scale, mode,
+                name, _, _, args = cuda_build.launch_plan(kind, mu, chol, logpi, experts, slopes, lists, inv_scale, mode,
                                                      *bufs)
                 assert name in params, f"kernel {name} missing from the PTX"
                 assert params[name] == _plan_param_types(args), f"{name}: PTX parameters vs launch_plan arguments"
-    assert sorted(params) == sorted(_cuda.kernel_names())
+    assert sorted(params) == sorted(cuda_build.kernel_names())
 
 
 def _lists_and_inputs(C, linear, rbf, *, K=25, H=21, W=27, tile=8, B=1, scale=1.0, fill=4, seed=0,
@@ -108,7 +111,7 @@ def _lists_and_inputs(C, linear, rbf, *, K=25, H=21, W=27, tile=8, B=1, scale=1.
 
 # ---------------------------------------------------------------------------------------------- 1. compilation
 def test_kernel_source_inlines_the_shared_header():
-    src = _cuda.kernel_source()
+    src = cuda_build.kernel_source()
     assert '#include "smoe_tile.h"' not in src
     assert (KERNEL_DIR / "smoe_tile.h").read_text().strip() in src
     assert '#line 1 "smoe_tile.h"' in src
@@ -132,7 +135,7 @@ def test_nvcc_cubin_fits_a_1024_thread_block(tmp_path):
                       str(CUDA_SOURCE), "-o", str(tmp_path / "k.cubin")])
     usage = re.findall(r"Compiling entry function '(\w+)'.*?Used (\d+) registers.*?(\d+) bytes smem",
                        proc.stdout + proc.stderr, re.S)
-    assert sorted(u[0] for u in usage) == sorted(_cuda.kernel_names())
+    assert sorted(u[0] for u in usage) == sorted(cuda_build.kernel_names())
     for name, regs, smem in usage:
         assert int(regs) * 1024 <= 65536, f"{name}: {regs} registers per thread"
         assert int(smem) <= 48 * 1024, f"{name}: {smem} bytes of shared memory"
@@ -144,7 +147,7 @@ def _nvrtc_options(arch: str) -> tuple[str, ...]:
     from cupy._core import core
 
     assemble = getattr(core, "assemble_cupy_compiler_options", None)
-    opts = tuple(assemble(_cuda.NVRTC_OPTIONS)) if assemble is not None else _cuda.NVRTC_OPTIONS
+    opts = tuple(assemble(cuda_build.NVRTC_OPTIONS)) if assemble is not None else cuda_build.NVRTC_OPTIONS
     return opts + ("-ftz=true", f"-arch={arch}", "--device-as-default-execution-space")
 
 
@@ -157,7 +160,7 @@ def test_nvrtc_compiles_the_runtime_source(arch):
         nvrtc.getVersion()
     except Exception as exc:  # the NVRTC library could not be loaded
         pytest.skip(f"NVRTC is not usable: {exc}")
-    prog = nvrtc.createProgram(_cuda.kernel_source(), _cuda.SOURCE, (), ())
+    prog = nvrtc.createProgram(cuda_build.kernel_source(), cuda_build.SOURCE, (), ())
     try:
         try:
             nvrtc.compileProgram(prog, _nvrtc_options(arch))
@@ -177,7 +180,7 @@ def test_nvrtc_compiles_the_runtime_source(arch):
 def test_entry_points_reject_cpu_tensors():
     mu, chol, logpi, experts, slopes, lists, inv_scale, mode, _ = _lists_and_inputs(1, False, False)
     with pytest.raises(ValueError, match="CUDA device"):
-        _cuda.forward(mu, chol, logpi, experts, slopes, lists, inv_scale, mode)
+        cuda_build.forward(mu, chol, logpi, experts, slopes, lists, inv_scale, mode)
 
 
 # ---------------------------------------------------------------------------------------------- 2. emulation
@@ -352,10 +355,10 @@ EMU_KERNELS(c4_lin)
 def emulator(tmp_path_factory):
     if platform.system() != "Linux":
         pytest.skip("the CUDA emulation uses ucontext fibers (Linux)")
-    cxx = _cpu_build.find_compiler()
+    cxx = find_compiler()
     if cxx is None:
         pytest.skip("no C++ compiler for the CUDA emulation")
-    if not _cpu_build.available():
+    if not cpu_build.available():
         pytest.skip("the CPU build (the reference of the emulation) is not available")
     d = tmp_path_factory.mktemp("cuda_emu")
     (d / "emu.cpp").write_text(EMULATOR)
@@ -367,14 +370,14 @@ def emulator(tmp_path_factory):
     lib = ctypes.CDLL(str(d / "emu.so"))
     p, i32 = ctypes.c_void_p, ctypes.c_int
     common = [i32, i32, i32, p, p, p, p, p, p, p, i32, i32, i32, i32, ctypes.c_float, i32]
-    for name in _cuda.kernel_names():
+    for name in cuda_build.kernel_names():
         getattr(lib, f"emu_{name}").argtypes = common + ([p, p] if "forward" in name else [p, p, p, p])
     return lib
 
 
 def _emulate(lib, mu, chol, logpi, experts, slopes, lists, inv_scale, mode, grad_out=None, out=None, lse=None,
              schedule=0):
-    """Runs the emulated kernels with the launch plan (name, grid, block, arguments) of smoe_core._cuda."""
+    """Runs the emulated kernels with the launch plan (name, grid, block, arguments) of smoe_core.render.cuda."""
     C, linear = experts.shape[1], slopes is not None
     if grad_out is None:
         bufs = (torch.full((lists.batch, lists.height, lists.width, C), float("nan")),
@@ -383,7 +386,7 @@ def _emulate(lib, mu, chol, logpi, experts, slopes, lists, inv_scale, mode, grad
     else:
         bufs = (grad_out, out, lse, torch.full((lists.tile_ids.numel(), grad_slots(C, linear)), float("nan")))
         kind = "backward"
-    name, grid, block, args = _cuda.launch_plan(kind, mu, chol, logpi, experts, slopes, lists, inv_scale, mode, *bufs)
+    name, grid, block, args = cuda_build.launch_plan(kind, mu, chol, logpi, experts, slopes, lists, inv_scale, mode, *bufs)
     c_args = [a.data_ptr() if isinstance(a, torch.Tensor) else a.item() for a in args]
     assert getattr(lib, f"emu_{name}")(schedule, grid[0], block[0], *c_args) == 0, "deadlock"
     return bufs if kind == "forward" else bufs[-1]
@@ -398,12 +401,12 @@ def _assert_rows_close(actual, expected, rtol=2e-5):
 
 def _check_emulation(lib, C, linear, rbf, schedule=0, **kw):
     mu, chol, logpi, experts, slopes, lists, inv_scale, mode, g = _lists_and_inputs(C, linear, rbf, **kw)
-    out, lse = _cpu_forward(mu, chol, logpi, experts, slopes, lists, inv_scale, mode, 1)
+    out, lse = cpu_forward(mu, chol, logpi, experts, slopes, lists, inv_scale, mode, 1)
     e_out, e_lse = _emulate(lib, mu, chol, logpi, experts, slopes, lists, inv_scale, mode, schedule=schedule)
     torch.testing.assert_close(e_out, out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(e_lse, lse, rtol=1e-6, atol=1e-5)  # including the NO_WEIGHT sentinel
     grad_out = torch.randn(out.shape, generator=g)
-    rows = _cpu_backward(mu, chol, logpi, experts, slopes, lists, inv_scale, mode, grad_out, out, lse, 1)
+    rows = cpu_backward(mu, chol, logpi, experts, slopes, lists, inv_scale, mode, grad_out, out, lse, 1)
     e_rows = _emulate(lib, mu, chol, logpi, experts, slopes, lists, inv_scale, mode, grad_out, out, lse, schedule)
     assert torch.isfinite(e_rows).all(), "rows left unwritten"
     _assert_rows_close(e_rows, rows)
@@ -508,16 +511,16 @@ def test_cuda_entry_points_match_cpu_build_and_are_deterministic(rbf):
     against the CPU build; two backward passes give bitwise identical rows (no atomics)."""
     mu, chol, logpi, experts, slopes, lists, inv_scale, mode, g = _lists_and_inputs(
         3, True, rbf, K=60, H=40, W=52, tile=16, B=2, fill=0, seed=7, device="cuda")
-    out, lse = _cuda.forward(mu, chol, logpi, experts, slopes, lists, inv_scale, mode)
+    out, lse = cuda_build.forward(mu, chol, logpi, experts, slopes, lists, inv_scale, mode)
     cpu = [t.cpu() for t in (mu, chol, logpi, experts, slopes)]
     cpu_lists = lists  # bin_kernels ran on the CPU
-    out_c, lse_c = _cpu_forward(*cpu, cpu_lists, inv_scale, mode, 1)
+    out_c, lse_c = cpu_forward(*cpu, cpu_lists, inv_scale, mode, 1)
     torch.testing.assert_close(out.cpu(), out_c, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lse.cpu(), lse_c, rtol=1e-5, atol=1e-4)
     grad_out = torch.randn(out_c.shape, generator=g)
-    rows_c = _cpu_backward(*cpu, cpu_lists, inv_scale, mode, grad_out, out_c, lse_c, 1)
+    rows_c = cpu_backward(*cpu, cpu_lists, inv_scale, mode, grad_out, out_c, lse_c, 1)
     args = (mu, chol, logpi, experts, slopes, lists, inv_scale, mode, grad_out.cuda(), out, lse)
-    rows1, rows2 = _cuda.backward(*args), _cuda.backward(*args)
+    rows1, rows2 = cuda_build.backward(*args), cuda_build.backward(*args)
     torch.cuda.synchronize()
     assert torch.equal(rows1, rows2)
     _assert_rows_close(rows1.cpu(), rows_c, rtol=1e-4)

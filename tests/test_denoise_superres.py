@@ -1,4 +1,4 @@
-"""Denoising with multi-model fusion and native super-resolution (smoe_core.denoise, smoe_core.superres), the
+"""Denoising with multi-model fusion and native super-resolution (smoe_core.tasks.denoise, smoe_core.tasks.superres), the
 colour path of grid + fit + render, and the ``smoe denoise`` / ``smoe upscale`` commands. Each test checks a
 known answer; the fits are tiny (tens of iterations on images of at most 64 x 64) to keep the file fast."""
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 import smoe_core as smoe
-from smoe_core import denoise as dn
-from smoe_core import superres as sr
+from smoe_core.studies import r_smoe_restoration as restoration
+from smoe_core.tasks import denoise as dn
+from smoe_core.tasks import superres as sr
 from smoe_core.cli import main
 from smoe_core.metrics import psnr
 
@@ -107,7 +108,7 @@ def noisy_case():
     (Seeds 7, 8, 9 gave single -> fused 30.24 -> 30.94, 29.95 -> 31.21, 29.64 -> 30.80 dB; noisy 20.3 dB.)"""
     img = _piecewise(64)
     noisy = dn.add_noise(img, 25, seed=7)
-    fits = dn._fit_all(noisy, 6, n_kernels=64, iters=250, init="grid", seed=0, border="reflect", workers=None,
+    fits = dn.fit_shifted_models(noisy, 6, n_kernels=64, iters=250, init="grid", seed=0, border="reflect", workers=None,
                        scheduler=None, progress=False, fit_kwargs={})
     return img, noisy, fits
 
@@ -158,7 +159,7 @@ def test_baselines_denoise_and_bm3d_missing_is_clear(monkeypatch):
     monkeypatch.setitem(sys.modules, "bm3d", None)  # as if the package were not installed
     with pytest.raises(ImportError, match="pip install bm3d"):
         dn.denoise_baseline(noisy, 25, "bm3d")
-    df = dn.denoising_experiment({"p": img[:32, :32]}, sigmas=(25,), models=(), baselines=("bm3d", "tv"),
+    df = restoration.denoising_experiment({"p": img[:32, :32]}, sigmas=(25,), models=(), baselines=("bm3d", "tv"),
                                  progress=False)
     row = df[df.method == "bm3d"].iloc[0]
     assert np.isnan(row.psnr) and "pip install bm3d" in row.note
@@ -175,7 +176,7 @@ def test_bm3d_baseline_when_installed():
 
 def test_denoising_experiment_table():
     img = _smooth(24, 24)
-    df = dn.denoising_experiment({"a": img, "b": img[:20]}, sigmas=(15, 50), models=(1, 2), iters=5,
+    df = restoration.denoising_experiment({"a": img, "b": img[:20]}, sigmas=(15, 50), models=(1, 2), iters=5,
                                  baselines=("tv",), progress=False)
     assert list(df.columns) == ["image", "sigma", "method", "models", "psnr", "ssim", "seconds", "note"]
     assert len(df) == 2 * 2 * 4
@@ -243,7 +244,7 @@ def test_degradation_crop_and_shave():
 
 def test_superres_experiment_table():
     img = _smooth(26, 26)
-    df = sr.superres_experiment({"s": img}, scales=(2,), n_kernels=60, iters=40, progress=False)
+    df = restoration.superres_experiment({"s": img}, scales=(2,), n_kernels=60, iters=40, progress=False)
     assert list(df.columns) == ["image", "scale", "method", "psnr", "ssim", "seconds", "hr_shape", "lr_shape",
                                 "shave", "note"]
     assert list(df.method) == list(sr.METHODS) and set(df.shave) == {2}

@@ -1,4 +1,4 @@
-"""The edge-aligned paper's experiments (smoe_core.edge_study), against known answers: on a synthetic straight
+"""The edge-aligned paper's experiments (smoe_core.studies.edge_paper), against known answers: on a synthetic straight
 edge the Fig. 2 stages find segments along it and the kernel centres straddle it; Fig. 3's iteration 0 is the
 image sampled at the centres (eq. 10) and its PSNR rises over the first iterations on a blurred black-to-white
 edge; Fig. 5 items are deterministic under a seed, resumable and picklable; Fig. 6 and the claims table read
@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from smoe_core import edge_study as es
+from smoe_core.studies import edge_paper as es
 from smoe_core import render
 from smoe_core.init.edge import edge
 from smoe_core.metrics import psnr
-from smoe_core.results import ResultsStore
+from smoe_core.studies.results import ResultsStore
 
 
 def step_edge(H=64, W=64, angle=20.0, blur=1.0):

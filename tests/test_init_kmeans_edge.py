@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from smoe_core import load_image, metrics, render
 from smoe_core.init import grid
-from smoe_core.init._dbscan import dbscan
+from smoe_core.init.dbscan import dbscan
 from smoe_core.init.edge import edge, importance_scores, line_segments, place_pairs
 from smoe_core.init.kmeans import allocate, kmeans
 

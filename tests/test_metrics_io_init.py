@@ -117,8 +117,8 @@ def test_coverage_boxes_contain_their_ellipses(scale):
 def test_compiled_binning_equals_torch_binning(monkeypatch, scale, fill):
     """The CPU build's counting sort and the torch path (used on GPUs) give identical CSR lists, including the
     kernels that fill empty tiles, for several models rendered together."""
-    from smoe_core import _binning
-    from smoe_core.rendering import log_pi
+    from smoe_core.render import binning
+    from smoe_core.render import log_pi
 
     models = [random_model(K=k, H=50, W=70, seed=k, bandwidth=(0.1, 0.9)) for k in (5, 30, 60)]
     mu = torch.cat([torch.from_numpy(m.mu) for m in models])
@@ -127,9 +127,9 @@ def test_compiled_binning_equals_torch_binning(monkeypatch, scale, fill):
     offsets = [0, 5, 35, 95]
     args = dict(tile=16, scale=scale, cutoff=3.0, fill=fill)
     H, W = round(50 * scale), round(70 * scale)
-    compiled = _binning.bin_kernels(mu, chol, lp, offsets, H, W, **args)
-    monkeypatch.setattr(_binning, "_cpu_library", lambda: None)
-    reference = _binning.bin_kernels(mu, chol, lp, offsets, H, W, **args)
+    compiled = binning.bin_kernels(mu, chol, lp, offsets, H, W, **args)
+    monkeypatch.setattr(binning, "_cpu_library", lambda: None)
+    reference = binning.bin_kernels(mu, chol, lp, offsets, H, W, **args)
     assert torch.equal(compiled.tile_start, reference.tile_start)
     assert torch.equal(compiled.tile_ids, reference.tile_ids)
     # kernels only ever appear in tiles of their own image
@@ -141,14 +141,16 @@ def test_compiled_binning_equals_torch_binning(monkeypatch, scale, fill):
 
 def test_fallback_without_compiler(monkeypatch):
     """Where no C++ compiler is present, backend='tiled' warns and uses the PyTorch reference."""
-    from smoe_core import _cpu_build
+    from smoe_core.render import cpu as cpu_build
 
     m = random_model(K=20, seed=4)
     expected = render(m, backend="cpu")
-    monkeypatch.setattr(_cpu_build, "_lib", None)
-    monkeypatch.setattr(_cpu_build, "find_compiler", lambda: None)
+    from smoe_core.render import build as native_build
+
+    monkeypatch.setattr(cpu_build, "_lib", None)
+    monkeypatch.setattr(native_build, "find_compiler", lambda: None)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         out = render(m)
     np.testing.assert_allclose(out, expected, atol=2e-6)
-    with pytest.raises(_cpu_build.CPUBuildError, match="no C\\+\\+ compiler"):
-        _cpu_build.load()
+    with pytest.raises(cpu_build.CPUBuildError, match="no C\\+\\+ compiler"):
+        cpu_build.load()

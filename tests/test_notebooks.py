@@ -3,8 +3,8 @@ their tables, figures, executed notebook and report fragment; REPORT.md collects
 import pandas as pd
 import pytest
 
-from smoe_core import reproduce
-from smoe_core.results import META_COLUMNS
+from smoe_core.studies import reproduce
+from smoe_core.studies.results import META_COLUMNS
 
 
 @pytest.mark.parametrize("name", reproduce.available_notebooks())

@@ -1,4 +1,4 @@
-"""smoe_core.perceptual: LPIPS, ST-LPIPS and attention-weighted PSNR, without any download.
+"""smoe_core.studies.perceptual: LPIPS, ST-LPIPS and attention-weighted PSNR, without any download.
 
 Network access is blocked in every test (a download attempt fails the test), and the weight caches are
 pointed at empty folders, so the results do not depend on what this machine has cached. The backbone and
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from smoe_core import perceptual as P
+from smoe_core.studies import perceptual as P
 from smoe_core.io import load_image
 from smoe_core.metrics import psnr
 

@@ -3,7 +3,7 @@ import json
 
 import pandas as pd
 
-from smoe_core.results import META_COLUMNS, ResultsStore
+from smoe_core.studies.results import META_COLUMNS, ResultsStore
 
 
 def test_rows_carry_metadata_and_manifest(tmp_path):
@@ -40,7 +40,7 @@ def test_run_grid_resumes_without_redoing(tmp_path):
 
 
 def test_notebook_parameters_images_override_runs_a_preset_in_pieces(tmp_path):
-    from smoe_core.reproduce import PRESETS, notebook_parameters
+    from smoe_core.studies.reproduce import PRESETS, notebook_parameters
 
     base = notebook_parameters("compare_initializers", "paper", results_dir=tmp_path)
     piece = notebook_parameters("compare_initializers", "paper", results_dir=tmp_path, images=["peppers"])
@@ -63,7 +63,7 @@ def test_reproduce_refuses_an_unknown_image_before_running(tmp_path, capsys):
 def test_git_commit_ignores_outputs_under_results(tmp_path):
     import subprocess
 
-    from smoe_core.results import git_commit
+    from smoe_core.studies.results import git_commit
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

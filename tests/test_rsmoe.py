@@ -1,4 +1,4 @@
-"""R-SMoE experiments (smoe_core.rsmoe): the four model variants, kernels evaluated per block, FLOPs per pixel,
+"""R-SMoE experiments (smoe_core.studies.r_smoe_paper): the four model variants, kernels evaluated per block, FLOPs per pixel,
 speed/memory per iteration, and the Fig. 4/5, denoising and super-resolution grid items. Each test checks an
 independent reference (a numpy formula, a brute-force count, the renderer's source, the existing experiments);
 everything runs on crops of at most 48 x 48 pixels and a few iterations."""
@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import smoe_core as smoe
-from smoe_core import rsmoe as rs
-from smoe_core.experiments import load_case
+from smoe_core.studies import r_smoe_paper as rs
+from smoe_core.studies import r_smoe_restoration as restoration
+from smoe_core.studies.common import load_case
 from smoe_core.parallel import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,7 +259,7 @@ def test_fig4_fig5_experiments_run_and_are_deterministic(tmp_path):
     np.testing.assert_array_equal(m["psnr_4"], m["psnr_5"])
     assert ((a5["ssim"] > 0) & (a5["ssim"] <= 1)).all()
     # with a results store: resumable, and a second call fits nothing new
-    from smoe_core.results import ResultsStore
+    from smoe_core.studies.results import ResultsStore
 
     store = ResultsStore(tmp_path, "r_smoe", "test")
     with torch_threads(1):
@@ -275,32 +276,30 @@ def test_fig4_fig5_experiments_run_and_are_deterministic(tmp_path):
 
 # ---------------------------------------------------------------------- denoising and super-resolution items
 def test_denoise_items_reproduce_denoising_experiment_and_keep_outputs(tmp_path):
-    from smoe_core import denoise as dn
 
     window = (4, 20, 8, 24)
-    items = rs.denoise_items(["peppers", "flower"], [25], channels=["gray"], crop=32, models=2, iters=5,
+    items = restoration.denoise_items(["peppers", "flower"], [25], channels=["gray"], crop=32, models=2, iters=5,
                              baselines=["tv"], out_dir=tmp_path, save_images=["flower"], window=window)
-    got = rs.denoise_experiment(items, progress=False)
-    ref = dn.denoising_experiment({n: load_case(n, 32) for n in ("peppers", "flower")}, [25], models=(1, 2),
+    got = restoration.denoise_runs(items, progress=False)
+    ref = restoration.denoising_experiment({n: load_case(n, 32) for n in ("peppers", "flower")}, [25], models=(1, 2),
                                   iters=5, baselines=["tv"], progress=False)
     np.testing.assert_allclose(got["psnr"], ref["psnr"], rtol=1e-12)
     np.testing.assert_allclose(got["ssim"], ref["ssim"], rtol=1e-12)
     assert list(got["method"]) == list(ref["method"])
-    assert rs.load_outputs(items[0], "denoise") == {}  # peppers: not kept
-    outs = rs.load_outputs(items[1], "denoise")
+    assert restoration.load_outputs(items[0], "denoise") == {}  # peppers: not kept
+    outs = restoration.load_outputs(items[1], "denoise")
     assert {"clean", "s25_noisy", "s25_smoe S=1", "s25_smoe S=2", "s25_tv"} <= set(outs)
     assert outs["s25_tv"].shape == (16, 16)
     np.testing.assert_array_equal(outs["clean"], load_case("flower", 32)[4:20, 8:24])
-    fig = rs.denoise_crops_figure(items[1], got)
+    fig = restoration.denoise_crops_figure(items[1], got)
     assert fig is not None and len(fig.axes) >= 5
 
 
 def test_superres_items_reproduce_superres_experiment():
-    from smoe_core import superres as sr
 
-    items = rs.superres_items(["peppers"], [2, 3], channels=["rgb"], crop=30, iters=5)
-    got = rs.superres_experiment(items, progress=False)
-    ref = sr.superres_experiment({"peppers": load_case("peppers", 30, color=True)}, [2, 3],
+    items = restoration.superres_items(["peppers"], [2, 3], channels=["rgb"], crop=30, iters=5)
+    got = restoration.superres_runs(items, progress=False)
+    ref = restoration.superres_experiment({"peppers": load_case("peppers", 30, color=True)}, [2, 3],
                                  methods=("smoe", "bicubic", "lanczos"), iters=5, progress=False)
     assert list(got["method"]) == list(ref["method"])
     np.testing.assert_allclose(got["psnr"], ref["psnr"], rtol=1e-12)

@@ -1,4 +1,4 @@
-"""A denoising row (rs.run_denoise_item) is a deterministic function of its grid item: the same numbers when
+"""A denoising row (restoration.run_denoise_item) is a deterministic function of its grid item: the same numbers when
 computed twice, with any torch / BM3D thread count, serially or on Dask workers (the ``seconds`` column aside).
 
 The quick preset's denoising table used to differ from run to run in some BM3D rows (by up to 1e-6 dB in PSNR):
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smoe_core import rsmoe as rs
+from smoe_core.studies import r_smoe_restoration as restoration
 from smoe_core.parallel import run_tasks, torch_threads
 
 pytest.importorskip("bm3d")
@@ -18,8 +18,8 @@ VALUE_COLUMNS = ["method", "models", "psnr", "ssim", "note"]  # everything but t
 
 def _items():
     kw = dict(crop=48, models=2, iters=3, baselines=["bm3d", "nlm", "tv"], seed=0)
-    return (rs.denoise_items(["peppers"], [25], channels=["gray"], **kw)
-            + rs.denoise_items(["peppers"], [25], channels=["rgb"], **kw))
+    return (restoration.denoise_items(["peppers"], [25], channels=["gray"], **kw)
+            + restoration.denoise_items(["peppers"], [25], channels=["rgb"], **kw))
 
 
 def _table(results) -> pd.DataFrame:
@@ -41,7 +41,7 @@ def test_denoise_row_independent_of_repeats_and_thread_counts(monkeypatch):
     for torch_n, bm3d_default in ((1, 1), (2, 2), (2, 0)):
         monkeypatch.setattr(bm3d.BM3DProfile, "num_threads", bm3d_default)
         with torch_threads(torch_n):
-            runs.append(_table([rs.run_denoise_item(it) for it in items]))
+            runs.append(_table([restoration.run_denoise_item(it) for it in items]))
     assert set(runs[0]["method"]) >= {"noisy", "smoe S=1", "smoe S=2", "bm3d", "nlm", "tv"}
     assert runs[0]["psnr"].notna().all()
     for other in runs[1:]:
@@ -51,24 +51,24 @@ def test_denoise_row_independent_of_repeats_and_thread_counts(monkeypatch):
 def test_denoise_row_serial_equals_dask_workers():
     pytest.importorskip("dask.distributed")
     items = _items()
-    serial = _table(run_tasks(rs.run_denoise_item, items, progress=False))
-    on_dask = _table(run_tasks(rs.run_denoise_item, items, workers=2, progress=False))
+    serial = _table(run_tasks(restoration.run_denoise_item, items, progress=False))
+    on_dask = _table(run_tasks(restoration.run_denoise_item, items, workers=2, progress=False))
     _assert_identical(serial, on_dask)
 
 
 def test_noise_seed_depends_on_the_image_alone():
     """A piecewise run (``smoe reproduce --images peppers``) adds the same noise to Peppers as the full run:
     the noise seed comes from the image's name, not from its position in the list."""
-    from smoe_core import denoise as dn
+    from smoe_core.tasks import denoise as dn
 
     assert [dn.image_number(n) for n in ("barbara", "flower", "parrot", "peppers")] == [0, 1, 2, 3]
     assert dn.image_number("/some/where/Peppers.png") == 3
     own = dn.image_number("/data/my_scan.tif")
     assert own >= 4 and own == dn.image_number("my_scan")
     assert dn.noise_seed(7, "parrot", 25) == 7 + 2000 + 25
-    alone = rs.denoise_items(["peppers"], sigmas=(25,), channels=("gray",))
-    full = rs.denoise_items(["barbara", "flower", "parrot", "peppers"], sigmas=(25,), channels=("gray",))
+    alone = restoration.denoise_items(["peppers"], sigmas=(25,), channels=("gray",))
+    full = restoration.denoise_items(["barbara", "flower", "parrot", "peppers"], sigmas=(25,), channels=("gray",))
     crop = dict(crop=32, models=1, iters=1, baselines=[])
-    row_alone = rs.run_denoise_item(dict(alone[0], **crop))
-    row_full = rs.run_denoise_item(dict([it for it in full if it["image"] == "peppers"][0], **crop))
+    row_alone = restoration.run_denoise_item(dict(alone[0], **crop))
+    row_full = restoration.run_denoise_item(dict([it for it in full if it["image"] == "peppers"][0], **crop))
     assert row_alone[0]["method"] == "noisy" and row_alone[0]["psnr"] == row_full[0]["psnr"]

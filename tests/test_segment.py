@@ -9,9 +9,11 @@ contrast 85 (within about [1.75 E, 2.6 E]) becomes a 1-pixel cluster that the st
 import numpy as np
 import pytest
 
-from smoe_core import _mdbscan_build, load_image
+from smoe_core import load_image
+from smoe_core.segment import build as mdbscan_build
 from smoe_core.init.s_smoe import kernel_counts, place_kernels, s_smoe
-from smoe_core.segment import (AUTHORS_PEPPERS_COUNTS, GAUSS5, fig4_statistics, mdbscan, prefilter,
+from smoe_core.studies.as_smoe_segments import fig4_statistics
+from smoe_core.segment import (AUTHORS_PEPPERS_COUNTS, GAUSS5, mdbscan, prefilter,
                                segment_stats, to_rgb8)
 
 VARIANTS = ("spec", "authors")
@@ -145,9 +147,9 @@ def test_errors_and_missing_compiler(monkeypatch):
         mdbscan(img, 30, variant="nope")
     with pytest.raises(ValueError, match="channels"):
         mdbscan(np.zeros((5, 5, 2), np.float32), 30)
-    monkeypatch.setattr(_mdbscan_build, "_lib", None)
-    monkeypatch.setattr(_mdbscan_build, "find_compiler", lambda: None)
-    with pytest.raises(_mdbscan_build.MDBSCANBuildError, match="compiler"):
+    monkeypatch.setattr(mdbscan_build, "_lib", None)
+    monkeypatch.setattr(mdbscan_build, "find_compiler", lambda: None)
+    with pytest.raises(mdbscan_build.MDBSCANBuildError, match="compiler"):
         mdbscan(img, 30, backend="cpp")
     with pytest.warns(UserWarning, match="Python"):
         lab = mdbscan(img, 30)

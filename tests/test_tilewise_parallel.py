@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 
 from smoe_core import SMoE, metrics, render
-from smoe_core.init import INITIALIZERS, InitResult, get_initializer, grid, register_initializer
+from smoe_core.init import (INITIALIZERS, InitResult, get_initializer, grid, register_initializer,
+                            unregister_initializer)
 from smoe_core.parallel import run_tasks
-from smoe_core.tilewise import fit_tilewise, merge_models, split_budget, tile_rectangles
+from smoe_core.tasks.tilewise import fit_tilewise, merge_models, split_budget, tile_rectangles
 
 
 def test_tile_rectangles_cover_the_image_once():
@@ -110,4 +111,5 @@ def test_user_initializer_registers_and_runs_tilewise():
     model, rec = fit_tilewise(smooth_image(32, 32), 4, initializer="centre_test", tiles=(2, 2), tile_iters=2,
                               finetune_iters=1, progress=False)
     assert model.n_kernels == 4
-    INITIALIZERS.pop("centre_test")
+    unregister_initializer("centre_test")
+    assert "centre_test" not in INITIALIZERS

@@ -139,3 +139,31 @@ def test_fit_torch_model_returns_torch_and_dense_backend_agrees():
     b, hb = fit(img, m0, iters=5, progress=False, tol=0, backend="dense")
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-3)
     assert isinstance(SMoE, type)
+
+
+def test_one_model_validation_per_training_step(monkeypatch):
+    """A training step validates its model once (render_many's check); building the step's model does not
+    check again (each check of torch fields waits for the device on a GPU)."""
+    img = smooth_image(32, 32)
+    model, _ = grid(img, 16)
+    calls = []
+    real = SMoE.check
+    monkeypatch.setattr(SMoE, "check", lambda self: (calls.append(1), real(self))[1])
+    counts = {}
+    for iters in (5, 12):
+        calls.clear()
+        fit(img, model, iters=iters, tol=0, progress=False)
+        counts[iters] = len(calls)
+    # one check per step (the per-step difference), plus a fixed few around the loop (input, copies, result)
+    assert counts[12] - counts[5] == 12 - 5, counts
+    assert counts[5] <= 5 + 4, counts
+    # a model built with validate=False is not checked, and still renders the same
+    fields = model.torch().fields()
+    calls.clear()
+    fast = SMoE(**fields, image_shape=model.image_shape, validate=False)
+    assert not calls
+    np.testing.assert_array_equal(render(fast).detach().numpy(), render(model.torch()).detach().numpy())
+    with pytest.raises(ValueError, match="NaN"):
+        bad = SMoE(**dict(fields, pi=torch.full_like(fields["pi"], float("nan"))), image_shape=model.image_shape,
+                   validate=False)
+        render(bad)  # validated where it is used

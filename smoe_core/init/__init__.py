@@ -1,62 +1,49 @@
 """Initializers: functions image -> SMoE ready for :func:`smoe_core.fit`.
 
-- :func:`grid`: radial kernels of one bandwidth on a regular grid (segmentation paper Table II "Grid";
-  coding paper "Initialization and Pre-Training").
+- :func:`grid`: radial kernels of one bandwidth on a regular grid ([AS-SMoE] Table II "Grid"; [QSMoE]
+  "Initialization and Pre-Training").
 - :func:`s_smoe`: radial kernels placed at random inside MDBSCAN segments (the earlier segmentation init).
 - :func:`as_smoe`: the adaptive segmentation-based initialization (segments -> CBBs -> Algorithm 1 -> export).
-- :func:`kmeans`: block-based K-Means (Verhack et al.; Table II "K-Means").
-- :func:`edge`: edge-aligned kernel pairs with experts by iteration (edge-aligned paper, section III).
+- :func:`kmeans`: block-based K-Means (Verhack et al.; [AS-SMoE] Table II "K-Means").
+- :func:`edge`: edge-aligned kernel pairs with experts by iteration ([EDGE] section III).
 
 Every initializer takes an image (float in [0, 1], (H, W) or (H, W, C)) and its own parameters and returns
 an :class:`InitResult` ``(model, record)``: the SMoE ready for fit, and a dict of what it did (method,
-seconds, n_kernels, and method-specific figures) that notebooks can tabulate.
+seconds, n_kernels, and method-specific figures) that notebooks can tabulate. The registry
+(:mod:`.registry`: :data:`INITIALIZERS`, :func:`initializer_info`) says what each one is. Papers are cited by
+the keys of :mod:`smoe_core.papers`.
 """
-from typing import Callable
-
-from ._result import InitResult
-from .grid import dominant_kernel, grid, grid_layout
-from .as_smoe import as_smoe, segment_epochs_table
+from .as_smoe import as_smoe
 from .edge import edge
+from .grid import EXPERT_RULES, dominant_kernel, grid, grid_layout
 from .kmeans import kmeans
+from .registry import (INITIALIZERS, InitializerInfo, get_initializer, initializer_info,
+                       register_initializer, unregister_initializer)
+from .result import InitResult
 from .s_smoe import kernel_counts, place_kernels, s_smoe
 
-#: name -> initializer ``fn(image, n_kernels, **kwargs) -> InitResult``. Built-ins and the user's own
-#: (:func:`register_initializer`) are used alike by the CLI, tile-wise training and the notebooks.
-INITIALIZERS: dict[str, Callable[..., InitResult]] = {"grid": grid, "kmeans": kmeans, "edge": edge}
 
-
-def _s_smoe_budget(image, n_kernels=None, **kwargs) -> InitResult:
+def s_smoe_budget(image, n_kernels=None, **kwargs) -> InitResult:
     """S-SMoE with the kernel budget split over segments by area (``n_kernels=None``: 4 per segment)."""
     return s_smoe(image, n_kernels=n_kernels, **kwargs)
 
 
-def _as_smoe_adaptive(image, n_kernels=None, **kwargs) -> InitResult:
+def as_smoe_adaptive(image, n_kernels=None, **kwargs) -> InitResult:
     """AS-SMoE chooses its kernel count itself (Algorithm 1): the budget ``n_kernels`` is not used."""
     return as_smoe(image, **kwargs)
 
 
-INITIALIZERS["s_smoe"] = _s_smoe_budget
-INITIALIZERS["as_smoe"] = _as_smoe_adaptive
+register_initializer("grid", grid, takes_seed=True, expert_rules=EXPERT_RULES,
+                     description="radial kernels on a regular grid")
+register_initializer("kmeans", kmeans, takes_seed=True, expert_rules=EXPERT_RULES,
+                     description="block-based K-Means centres")
+register_initializer("edge", edge, description="edge-aligned kernel pairs, experts by iteration")
+register_initializer("s_smoe", s_smoe_budget, takes_seed=True, segments=True, count_optional=True,
+                     expert_rules=EXPERT_RULES, description="radial kernels at random inside MDBSCAN segments")
+register_initializer("as_smoe", as_smoe_adaptive, takes_seed=True, segments=True, picks_own_count=True,
+                     count_optional=True, parallel=True,
+                     description="adaptive segmentation-based initialization (Algorithm 1)")
 
-
-def register_initializer(name: str, fn: Callable[..., InitResult], *, overwrite: bool = False) -> None:
-    """Makes ``fn(image, n_kernels, **kwargs) -> InitResult`` available by ``name``."""
-    if not callable(fn):
-        raise TypeError(f"initializer {name!r} must be callable")
-    if name in INITIALIZERS and not overwrite and INITIALIZERS[name] is not fn:
-        raise ValueError(f"an initializer named {name!r} exists; pass overwrite=True to replace it")
-    INITIALIZERS[name] = fn
-
-
-def get_initializer(name_or_fn) -> Callable[..., InitResult]:
-    """The initializer registered as ``name_or_fn`` (or the function itself)."""
-    if callable(name_or_fn):
-        return name_or_fn
-    try:
-        return INITIALIZERS[name_or_fn]
-    except KeyError:
-        raise ValueError(f"unknown initializer {name_or_fn!r} (known: {', '.join(sorted(INITIALIZERS))})") from None
-
-
-__all__ = ["InitResult", "INITIALIZERS", "register_initializer", "get_initializer", "grid", "grid_layout",
-           "dominant_kernel", "s_smoe", "kernel_counts", "place_kernels", "as_smoe", "segment_epochs_table", "kmeans", "edge"]
+__all__ = ["InitResult", "INITIALIZERS", "InitializerInfo", "register_initializer", "get_initializer",
+           "initializer_info", "unregister_initializer", "grid", "grid_layout", "dominant_kernel", "s_smoe", "kernel_counts", "place_kernels",
+           "as_smoe", "kmeans", "edge", "EXPERT_RULES"]

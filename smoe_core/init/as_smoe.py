@@ -1,4 +1,4 @@
-"""AS-SMoE: adaptive segmentation-based initialization (adaptive-segmentation paper, section IV; settings of
+"""AS-SMoE: adaptive segmentation-based initialization ([AS-SMoE], section IV; settings of
 section V-A; Table I; Table II "AS-SMoE: steering kernels, all individual steering").
 
 Pipeline (paper Fig. 2): MDBSCAN segmentation -> *Segmentation Reconstruction* (IV-A: cropping and rescaling
@@ -8,7 +8,7 @@ global SMoE ready for :func:`smoe_core.fit`.
 
 Functions: :func:`as_smoe` (the whole pipeline, returns ``InitResult``), :func:`crop_cbbs` (IV-A-1),
 :func:`adaptive_kernel_adjustment` (Algorithm 1, all CBBs batched), :func:`cbb_to_image` and
-:func:`export_kernels` (IV-B), :func:`segment_epochs_table` (Table I).
+:func:`export_kernels` (IV-B). Table I's driver is :func:`smoe_core.studies.as_smoe_segments.segment_epochs_table`.
 
 Choices the paper leaves open, made here
 ----------------------------------------
@@ -73,8 +73,8 @@ Algorithm 1, "Adaptive Kernel Adjustment" (IV-A-2), on all CBBs at once:
   kernel count; dead slots are never exported.
 - No stop on "loss stops changing" (the authors' code has one): the budget and the target only.
 - Renderer: ``backend="tiled"`` renders all active CBBs with the compiled tiled renderer in one call per
-  Adam step, through the flat API (concatenated kernels with batch offsets: :func:`smoe_core._binning.
-  bin_kernels` + :class:`smoe_core._tiled.TiledRender`), which avoids ``render_many``'s per-model checks.
+  Adam step, through the flat API (:func:`smoe_core.render.render_tiled_batch`: concatenated kernels with batch
+  offsets, one binning step and one launch), which avoids ``render_many``'s per-model checks.
   ``backend="dense"`` is a batched dense torch formulation (log-weights of all kernels at all pixels of a CBB
   as one (B, L, 6) x (6, 1024) matrix product, softmax over kernels) with exact global gating inside the CBB.
   Measured on this 2-core machine (shared, load 5-7; one torch thread), 231 CBBs of 32 x 32, one whole
@@ -104,7 +104,7 @@ Parameter exportation (IV-B):
   against the CBB-resolution mask); it keeps about as many (Peppers: 491 against 490 kernels with the defaults,
   689 against 695 with the authors' 20 kernels and 900 epochs; Parrot 384 / 379 and 565 / 555), so the
   authors' 1070 kept kernels on Peppers do not come from the rule itself.
-- Table III (``smoe_core.experiments.table3_claim``, paper preset, d_th = 40): with the defaults AS-SMoE
+- Table III (``smoe_core.studies.as_smoe_paper.table3_claim``, paper preset, d_th = 40): with the defaults AS-SMoE
   exports 379-696 kernels and ends below Grid and K-Means on all four images after global optimization. The
   authors' code's settings (``initial_kernels=20, epochs=900, checkpoint=300``) with ``mask_margin`` = 0 / 1
   / 2 / 3 export 555-944 / 823-1376 / 1154-1917 / 1514-2516 kernels; with m = 3 the optimized AS-SMoE is
@@ -148,13 +148,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .._binning import bin_kernels
-from .._tiled import MODE_SMOE, NO_WEIGHT, TiledRender
 from ..io import check_image
 from ..model import SMoE
 from ..parallel import run_tasks, uses_dask
+from ..render import render_many, render_tiled_batch
+from ..render.abi import NO_WEIGHT
+from ..render.dense import render_dense_batch, square_features
 from ..training import Adam
-from ._result import InitResult
+from .result import InitResult
 
 DEFAULT_LOCAL_LR = {"mu": 0.1, "chol": 0.05, "pi": 5e-3, "experts": 0.01}
 PI_EXPORT = ("count", "mean", "keep")
@@ -286,35 +287,6 @@ class LocalModels:
         return np.array([len(p) for p in self.pi], np.int64)
 
 
-def _render_tiled(mu, chol, logpi, experts, cbb: int):
-    """(B, N, C): all CBB models through the compiled tiled renderer, one binning and one launch."""
-    B, L = mu.shape[:2]
-    C = experts.shape[-1]
-    m, ch, lp, ex = mu.reshape(B * L, 2), chol.reshape(B * L, 3), logpi.reshape(B * L), experts.reshape(B * L, C)
-    lists = bin_kernels(m.detach(), ch.detach(), lp.detach(), list(range(0, B * L + 1, L)), cbb, cbb)
-    out = TiledRender.apply(m, ch, lp, ex, None, lists, 1.0, MODE_SMOE, torch.get_num_threads())
-    return out.reshape(B, cbb * cbb, C)
-
-
-def _render_dense(mu, chol, logpi, experts, feats, centre: float):
-    """(B, N, C): exact dense SMoE of every CBB; log-weights as one (B, L, 6) x (6, N) product."""
-    a11, a21, a22 = chol.unbind(-1)
-    mx, my = mu[..., 0] - centre, mu[..., 1] - centre
-    pxx, pxy, pyy = a11 * a11, a11 * a21, a21 * a21 + a22 * a22
-    const = logpi - 0.5 * (pxx * mx * mx + 2 * pxy * mx * my + pyy * my * my)
-    Wk = torch.stack([-0.5 * pxx, -pxy, -0.5 * pyy, pxx * mx + pxy * my, pxy * mx + pyy * my, const], -1)
-    gate = torch.softmax(Wk @ feats, dim=1)  # (B, L, N)
-    return (experts.transpose(1, 2) @ gate).transpose(1, 2)
-
-
-def _dense_features(cbb: int) -> tuple[torch.Tensor, float]:
-    c = (cbb - 1) / 2.0
-    ys, xs = torch.meshgrid(torch.arange(cbb, dtype=torch.float32) - c, torch.arange(cbb, dtype=torch.float32) - c,
-                            indexing="ij")
-    xs, ys = xs.reshape(-1), ys.reshape(-1)
-    return torch.stack([xs * xs, xs * ys, ys * ys, xs, ys, torch.ones_like(xs)], 0), c
-
-
 def _init_cbb(rng: np.random.Generator, target: np.ndarray, L: int, sigma: float, experts_init: str):
     cbb = target.shape[0]
     mu = rng.uniform(-0.5, cbb - 0.5, (L, 2))
@@ -373,7 +345,7 @@ def adaptive_kernel_adjustment(targets, ids=None, *, initial_kernels: int = 10, 
               "experts": experts.requires_grad_()}
     opt = Adam(params, dict(rates))
     target_t = torch.from_numpy(tg.reshape(n, cbb * cbb, C))
-    feats, centre = _dense_features(cbb)
+    feats, centre = square_features(cbb)
 
     active = np.arange(n)  # CBB index of each row of the batch
     alive = torch.ones(n, L, dtype=torch.bool)
@@ -419,9 +391,9 @@ def adaptive_kernel_adjustment(targets, ids=None, *, initial_kernels: int = 10, 
             logpi = torch.where(alive, torch.log(p["pi"].clamp_min(torch.finfo(dt).tiny)),
                                 torch.full_like(p["pi"], NO_WEIGHT))
             if backend == "tiled":
-                out = _render_tiled(p["mu"], p["chol"], logpi, p["experts"], cbb)
+                out = render_tiled_batch(p["mu"], p["chol"], logpi, p["experts"], cbb)
             else:
-                out = _render_dense(p["mu"], p["chol"], logpi, p["experts"], feats, centre)
+                out = render_dense_batch(p["mu"], p["chol"], logpi, p["experts"], feats, centre)
             err = out - target_t[active]
             mse = (err * err).mean(dim=(1, 2))
             loss = mse + sparsity * (p["pi"] * alive).sum(1)
@@ -563,8 +535,6 @@ def export_kernels(local: LocalModels, cbbs: CBBs, labels, *, pi_export: str = "
 
 def _segment_psnr(local: LocalModels, cbbs: CBBs, backend: str = "tiled") -> np.ndarray:
     """PSNR (dB) of every CBB's local model over the CBB pixels inside its segment mask."""
-    from ..rendering import render_many
-
     n, cbb = cbbs.n, cbbs.cbb
     C = cbbs.targets.shape[-1]
     out = np.full(n, math.nan)
@@ -586,15 +556,16 @@ def _segment_psnr(local: LocalModels, cbbs: CBBs, backend: str = "tiled") -> np.
 
 
 # ---------------------------------------------------------------------- the whole pipeline
-def _seed_ids(values: np.ndarray) -> np.ndarray:
+def cbb_seed_ids(values: np.ndarray) -> np.ndarray:
     """The ids seeding each CBB: the segment label itself (shifted when labels are negative)."""
     return values - min(int(values.min()), 0)
 
 
-def _segment(image, labels, d_th):
+def segment_image(image, labels, d_th):
+    """(labels, seconds, source): the given ``labels``, or MDBSCAN at ``d_th`` (source "mdbscan")."""
     t0 = time.perf_counter()
     if labels is None:
-        from ..segment import mdbscan  # written by another engineer; imported only when needed
+        from ..segment import mdbscan  # imported only when needed (builds the C++ loops)
 
         labels = mdbscan(image, d_th=d_th)
         return np.asarray(labels), time.perf_counter() - t0, "mdbscan"
@@ -631,14 +602,14 @@ def as_smoe(image, labels=None, *, d_th: float = 40, cbb: int = 32, corona: int 
     t0 = time.perf_counter()
     img = check_image(image)
     H, W = img.shape[:2]
-    labels, t_seg, seg_source = _segment(img, labels, d_th)
+    labels, t_seg, seg_source = segment_image(img, labels, d_th)
     t1 = time.perf_counter()
     cbbs = crop_cbbs(img, labels, cbb=cbb, corona=corona, antialias=antialias)
     t_crop = time.perf_counter() - t1
     local_kw = dict(initial_kernels=initial_kernels, target_psnr=target_psnr, epochs=epochs, checkpoint=checkpoint,
                     max_kernels=max_kernels, sparsity=sparsity, lr=lr, seed=seed, jitter=jitter,
                     init_sigma=init_sigma, experts_init=experts_init, backend=backend)
-    seed_ids = _seed_ids(cbbs.labels)
+    seed_ids = cbb_seed_ids(cbbs.labels)
     if uses_dask(workers, scheduler):
         n_chunks = max(1, min(cbbs.n, 2 * max(int(workers or 1), 1)))
         bounds = np.linspace(0, cbbs.n, n_chunks + 1).round().astype(int)
@@ -701,55 +672,3 @@ def merge_local_models(parts: list) -> "LocalModels":
                        reached=cat([p.reached for p in parts]), slots=cat([p.slots for p in parts]),
                        slots_at_best=cat([p.slots_at_best for p in parts]),
                        seconds=sum(p.seconds for p in parts), snapshots=snaps)
-
-
-# ---------------------------------------------------------------------- Table I
-def segment_epochs_table(images: dict, epochs=(100, 200, 300, 400), d_th: float = 40, *, labels: dict | None = None,
-                         mode: str = "algorithm1", cbb: int = 32, corona: int = 5, progress: bool = True,
-                         **kwargs) -> pd.DataFrame:
-    """Table I: mean PSNR over all segments' CBBs and total time of the Segmentation Reconstruction stage vs
-    the number of epochs.
-
-    ``images``: name -> image (float [0, 1]) or name -> None to load the test image of that name.
-    ``labels``: optional name -> label map (else MDBSCAN with ``d_th``). ``mode``: "algorithm1" (the pipeline's
-    Algorithm 1 with budget E) or "fixed" (``initial_kernels`` kernels, no doubling, no target stop).
-    ``kwargs`` go to :func:`adaptive_kernel_adjustment`. One run per image with the largest E gives every
-    column (module docstring). Rows: one per image and E, and image "all" (mean over every CBB of every
-    image, the paper's figure; total time). Columns: image, epochs, n_segments, mean_psnr, mean_psnr_finite
-    (CBBs reconstructed exactly, PSNR = inf, left out: the mean is over the others), n_perfect, reached,
-    mean_kernels, seconds.
-    """
-    from ..io import load_image
-
-    if mode not in ("algorithm1", "fixed"):
-        raise ValueError(f"mode must be 'algorithm1' or 'fixed', got {mode!r}")
-    epochs = sorted({int(e) for e in epochs})
-    if mode == "fixed":
-        kwargs = dict(kwargs, target_psnr=math.inf, checkpoint=None)
-    rows = []
-    all_psnr, all_kernels, all_seconds = {e: [] for e in epochs}, {e: [] for e in epochs}, dict.fromkeys(epochs, 0.0)
-    for name, image in images.items():
-        img = load_image(name) if image is None else check_image(image)
-        lab, _, _ = _segment(img, None if labels is None else labels.get(name), d_th)
-        cbbs = crop_cbbs(img, lab, cbb=cbb, corona=corona)
-        local = adaptive_kernel_adjustment(cbbs.targets, _seed_ids(cbbs.labels), epochs=max(epochs),
-                                           snapshots=epochs, progress=progress, **kwargs)
-        for e in epochs:
-            s = local.snapshots.get(e)
-            if s is None:  # every CBB reached its target before E: the state at the end
-                s = dict(psnr=local.psnr, n_kernels=local.n_kernels, seconds=local.seconds)
-            p = s["psnr"]
-            fin = np.isfinite(p)
-            rows.append(dict(image=name, epochs=e, n_segments=cbbs.n, mean_psnr=float(np.mean(p[fin])),
-                             n_perfect=int((~fin).sum()), reached=int((p > kwargs.get("target_psnr", 25.0)).sum()),
-                             mean_kernels=float(np.mean(s["n_kernels"])), seconds=float(s["seconds"])))
-            all_psnr[e].append(p)
-            all_kernels[e].append(s["n_kernels"])
-            all_seconds[e] += float(s["seconds"])
-    for e in epochs:
-        p = np.concatenate(all_psnr[e])
-        fin = np.isfinite(p)
-        rows.append(dict(image="all", epochs=e, n_segments=int(p.size), mean_psnr=float(np.mean(p[fin])),
-                         n_perfect=int((~fin).sum()), reached=int((p > kwargs.get("target_psnr", 25.0)).sum()),
-                         mean_kernels=float(np.mean(np.concatenate(all_kernels[e]))), seconds=all_seconds[e]))
-    return pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-"""Edge-aligned initializer (edge-aligned paper, Determann and Fleig, section III "Edge-Aligned Initialization
+"""Edge-aligned initializer ([EDGE], Determann and Fleig, section III "Edge-Aligned Initialization
 of SMoE": A. Canny filtering and line segment identification, eqs. 4-5; B. line segment reduction and
 clustering, eqs. 6-9; C. kernel placement; D. expert initialization, eqs. 10-12). Deterministic: no random
 numbers, and no gradient descent (section III-E, the tile-wise stochastic optimization, is training and is not
@@ -35,7 +35,7 @@ B. Reduction to at most ``max_pts`` segments.
   ``n_kernels`` sets max_pts = n_kernels // 2 (so the model has 2 * max_pts kernels, one fewer than an odd
   n_kernels), or ``max_pts`` directly; with neither, max_pts = 750 (1500 kernels, Table V's count for three of
   the four test images). If there are no more than max_pts segments, all are kept, without clustering.
-- DBSCAN (:mod:`smoe_core.init._dbscan`, ``min_samples=2``: single linkage; the paper gives no value) on all
+- DBSCAN (:mod:`smoe_core.init.dbscan`, ``min_samples=2``: single linkage; the paper gives no value) on all
   segment centres, with eps grown geometrically from ``eps0=0.5`` px (the smallest distance between two
   different segment centres, which lie on the half-pixel lattice) by ``eps_growth=1.05`` until the number of
   clusters is at most ``cluster_fraction * max_pts`` (0.8); eps0 itself when that already holds there. We
@@ -118,8 +118,8 @@ from scipy.spatial import cKDTree
 
 from ..io import check_image
 from ..model import SMoE
-from ._dbscan import NeighbourPairs, dbscan
-from ._result import InitResult
+from .dbscan import NeighbourPairs, dbscan
+from .result import InitResult
 
 #: Scan directions (dx, dy), x the column and y the row; orientation index o is the position in this tuple.
 DIRECTIONS = ((1, 0), (0, 1), (1, 1), (1, -1))
@@ -309,7 +309,7 @@ def resolve_max_pts(n_kernels: int | None, max_pts: int | None) -> int:
 
 @dataclass
 class EdgeLayout:
-    """Steps A-C of the initializer (the stages of the edge paper's Fig. 2)."""
+    """Steps A-C of the initializer (the stages of [EDGE]'s Fig. 2)."""
 
     edges: np.ndarray  # (H, W) bool: the Canny mask (step A)
     centres: np.ndarray  # (n, 2) every line segment's centre (x, y) (step A)
@@ -359,7 +359,7 @@ def edge(image, n_kernels: int | None = None, *, max_pts: int | None = None, can
     ``(model, record)``.
     """
     from ..metrics import psnr_from_mse
-    from ..rendering import render
+    from ..render import render
 
     t0 = time.perf_counter()
     img = check_image(image)

@@ -1,27 +1,27 @@
-"""Grid initializer (adaptive-segmentation paper, Table II "Grid": radial kernels, all the same bandwidth;
-spacing/bandwidth rule of the coding paper, section 3 "Initialization and Pre-Training").
+"""Grid initializer ([AS-SMoE], Table II "Grid": radial kernels, all the same bandwidth;
+spacing/bandwidth rule of [QSMoE], section 3 "Initialization and Pre-Training").
 
 - Layout: k_x columns by k_y rows, centres at the cell centres ((i + 0.5) W / k_x - 0.5, (j + 0.5) H / k_y - 0.5)
-  in pixel coordinates. The coding paper uses k = floor(Res / 4) per axis; here the budget ``n_kernels`` is
+  in pixel coordinates. [QSMoE] uses k = floor(Res / 4) per axis; here the budget ``n_kernels`` is
   given, and the layout is the k_x * k_y <= n_kernels with the most kernels whose cells are closest to square
   (cell aspect within 3:2; ties go to the squarest cell). The count can therefore be slightly below the budget
   (1222 on 512 x 512 gives 33 x 37 = 1221); ``grid_layout`` tells the layout in advance.
 - Bandwidth: "the distance between the centres of two kernels equals two standard deviations": one isotropic
   sigma = sqrt(cell_w * cell_h) / 2 for all kernels, precision diag(1/sigma^2), i.e. A = diag(1/sigma).
-- pi_j = 1 for every kernel ("the middle of their range", coding paper).
+- pi_j = 1 for every kernel ("the middle of their range", [QSMoE]).
 - Experts (``experts=``, shared by Grid, K-Means and S-SMoE through :func:`radial_model`):
 
   * ``"mean"`` (default): "the mean of the image where the gating of the corresponding kernel has maximum
-    influence" (coding paper): each pixel goes to its dominant kernel (largest log-weight, computed over the
+    influence" ([QSMoE]): each pixel goes to its dominant kernel (largest log-weight, computed over the
     tiled renderer's lists); a kernel that dominates no pixel takes the pixel nearest its centre.
-  * ``"centre"``: the image at the pixel nearest the kernel's centre (the edge-aligned paper's sampling of the
+  * ``"centre"``: the image at the pixel nearest the kernel's centre ([EDGE]'s sampling of the
     luminance at kernel centres, section III-D, before its iteration).
   * ``"random"``: uniform in [0, 1] per channel from ``numpy.random.default_rng(seed)``, as Algorithm 1 of the
-    adaptive-segmentation paper initializes the experts ("M <- RandomVariable(L)"). The segmentation paper's
+    [AS-SMoE] initializes the experts ("M <- RandomVariable(L)"). [AS-SMoE]'s
     Table II lists only "mu_j, Diagonal Matrix" as the output of Grid, K-Means and S-SMoE, i.e. no expert
     values taken from the image, and its Table V figures for them (11.7-16.3 dB initial PSNR at 1500-3500
     kernels) are what unfitted experts give (region-mean experts give 20-24 dB at those counts). This is the
-    setting of the *paper protocol* of Table V (:mod:`smoe_core.experiments`); "mean" stays the default
+    setting of the *paper protocol* of Table V (:mod:`smoe_core.studies.common`); "mean" stays the default
     because it is the better start for :func:`smoe_core.fit`.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 
 from ..io import check_image
 from ..model import SMoE
-from ._result import InitResult
+from .result import InitResult
 
 
 def grid_layout(shape, n_kernels: int, max_aspect: float = 1.5) -> tuple[int, int]:
@@ -67,8 +67,8 @@ def dominant_kernel(model: SMoE, shape, tile: int = 16, cutoff: float = 5.0) -> 
     Evaluated over the tiled renderer's per-tile lists (the dominant kernel of a pixel always lies in its
     tile's list, since a kernel outside its coverage box is below exp(-cutoff^2/2) of its peak).
     """
-    from .._tiled_torch import tile_log_weights
-    from ..rendering import log_pi, tile_lists
+    from ..render.reference import tile_log_weights
+    from ..render import log_pi, tile_lists
 
     t = model if model.is_torch else model.torch()
     H, W = int(shape[0]), int(shape[1])

@@ -1,4 +1,4 @@
-"""Block-based K-Means initializer (adaptive-segmentation paper, section III-B "Block-based Initialization":
+"""Block-based K-Means initializer ([AS-SMoE], section III-B "Block-based Initialization":
 Verhack et al. [15], K-Means on blocks of the image rather than on the whole image; Table II "K-Means":
 radial kernels, all the same bandwidth, output mu_j and a diagonal matrix; Table V "K-Means" column).
 
@@ -38,7 +38,7 @@ The paper describes the method in one paragraph; everything below that it leaves
   samples change cluster. A cluster that loses all its samples keeps its previous centre.
 - Bandwidth: one isotropic sigma for all kernels, the grid initializer's rule with the mean spacing of
   ``n_kernels`` kernels over the image: sigma = sqrt(H W / K) / 2 ("the distance between the centres of two
-  kernels equals two standard deviations", coding paper section 3); precision diag(1 / sigma^2).
+  kernels equals two standard deviations", [QSMoE] section 3); precision diag(1 / sigma^2).
 - pi_j = 1; experts (``experts=``): by default the mean of the image over the pixels each kernel dominates
   (:func:`smoe_core.init.grid.experts_from_dominance`); "centre" and "random" as in :mod:`.grid`
   ("random" draws from a generator seeded by ``seed + 1``, independent of the k-means++ stream).
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from ..io import check_image
-from ._result import InitResult
+from .result import InitResult
 from .grid import radial_model
 
 ALLOCATIONS = ("activity", "equal")

@@ -1,4 +1,4 @@
-"""S-SMoE initializer: the earlier segmentation initialization (ref. [38] of the adaptive-segmentation paper;
+"""S-SMoE initializer: the earlier segmentation initialization (ref. [38] of [AS-SMoE];
 section III-C "the MDBSCAN algorithm was used to divide images into meaningful regions, followed by a random
 distribution of kernels within the segments"; section V "relied on fixed kernel distributions"; Table II
 "S-SMoE: radial, all same bandwidth; mu_j, diagonal matrix"; Table V lists its L_Init).
@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from ..io import check_image
-from ._result import InitResult
+from .result import InitResult
 from .grid import radial_model
 
 DEFAULT_KERNELS_PER_SEGMENT = 4

@@ -1,10 +1,10 @@
-"""Builds and loads the compiled MDBSCAN loops (raw_kernels/mdbscan.cpp) for :mod:`smoe_core.segment`.
+"""Builds and loads the compiled MDBSCAN loops (raw_kernels/mdbscan.cpp) for :mod:`smoe_core.segment.mdbscan`.
 
-Built by :func:`smoe_core._cpu_build.compile_cached`, like the tiled renderer's CPU build: one compiler call,
+Built by :func:`smoe_core.render.build.compile_cached`, like the tiled renderer's CPU build: one compiler call,
 cached under ``$SMOE_CACHE_DIR`` (default ``~/.cache/smoe_core``) by a hash of the source,
 flags and compiler version, written to a temporary file and renamed atomically, loaded with :mod:`ctypes`.
 The flags are portable (no ``-march=native``, no ``-ffast-math``, ``-ffp-contract=off``) so the floating-point
-comparisons of the merge and strand steps are plain IEEE double, the same as the Python twin in segment.py.
+comparisons of the merge and strand steps are plain IEEE double, the same as the Python twin in :mod:`smoe_core.segment.mdbscan`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import ctypes
 import threading
 from pathlib import Path
 
-from ._cpu_build import compile_cached, find_compiler
+from ..render.build import compile_cached, find_compiler
 
 SOURCE = "mdbscan.cpp"
 FLAGS = ["-O2", "-ffp-contract=off", "-fPIC", "-shared", "-std=c++17"]

@@ -1,5 +1,5 @@
-"""Renderers of SMoE / RBF models, forward and backward (adaptive-segmentation paper eqs. 1-5; rasterized
-R-SMoE, rasterized abstract Fig. 3).
+"""Renderers of SMoE / RBF models, forward and backward ([AS-SMoE] eqs. 1-5; rasterized
+R-SMoE, [R-SMoE] Fig. 3).
 
 Backends:
 
@@ -22,13 +22,14 @@ import warnings
 
 import numpy as np
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from . import _cpu_build
-from ._binning import TileLists, bin_kernels
-from ._tiled import MODE_RBF, MODE_SMOE, TiledRender
-from ._tiled_torch import render_tiled_torch
-from .model import SMoE
+from ..model import SMoE
+from . import cpu
+from .abi import MODE_RBF, MODE_SMOE
+from .autograd import TiledRender
+from .binning import TileLists, bin_kernels
+from .dense import render_dense_flat
+from .reference import render_tiled_torch
 
 BACKENDS = ("tiled", "cpu", "cuda", "torch", "dense")
 DEFAULT_TILE = 16
@@ -59,7 +60,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "tiled":
         if device.type == "cuda":
             return "cuda"
-        if _cpu_build.available():
+        if cpu.available():
             return "cpu"
         warnings.warn("no C++ compiler for the CPU build of the tiled renderer: using the PyTorch reference "
                       "(backend='torch'), which is slower", RuntimeWarning, stacklevel=3)
@@ -69,66 +70,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "cpu" and device.type != "cpu":
         raise ValueError("backend='cpu' needs the model's tensors on the CPU")
     return backend
-
-
-# ---------------------------------------------------------------------- dense (global) renderer
-def _dense_block(px, py, cx, cy, mu, chol, logpi, experts, slopes, rbf: bool):
-    """Outputs (n, C) at points (px, py): every kernel, log domain.
-
-    The log-weights of all kernels at all points are one matrix product: with block-local coordinates
-    x' = x - c (c the block centre), q_j = [x'^2, x'y', y'^2, x', y', 1] . w_j, so l = F W (n x 6 times 6 x K),
-    which is what makes a global SMoE affordable on a CPU. Local coordinates keep the expansion's cancellation
-    error at eps * (block size)^2 * |P|.
-    """
-    x, y = px - cx, py - cy
-    mx, my = mu[:, 0] - cx, mu[:, 1] - cy
-    a11, a21, a22 = chol[:, 0], chol[:, 1], chol[:, 2]
-    pxx, pxy, pyy = a11 * a11, a11 * a21, a21 * a21 + a22 * a22
-    bx = pxx * mx + pxy * my
-    by = pxy * mx + pyy * my
-    const = logpi.clamp_min(-1e30) - 0.5 * (pxx * mx * mx + 2 * pxy * mx * my + pyy * my * my)
-    Wk = torch.stack([-0.5 * pxx, -pxy, -0.5 * pyy, bx, by, const], 0)  # (6, K)
-    F = torch.stack([x * x, x * y, y * y, x, y, torch.ones_like(x)], 1)  # (n, 6)
-    lw = F @ Wk
-    if rbf:
-        gate = torch.exp(lw)
-    else:
-        gate = torch.softmax(lw, dim=1)
-        has = (lw.detach().amax(dim=1, keepdim=True) > -1e29).to(gate.dtype)  # pixels with some weight
-        gate = gate * has
-    out = gate @ experts
-    if slopes is not None:
-        s0, s1 = slopes[..., 0], slopes[..., 1]  # (K, C)
-        out = (out + x[:, None] * (gate @ s0) - gate @ (mx[:, None] * s0)
-               + y[:, None] * (gate @ s1) - gate @ (my[:, None] * s1))
-    return out
-
-
-def render_dense_flat(mu, chol, logpi, experts, slopes, H: int, W: int, inv_scale: float, rbf: bool,
-                      chunk_elements: int = 2**23, max_block: int = 128) -> torch.Tensor:
-    """(H, W, C) dense render of one model, in square pixel blocks of about ``chunk_elements`` pixel-kernel
-    pairs (side at most ``max_block``), each recomputed in the backward pass when gradients are needed."""
-    K = mu.shape[0]
-    side = int(max(4, min(max_block, math.isqrt(max(1, chunk_elements // max(K, 1))))))
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (mu, chol, logpi, experts, slopes))
-    coords_r = (torch.arange(H, device=mu.device, dtype=mu.dtype) + 0.5) * inv_scale - 0.5
-    coords_c = (torch.arange(W, device=mu.device, dtype=mu.dtype) + 0.5) * inv_scale - 0.5
-    rows = []
-    for r0 in range(0, H, side):
-        r1 = min(H, r0 + side)
-        cols = []
-        for c0 in range(0, W, side):
-            c1 = min(W, c0 + side)
-            py = coords_r[r0:r1].repeat_interleave(c1 - c0)
-            px = coords_c[c0:c1].repeat(r1 - r0)
-            cx = float(coords_c[(c0 + c1 - 1) // 2])
-            cy = float(coords_r[(r0 + r1 - 1) // 2])
-            args = (px, py, cx, cy, mu, chol, logpi, experts, slopes, rbf)
-            blk = checkpoint(_dense_block, *args, use_reentrant=False) if needs_grad else _dense_block(*args)
-            cols.append(blk.reshape(r1 - r0, c1 - c0, -1))
-        rows.append(torch.cat(cols, 1))
-    return torch.cat(rows, 0)
 
 
 # ---------------------------------------------------------------------- public API
@@ -156,7 +97,7 @@ def render(model: SMoE, shape=None, *, backend: str = "tiled", scale: float = 1.
     ``shape`` is the native (H, W) of the image (default: the model's ``image_shape``). Returns a numpy array
     for a numpy model and a torch tensor for a torch model; when the torch fields require grad, the result is
     differentiable whatever the backend. ``tile``, ``cutoff`` and ``fill`` configure the tiled backends (see
-    :mod:`smoe_core._binning`); ``n_threads`` the CPU build's OpenMP threads (default: torch's).
+    :mod:`smoe_core.render.binning`); ``n_threads`` the CPU build's OpenMP threads (default: torch's).
     """
     return render_many([model], shape, backend=backend, scale=scale, tile=tile, cutoff=cutoff, fill=fill,
                        n_threads=n_threads)[0]
@@ -241,3 +182,17 @@ def tile_lists(model: SMoE, shape=None, *, scale: float = 1.0, tile: int = DEFAU
     t = model if model.is_torch else model.torch()
     return bin_kernels(t.mu.detach(), t.chol.detach(), log_pi(t.pi.detach()), [0, t.n_kernels], H, W, tile=tile,
                        scale=float(scale), cutoff=cutoff, fill=fill)
+
+
+def render_tiled_batch(mu, chol, logpi, experts, side: int, *, n_threads: int | None = None) -> torch.Tensor:
+    """(B, side * side, C): B models of L kernels each (``mu`` (B, L, 2), ``chol`` (B, L, 3), ``logpi``
+    (B, L), ``experts`` (B, L, C), torch, CPU or CUDA) over one side x side square each, through the compiled
+    tiled renderer with one binning step and one launch; differentiable. No per-model checks (the caller's
+    tensors are its own optimizer's): used by AS-SMoE's Algorithm 1 for all CBBs at once."""
+    B, L = mu.shape[:2]
+    C = experts.shape[-1]
+    m, ch, lp, ex = mu.reshape(B * L, 2), chol.reshape(B * L, 3), logpi.reshape(B * L), experts.reshape(B * L, C)
+    lists = bin_kernels(m.detach(), ch.detach(), lp.detach(), list(range(0, B * L + 1, L)), side, side)
+    threads = int(n_threads) if n_threads else torch.get_num_threads()
+    out = TiledRender.apply(m, ch, lp, ex, None, lists, 1.0, MODE_SMOE, threads)
+    return out.reshape(B, side * side, C)

@@ -14,45 +14,31 @@ new peak that row reached, 0 when it stayed below an earlier one).
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import platform
-import resource
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .init import grid
-from .io import load_image
-from .rendering import resolve_backend, render, tile_lists
+from ..init import grid
+from ..io import load_image
+from ..render import render, resolve_backend, tile_lists
+from ..version import __version__
+from .profiling import load_average, peak_rss_mb
+from .results import git_commit
 
 DEFAULT_KERNELS = (500, 1000, 2000, 4000)
+#: the provenance columns of every results table (:data:`smoe_core.studies.results.META_COLUMNS`: package
+#: version, git commit, preset "bench", seed, date; ``backend`` is the renderer timed), then the measurements
 COLUMNS = [
-    "package_version", "date", "host", "torch_version", "threads", "image", "height", "width",
+    "package_version", "git_commit", "preset", "seed", "date", "host", "torch_version", "threads", "image", "height", "width",
     "kernels_requested", "kernels", "backend", "backend_resolved", "repeats", "best_ms", "median_ms",
     "pairs", "pairs_per_s", "mean_list_length", "peak_rss_mb", "rss_delta_mb", "load_avg_1min",
 ]
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
-
-
-def _load_average() -> float:
-    """The 1-minute load average (other processes competing for the cores make timings noisy); NaN if unknown."""
-    try:
-        return float(os.getloadavg()[0])
-    except (OSError, AttributeError):
-        return float("nan")
 
 
 def synthetic_image(height: int, width: int) -> np.ndarray:
@@ -135,6 +121,7 @@ def run_benchmark(
     img, source = benchmark_image(height, width, image)
     target = torch.from_numpy(np.ascontiguousarray(img))
     date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    commit = git_commit()
     threads = torch.get_num_threads()
     rows = []
     bar = tqdm(total=len(kernels) * len(backends), desc="bench", unit="run", disable=not progress,
@@ -149,20 +136,20 @@ def run_benchmark(
                 bar.set_postfix(kernels=n, backend=backend, refresh=True)
                 model = base.torch(requires_grad=True)
                 resolved = resolve_backend(backend, model.mu.device)
-                rss0 = _peak_rss_mb()
+                rss0 = peak_rss_mb()
                 warm = _time_pass(model, target, backend)
                 reps = 1 if warm > slow_seconds else repeats
                 times = [_time_pass(model, target, backend) for _ in range(reps)]
-                rss1 = _peak_rss_mb()
+                rss1 = peak_rss_mb()
                 pairs = height * width * n if backend == "dense" else tiled_pairs(lists)
                 best = min(times)
                 rows.append(dict(
-                    package_version=__version__, date=date, host=platform.node(), torch_version=torch.__version__,
+                    package_version=__version__, git_commit=commit, preset="bench", seed=0, date=date, host=platform.node(), torch_version=torch.__version__,
                     threads=threads, image=source, height=height, width=width, kernels_requested=K, kernels=n,
                     backend=backend, backend_resolved=resolved, repeats=reps, best_ms=best * 1e3,
                     median_ms=statistics.median(times) * 1e3, pairs=pairs, pairs_per_s=pairs / best,
                     mean_list_length=mean_len, peak_rss_mb=rss1, rss_delta_mb=max(0.0, rss1 - rss0),
-                    load_avg_1min=_load_average(),
+                    load_avg_1min=load_average(),
                 ))
                 bar.update(1)
                 del model
@@ -213,21 +200,3 @@ def format_table(df: pd.DataFrame) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
-
-
-def write_csv_atomic(df: pd.DataFrame, path) -> Path:
-    """Writes ``df`` as CSV to a temporary file in the target folder, then moves it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -17,13 +17,16 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from ..version import __version__
+
 META_COLUMNS = ("package_version", "git_commit", "preset", "seed", "backend", "date")
 
 
 def git_commit(path: Path | None = None) -> str:
     """The repository's HEAD commit (with "+dirty" if tracked files outside results/ differ), or "unknown"
-    outside a checkout."""
-    cwd = Path(path or Path(__file__).resolve().parents[1])
+    outside a checkout (e.g. a regular ``pip install``). ``path``: a folder in the repository (default: the one
+    holding this package)."""
+    cwd = Path(path or Path(__file__).resolve().parents[2])
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True,
                               timeout=10)
@@ -60,8 +63,6 @@ class ResultsStore:
 
     def __init__(self, root, notebook: str, preset: str, *, seed: int = 0, backend: str = "tiled",
                  parameters: dict | None = None):
-        from . import __version__
-
         self.dir = Path(root) / preset / notebook
         self.dir.mkdir(parents=True, exist_ok=True)
         self.meta = dict(package_version=__version__, git_commit=git_commit(), preset=preset, seed=int(seed),
@@ -103,7 +104,7 @@ class ResultsStore:
         """Runs ``fn(item)`` for every item not yet in table ``name`` (by ``key_columns``), appending its row(s)
         as soon as it finishes; returns the table. ``fn`` returns a row dict or a list of them. With
         ``workers``/``scheduler`` the items run on Dask (:func:`smoe_core.parallel.run_tasks`)."""
-        from .parallel import run_tasks
+        from ..parallel import run_tasks
 
         items = list(items)
         done = self.done_keys(name, key_columns)

@@ -1,4 +1,4 @@
-"""Experiments of the edge-aligned paper (Determann and Fleig, "Edge-Aligned Initialization of Kernels for
+"""Experiments of [EDGE] (Determann and Fleig, "Edge-Aligned Initialization of Kernels for
 Steered Mixture of Experts"), as functions the notebook ``notebooks/edge_aligned.ipynb`` calls:
 
 - **Fig. 2** (section III-A to III-C: (a) Canny edge mask, (b) initial line segments, (c) segments after
@@ -8,7 +8,7 @@ Steered Mixture of Experts"), as functions the notebook ``notebooks/edge_aligned
 - **Fig. 5** (section IV: PSNR against the number of kernels for the four initializers the paper compares:
   the proposed edge-aligned one, the uniform grid, S-SMoE and AS-SMoE; each trained tile-wise as in section
   III-E / Fig. 4): :func:`fig5_items`, :func:`run_fig5_item` (one picklable item per (image, initializer,
-  kernel budget, d_th), run and saved one by one by :meth:`smoe_core.results.ResultsStore.run_grid`, so a
+  kernel budget, d_th), run and saved one by one by :meth:`smoe_core.studies.results.ResultsStore.run_grid`, so a
   grid resumes where it stopped), :func:`kernels_vs_psnr_table`.
 - **Fig. 6** (section IV: time to convergence of the four initializers, per image): :func:`convergence_times`,
   :func:`plot_times`, read off the Fig. 5 runs at the default budget.
@@ -20,12 +20,12 @@ Choices the paper leaves open, made here (every one a parameter):
 - Fig. 2 takes the intermediate stages from :func:`smoe_core.init.edge.edge_layout`, the function the
   initializer itself runs for steps A-C, with the defaults of :func:`smoe_core.init.edge` (read from its
   signature).
-- Fig. 3: the edge-aligned initializer at the Table V budgets (:func:`smoe_core.experiments.default_budget`:
+- Fig. 3: the edge-aligned initializer at the Table V budgets (:func:`smoe_core.studies.common.default_budget`:
   3500 kernels for Barbara, 1500 for the others) run for a fixed number of iterations (``tol=None``), the PSNR
   of the whole image after each iteration (index 0 is m^(0), the luma sampled at the kernel centres, eq. 10).
   Both signs of eq. 12: ``"corrected"`` (m + eta (L - L_hat), the convergent one the initializer uses) and
   ``"printed"`` (m + eta (L_hat - L), as printed in the paper; see :mod:`smoe_core.init.edge`), eta = 0.1.
-- Fig. 5 training (section III-E, Fig. 4): :func:`smoe_core.tilewise.fit_tilewise` with 2 x 2 tiles, the
+- Fig. 5 training (section III-E, Fig. 4): :func:`smoe_core.tasks.tilewise.fit_tilewise` with 2 x 2 tiles, the
   initializer applied per tile with the tile's share of the budget, training of each tile with
   lambda (sum |pi|)^2 (``sparsity`` = 0.1, divided by the tile's kernel count squared) and pruning of the
   kernels whose pi falls below ``prune_below`` = 0.05, learning rate of pi 1e-2 (over
@@ -35,7 +35,7 @@ Choices the paper leaves open, made here (every one a parameter):
 - Fig. 5 kernel counts: the x axis is the number of kernels of the final model (after pruning). Grid, edge
   and S-SMoE take a budget: ``budget_factors`` times the Table V budget. AS-SMoE chooses its own count
   (Algorithm 1): its points come from the MDBSCAN thresholds ``as_smoe_d_th`` instead. S-SMoE and AS-SMoE
-  segment each tile's gray pixels with MDBSCAN at ``d_th`` (40, the segmentation papers' default; the tiles
+  segment each tile's gray pixels with MDBSCAN at ``d_th`` (40, [AS-SMoE]s' default; the tiles
   are segmented on their own because the tile-wise training initializes each tile on its own). A tile in
   which Canny finds no line segment gets 4 grid kernels instead of edge pairs (:func:`edge_tile`; the paper
   does not say what happens to flat tiles, and a tile model needs kernels). AS-SMoE's tile models start with
@@ -65,12 +65,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .experiments import SEGMENTING, default_budget, image_key, load_case
-from .init import get_initializer
-from .init.edge import ANGLES, edge, edge_layout, resolve_max_pts, sample_bilinear
-from .io import check_image
-from .metrics import psnr, ssim
-from .rendering import render
+from ..init import get_initializer, grid, initializer_info
+from ..init.edge import ANGLES, edge, edge_layout, resolve_max_pts, sample_bilinear
+from ..io import check_image, image_key
+from ..metrics import psnr, ssim
+from ..render import render
+from ..tasks.tilewise import fit_tilewise
+from ..training import fit
+from .common import default_budget, load_case
+from .plotting import pyplot, show_image
 
 #: The four initializers of the paper's Figs. 5 and 6, the proposed one first.
 PAPER_METHODS = ("edge", "grid", "s_smoe", "as_smoe")
@@ -140,10 +143,9 @@ def plot_stages(cases: dict, *, window=None, marker_size: float = 3.0):
     """Fig. 2 with one row per image: (a) edge mask, (b) all line segments, (c) reduced segments, (d) kernel
     centres on the image. ``cases``: {name: (image, stages)}. ``window`` = (y0, y1, x0, x1) zooms every
     panel (None: the whole image). Segments are drawn as short strokes along their direction."""
-    from .plotting import _plt, show_image
     from matplotlib.collections import LineCollection
 
-    plt = _plt()
+    plt = pyplot()
     n = len(cases)
     fig, axes = plt.subplots(n, 4, figsize=(12, 2.9 * n), squeeze=False)
     rad = np.deg2rad(np.asarray(ANGLES))
@@ -190,7 +192,7 @@ def expert_iterations_table(images, iterations: int, *, budgets: dict | None = N
     """Fig. 3: the PSNR of the edge-aligned initialization after each expert iteration (eqs. 10-12).
 
     ``images``: names/paths (loaded with ``crop``) or {name: array}. ``budgets``: {name: kernels}; default
-    :func:`smoe_core.experiments.default_budget`. Runs ``iterations`` iterations without early stop for each
+    :func:`smoe_core.studies.common.default_budget`. Runs ``iterations`` iterations without early stop for each
     sign in ``signs`` ("corrected": the convergent sign the initializer uses; "printed": the paper's).
     Returns one row per (image, sign, iteration): psnr_db (whole image), centre_mse (model at the kernel
     centres against the image there), n_kernels, best_iteration, seconds (the whole initialization).
@@ -288,8 +290,6 @@ def warm_up() -> None:
     global _WARM
     if _WARM:
         return
-    from .training import fit
-
     yy, xx = np.mgrid[0:48, 0:48]
     img = np.where(xx + 0.3 * yy > 30, 0.8, 0.2).astype(np.float32)
     for method in ("grid", "edge", "s_smoe"):
@@ -302,8 +302,6 @@ def edge_tile(image, n_kernels=None, *, flat_kernels: int = 4, **kwargs):
     """The edge-aligned initializer for one tile of the tile-wise training: :func:`smoe_core.init.edge`, except
     that a tile in which Canny finds no line segment (a flat tile; the paper does not say what happens there)
     gets ``flat_kernels`` grid kernels instead (at most its budget), since a tile model needs kernels."""
-    from .init import grid
-
     try:
         return edge(image, n_kernels, **kwargs)
     except ValueError as err:
@@ -328,13 +326,13 @@ def _tile_initializer(method: str):
 
 def _tile_init_kwargs(item: dict) -> dict:
     kw = dict(item.get("init_kwargs") or {})
-    if item["method"] in SEGMENTING:
+    info = initializer_info(item["method"])
+    if info.segments:
         kw.setdefault("d_th", item["d_th"])
+    if info.takes_seed:  # (grid's seed only draws random experts, which the default rule does not)
         kw.setdefault("seed", item.get("seed", 0))
-        if item["method"] == "as_smoe":
-            kw.setdefault("progress", False)
-    elif item["method"] == "kmeans":
-        kw.setdefault("seed", item.get("seed", 0))
+    if info.parallel:
+        kw.setdefault("progress", False)
     return kw
 
 
@@ -345,11 +343,9 @@ def fig5_model_path(item: dict) -> Path:
 
 def run_fig5_item(item: dict) -> dict:
     """One Fig. 5 point (and, at the default budget, one Fig. 6 bar): the tile-wise pipeline of section III-E
-    (:func:`smoe_core.tilewise.fit_tilewise`) from ``item["method"]``. With ``model_dir`` the final model and
+    (:func:`smoe_core.tasks.tilewise.fit_tilewise`) from ``item["method"]``. With ``model_dir`` the final model and
     the fine-tuning history are saved there. Returns the row: kernels (merged, final), PSNR/SSIM (merged,
     final), seconds by stage, iterations and whether every stage stopped by the rule."""
-    from .tilewise import fit_tilewise
-
     warm_up()
     image = load_case(item["image"], item.get("crop"))
     t0, c0 = time.perf_counter(), time.process_time()
@@ -405,9 +401,7 @@ def convergence_times(fig5: pd.DataFrame) -> pd.DataFrame:
 
 def plot_times(times: pd.DataFrame):
     """Fig. 6: grouped bars of the time to convergence per image and method (the initialization hatched)."""
-    from .plotting import _plt
-
-    plt = _plt()
+    plt = pyplot()
     images = list(dict.fromkeys(times["image"]))
     methods = list(dict.fromkeys(times["method"]))
     fig, ax = plt.subplots(figsize=(1.9 * len(images) + 1.5, 3.2))

@@ -1,4 +1,4 @@
-"""Learned image-quality metrics of the adaptive-segmentation paper (section V-B): LPIPS and the PSNR weighted
+"""Learned image-quality metrics of [AS-SMoE] (section V-B): LPIPS and the PSNR weighted
 by a Vision Transformer attention map; plus the shift-tolerant LPIPS (ST-LPIPS) as a separate column.
 
 All three need trained network weights, and nothing may be downloaded at run time. Each metric therefore

@@ -1,4 +1,4 @@
-"""Binning step of the rasterized SMoE (R-SMoE, rasterized abstract Fig. 3): kernel coverage boxes and the
+"""Binning step of the rasterized SMoE (R-SMoE, [R-SMoE] Fig. 3): kernel coverage boxes and the
 per-tile kernel lists (CSR) that the tiled renderer evaluates.
 
 Choices (the paper's text gives only the idea, Fig. 3):
@@ -168,11 +168,11 @@ def bin_kernels(
 
 
 def _cpu_library():
-    from . import _cpu_build
+    from . import cpu
 
     try:
-        return _cpu_build.load()
-    except _cpu_build.CPUBuildError:
+        return cpu.load()
+    except cpu.CPUBuildError:
         return None
 
 

@@ -1,6 +1,6 @@
 """DBSCAN (Ester et al. 1996) on 2-D points, in numpy/scipy (scikit-learn is not a dependency).
 
-Used by the edge-aligned initializer (edge-aligned paper, section III-B). Definitions as in scikit-learn:
+Used by the edge-aligned initializer ([EDGE], section III-B). Definitions as in scikit-learn:
 a point is a core point when at least ``min_samples`` points (itself included) lie within distance ``eps``
 (inclusive); clusters are the connected components of core points linked by distances <= eps; a non-core point
 within eps of a core point is a border point and joins the cluster of its nearest core point (scikit-learn

@@ -1,17 +1,17 @@
-"""Figures for the notebooks (adaptive-segmentation paper Figs. 5-9; edge-aligned paper Figs. 2-6): kernel
+"""Figures for the notebooks ([AS-SMoE] Figs. 5-9; [EDGE] Figs. 2-6): kernel
 ellipses drawn on images, crops side by side, curves of quality against kernels and time.
 
 Every function draws on a given matplotlib Axes (or makes a figure) and returns it; nothing is saved here
-(:meth:`smoe_core.results.ResultsStore.save_figure` does that).
+(:meth:`smoe_core.studies.results.ResultsStore.save_figure` does that).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .model import SMoE
+from ..model import SMoE
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -62,7 +62,7 @@ def show_image(ax, image, title=None, crop=None):
 
 def crops_with_kernels(image, models: dict, renders: dict | None = None, *, crop, ellipses: bool = True):
     """One column per model: the render of ``crop`` with the kernel ellipses (Figs. 6 and 8)."""
-    plt = _plt()
+    plt = pyplot()
     n = len(models) + 1
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8))
     show_image(axes[0], image, "original", crop)
@@ -85,7 +85,7 @@ def curves(df, x: str, y: str, *, by: str, panel: str | None = None, xlabel=None
     """Line plot of ``y`` against ``x`` per ``by`` value, one panel per ``panel`` value (e.g. per image).
     ``legend_below``: one legend for the figure under the panels (for many series) instead of one in the last
     panel."""
-    plt = _plt()
+    plt = pyplot()
     panels = [None] if panel is None else list(dict.fromkeys(df[panel]))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
     for ax, p in zip(axes[0], panels):

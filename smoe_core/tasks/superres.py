@@ -1,4 +1,4 @@
-"""Native super-resolution with SMoE (rasterized R-SMoE paper: the abstract's "native super-resolution ...
+"""Native super-resolution with SMoE ([R-SMoE]: the abstract's "native super-resolution ...
 not directly achievable with standard rasterized Gaussian kernel approaches", and Fig. 2, the RBF vs SMoE
 comparison on super-resolution).
 
@@ -30,17 +30,15 @@ Choices the paper leaves open, made here:
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 
 import numpy as np
-import pandas as pd
 
-from .io import check_image
-from .metrics import psnr, ssim
-from .parallel import run_tasks
-from .rendering import output_shape
+from ..init import initializer_info
+from ..io import check_image
+from ..render import output_shape, render
+from ..training import fit
 
 PIXELS_PER_KERNEL = 4
 DEFAULT_ITERS = 500
@@ -110,10 +108,6 @@ def upscale(image, scale, *, n_kernels: int | None = None, iters: int | None = N
     one); other keyword arguments go to :func:`smoe_core.fit`. The record holds the method, scale, shapes,
     kernels, iterations, the fit's PSNR on the input and seconds; ``record["model"]`` is the fitted model.
     """
-    from .init import get_initializer
-    from .rendering import render
-    from .training import fit
-
     img = check_image(image)
     s = _check_scale(scale)
     H, W = img.shape[:2]
@@ -125,12 +119,8 @@ def upscale(image, scale, *, n_kernels: int | None = None, iters: int | None = N
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
     t0 = time.perf_counter()
-    init_fn = get_initializer(init)
-    try:
-        takes_seed = "seed" in inspect.signature(init_fn).parameters
-    except (TypeError, ValueError):
-        takes_seed = False
-    model0, _ = init_fn(img, K, **({"seed": seed} if takes_seed else {}))
+    info = initializer_info(init)
+    model0, _ = info.fn(img, K, **info.seed_kwargs(seed))
     kwargs = dict(tol=0.0)
     kwargs.update(fit_kwargs)
     model, hist = fit(img, model0, iters=iters, seed=seed, progress=progress, **kwargs)
@@ -152,59 +142,5 @@ def shave_border(image, shave: int) -> np.ndarray:
     return image[b:-b, b:-b]
 
 
-def _sr_task(task: dict) -> list[dict]:
-    """All methods for one (image, scale) (module-level so Dask can pickle it)."""
-    name, original, scale = task["name"], task["image"], task["scale"]
-    hr, lr = downsample(original, scale)
-    b = int(scale) if task["shave"] is None else int(task["shave"])
-    hr_s = shave_border(hr, b)
-    rows = []
-    for method in task["methods"]:
-        t0 = time.perf_counter()
-        if method == "smoe":
-            big, rec = upscale(lr, scale, n_kernels=task["n_kernels"], iters=task["iters"], init=task["init"],
-                               seed=task["seed"], progress=False, **(task["fit_kwargs"] or {}))
-            note = f"{rec['kernels']} kernels, {rec['iterations']} iterations, fit {rec['psnr_fit']:.2f} dB"
-        else:
-            big = np.clip(pil_resize(lr, hr.shape[:2], method), 0.0, 1.0)
-            note = ""
-        seconds = time.perf_counter() - t0
-        if big.shape != hr.shape:
-            raise RuntimeError(f"{method} produced {big.shape}, expected {hr.shape}")
-        out = shave_border(big, b)
-        rows.append(dict(image=name, scale=scale, method=method, psnr=psnr(out, hr_s), ssim=ssim(out, hr_s),
-                         seconds=seconds, hr_shape=hr.shape[:2], lr_shape=lr.shape[:2], shave=b, note=note))
-    return rows
-
-
-def superres_experiment(images: dict, scales=(2, 3, 4), *, methods=METHODS, n_kernels: int | None = None,
-                        iters: int | None = None, init="grid", seed: int = 0, shave: int | None = None,
-                        workers: int | None = None, scheduler=None, progress: bool = True,
-                        **fit_kwargs) -> pd.DataFrame:
-    """PSNR / SSIM of x``scale`` super-resolution per image, scale and method (see the module docstring).
-
-    ``images``: name -> original in [0, 1]; each is cropped to a multiple of the (integer) scale, downsampled
-    (PIL BICUBIC, antialiased) and upscaled back by every method in ``methods`` ("smoe", "bicubic",
-    "lanczos", "nearest"). ``shave`` pixels are removed at each border before the metrics (default: the
-    scale). ``n_kernels`` is per LR image (default one per 4 LR pixels). The (image, scale) pairs are
-    independent tasks of :func:`smoe_core.parallel.run_tasks` (``workers`` / ``scheduler``: Dask).
-
-    Columns: image, scale, method, psnr, ssim, seconds, hr_shape, lr_shape, shave, note.
-    """
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)} (choose from {', '.join(METHODS)})")
-    tasks = [dict(name=name, image=check_image(img), scale=int(s), shave=shave, methods=tuple(methods),
-                  n_kernels=n_kernels, iters=iters, init=init, seed=int(seed), fit_kwargs=fit_kwargs)
-             for name, img in images.items() for s in scales]
-    for t, s in zip(tasks, [s for _ in images for s in scales]):
-        if t["scale"] != s or s < 1:
-            raise ValueError(f"scales must be integers >= 1, got {s}")
-    results = run_tasks(_sr_task, tasks, workers=workers, scheduler=scheduler, progress=progress, desc="superres")
-    rows = [r for rs in results for r in rs]
-    return pd.DataFrame(rows, columns=["image", "scale", "method", "psnr", "ssim", "seconds", "hr_shape", "lr_shape",
-                                       "shave", "note"])
-
-
-__all__ = ["upscale", "superres_experiment", "downsample", "crop_to_multiple", "pil_resize", "shave_border",
+__all__ = ["upscale", "downsample", "crop_to_multiple", "pil_resize", "shave_border",
            "default_kernels", "PIXELS_PER_KERNEL", "DEFAULT_ITERS", "METHODS"]

@@ -1,4 +1,4 @@
-"""Tile-wise training and merging (edge-aligned paper, section IV and Fig. 4; the same scheme as the S-SMoE and
+"""Tile-wise training and merging ([EDGE], section IV and Fig. 4; the same scheme as the S-SMoE and
 AS-SMoE papers' tile-wise optimization): split the image into tiles, initialize and train one model per tile
 with the regularization (sum_i |pi_i|)^2 and pruning of kernels whose pi falls below a threshold, group the
 models into one by translating their centres to the tiles' positions, and fine-tune the whole image without
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .init import get_initializer
-from .io import check_image
-from .model import SMoE
-from .parallel import run_tasks
-from .training import fit
+from ..init import get_initializer
+from ..io import check_image
+from ..model import SMoE
+from ..parallel import run_tasks
+from ..training import fit
 
 
 def tile_rectangles(shape, tiles=(2, 2), tile_size: int | None = None) -> list[tuple[int, int, int, int]]:

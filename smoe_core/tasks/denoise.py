@@ -1,4 +1,4 @@
-"""Image denoising with SMoE and multi-model fusion (rasterized R-SMoE paper: the TL;DR's "multi-model fusion
+"""Image denoising with SMoE and multi-model fusion ([R-SMoE]: the TL;DR's "multi-model fusion
 to enhance denoising, yielding measurable gains in PSNR/SSIM with reduced artifacts", and Fig. 2, the RBF vs
 SMoE comparison on denoising), with the classical baselines BM3D, non-local means and TV.
 
@@ -45,13 +45,14 @@ Choices the paper leaves open, made here:
   300 steps. Denser models follow the noise and want fewer steps; heavier noise (sigma 50) prefers sparser
   ones: pass ``n_kernels`` / ``iters``.
 - **Seeds**: model s is fitted (and, for initializers that take a seed, initialized) with ``seed + s``; so
-  the S = 1 result is exactly the first model of every fusion, and :func:`denoising_experiment` evaluates
+  the S = 1 result is exactly the first model of every fusion, and
+  :func:`smoe_core.studies.r_smoe_restoration.denoising_experiment` evaluates
   S = 1 and S = 8 from one run of 8 fits (the fusion over the first S models).
 - **Output**: the fused image is clipped to [0, 1].
 - **Parallelism**: the S fits are independent tasks of :func:`smoe_core.parallel.run_tasks` (serial, or one
   Dask worker process per fit with ``workers=`` / ``scheduler=``), one torch thread each, so serial and Dask
   runs give identical results. The baselines are single-threaded too (BM3D explicitly, see below), so every
-  row of :func:`denoising_experiment` (and of :func:`smoe_core.rsmoe.run_denoise_item`) is the same number
+  row of :func:`smoe_core.studies.r_smoe_restoration.denoising_experiment` (and of its ``run_denoise_item``) is the same number
   however often, wherever and with however many threads it runs (the ``seconds`` column aside).
 - **Noise** (:func:`add_noise`): additive white Gaussian noise of standard deviation sigma on the 0-255 scale
   (sigma / 255 on [0, 1] images), float32, **not clipped** by default: the convention of the denoising
@@ -82,16 +83,16 @@ PSNR and SSIM are :mod:`smoe_core.metrics`' (data range 1, whole image, no borde
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 
 import numpy as np
-import pandas as pd
 
-from .io import TEST_IMAGES, check_image, image_key
-from .metrics import psnr, ssim
-from .parallel import run_tasks
+from ..init import initializer_info
+from ..io import TEST_IMAGES, check_image, image_key
+from ..parallel import run_tasks
+from ..render import render
+from ..training import fit
 
 PIXELS_PER_KERNEL = 64
 DEFAULT_ITERS = 300
@@ -186,32 +187,20 @@ def unshift(rendered: np.ndarray, shape, dy: int, dx: int, border: str) -> tuple
 
 
 # ---------------------------------------------------------------------- one model (a run_tasks task)
-def _init_kwargs(fn, seed: int) -> dict:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {"seed": seed} if "seed" in params else {}
-
-
 def fit_shifted(task: dict) -> dict:
     """Fits one model of the fusion (module-level so Dask can pickle it).
 
     ``task``: noisy, shift (dy, dx), border, n_kernels (for the whole image), iters, init, seed, fit_kwargs.
     Returns the render in image coordinates, its coverage weight and a record.
     """
-    from .init import get_initializer
-    from .rendering import render
-    from .training import fit
-
     noisy, (dy, dx), border = task["noisy"], task["shift"], task["border"]
     H, W = noisy.shape[:2]
     frame, _ = shifted_frame(noisy, dy, dx, border)
     fh, fw = frame.shape[:2]
     kernels = max(1, int(round(task["n_kernels"] * fh * fw / (H * W))))
     t0 = time.perf_counter()
-    init_fn = get_initializer(task["init"])
-    model0, _ = init_fn(frame, kernels, **_init_kwargs(init_fn, task["seed"]))
+    info = initializer_info(task["init"])
+    model0, _ = info.fn(frame, kernels, **info.seed_kwargs(task["seed"]))
     kwargs = dict(tol=0.0)
     kwargs.update(task.get("fit_kwargs") or {})
     model, hist = fit(frame, model0, iters=task["iters"], seed=task["seed"], progress=False, **kwargs)
@@ -238,21 +227,28 @@ def fuse(images, weights) -> np.ndarray:
     return (num / den).astype(np.float32)
 
 
-def _check_models(models) -> int:
+def check_models(models) -> int:
+    """``models`` as an int in 1..MAX_MODELS (ValueError otherwise)."""
     S = int(models)
     if S != models or not 1 <= S <= MAX_MODELS:
         raise ValueError(f"models must be an integer from 1 to {MAX_MODELS}, got {models}")
     return S
 
 
-def _fit_all(noisy, S, *, n_kernels, iters, init, seed, border, workers, scheduler, progress, fit_kwargs):
+def fit_shifted_models(noisy, S: int, *, n_kernels: int, iters: int, init, seed: int, border: str, workers=None,
+                       scheduler=None, progress: bool = True, fit_kwargs: dict | None = None) -> list[dict]:
+    """The first ``S`` fits of the fusion (:func:`fit_shifted` results, model s with seed ``seed + s``), for
+    callers that fuse several prefixes of one run (S = 1 and S = 8 from one run of 8 fits). ``noisy``,
+    ``n_kernels``, ``iters`` and ``border`` as checked by :func:`check_denoise_inputs`."""
     tasks = [dict(noisy=noisy, shift=sh, border=border, n_kernels=n_kernels, iters=iters, init=init,
                   seed=int(seed) + s, fit_kwargs=fit_kwargs) for s, sh in enumerate(shift_schedule(S))]
     return run_tasks(fit_shifted, tasks, workers=workers, scheduler=scheduler, progress=progress,
                      desc="denoise fits")
 
 
-def _check_inputs(noisy, n_kernels, iters, border):
+def check_denoise_inputs(noisy, n_kernels, iters, border):
+    """(image, n_kernels, iters): ``noisy`` validated, the defaults filled in (:func:`default_kernels`,
+    ``DEFAULT_ITERS``); ValueError naming the argument otherwise."""
     img = check_image(noisy)
     if border not in BORDERS:
         raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
@@ -283,10 +279,10 @@ def denoise(noisy, *, models: int = 8, n_kernels: int | None = None, iters: int 
     dict (method, models, shifts, border, n_kernels, iters, init, seed, seconds, and ``fits``: one record per
     model with its shift, frame, kernels, iterations, PSNR to the noisy frame and seconds).
     """
-    S = _check_models(models)
-    img, n_kernels, iters = _check_inputs(noisy, n_kernels, iters, border)
+    S = check_models(models)
+    img, n_kernels, iters = check_denoise_inputs(noisy, n_kernels, iters, border)
     t0 = time.perf_counter()
-    results = _fit_all(img, S, n_kernels=n_kernels, iters=iters, init=init, seed=seed, border=border,
+    results = fit_shifted_models(img, S, n_kernels=n_kernels, iters=iters, init=init, seed=seed, border=border,
                        workers=workers, scheduler=scheduler, progress=progress, fit_kwargs=fit_kwargs)
     clean = np.clip(fuse([r["image"] for r in results], [r["weight"] for r in results]), 0.0, 1.0)
     record = dict(method="smoe" if S == 1 else "smoe-fusion", models=S, shifts=shift_schedule(S), border=border,
@@ -325,53 +321,6 @@ def denoise_baseline(noisy, sigma: float, method: str) -> np.ndarray:
     return out.reshape(img.shape)
 
 
-def denoising_experiment(images: dict, sigmas=(15, 25, 50), models=(1, 8), *, n_kernels: int | None = None,
-                         iters: int | None = None, init="grid", baselines=BASELINES, border: str = "reflect",
-                         seed: int = 0, workers: int | None = None, scheduler=None, progress: bool = True,
-                         **fit_kwargs) -> pd.DataFrame:
-    """PSNR / SSIM of the noisy input, SMoE with each S in ``models`` and the ``baselines``, per image and sigma.
-
-    ``images``: name -> clean image in [0, 1]. The noise of (image, sigma) uses seed
-    :func:`noise_seed` (``seed + 1000 * image_number(name) + sigma``: fixed per pair, the same for every method
-    and whatever other images run). The SMoE fits run once per
-    (image, sigma) for max(models) models; the row for S is the fusion of the first S of them (the first
-    model is the S = 1 denoiser; see the module docstring). A baseline whose package is missing gets a row
-    with NaN metrics and the error in ``note``.
-
-    Columns: image, sigma, method ("noisy", "smoe S=1", "smoe S=8", "bm3d", "nlm", "tv"), models, psnr,
-    ssim, seconds (the SMoE time of S fits is the sum of the first S fits' times), note.
-    """
-    S_list = sorted({_check_models(S) for S in models})
-    rows = []
-    for name, clean in images.items():
-        clean = check_image(clean)
-        for sigma in sigmas:
-            noisy = add_noise(clean, sigma, seed=noise_seed(seed, name, sigma))
-            base = dict(image=name, sigma=sigma)
-            rows.append(dict(base, method="noisy", models=np.nan, psnr=psnr(noisy, clean), ssim=ssim(noisy, clean),
-                             seconds=0.0, note=""))
-            if S_list:
-                img, nk, it = _check_inputs(noisy, n_kernels, iters, border)
-                results = _fit_all(img, S_list[-1], n_kernels=nk, iters=it, init=init, seed=seed, border=border,
-                                   workers=workers, scheduler=scheduler, progress=progress, fit_kwargs=fit_kwargs)
-                for S in S_list:
-                    sub = results[:S]
-                    out = np.clip(fuse([r["image"] for r in sub], [r["weight"] for r in sub]), 0.0, 1.0)
-                    rows.append(dict(base, method=f"smoe S={S}", models=S, psnr=psnr(out, clean), ssim=ssim(out, clean),
-                                     seconds=sum(r["record"]["seconds"] for r in sub), note=""))
-            for method in baselines:
-                t0 = time.perf_counter()
-                try:
-                    out = denoise_baseline(noisy, sigma, method)
-                except ImportError as exc:
-                    rows.append(dict(base, method=method, models=np.nan, psnr=np.nan, ssim=np.nan, seconds=np.nan,
-                                     note=str(exc)))
-                    continue
-                rows.append(dict(base, method=method, models=np.nan, psnr=psnr(out, clean), ssim=ssim(out, clean),
-                                 seconds=time.perf_counter() - t0, note=""))
-    return pd.DataFrame(rows, columns=["image", "sigma", "method", "models", "psnr", "ssim", "seconds", "note"])
-
-
 __all__ = ["add_noise", "image_number", "noise_seed", "shift_schedule", "default_kernels", "shifted_frame", "unshift", "fit_shifted", "fuse",
-           "denoise", "denoise_baseline", "denoising_experiment", "PIXELS_PER_KERNEL", "DEFAULT_ITERS",
+           "denoise", "denoise_baseline", "fit_shifted_models", "check_denoise_inputs", "check_models", "PIXELS_PER_KERNEL", "DEFAULT_ITERS",
            "MAX_MODELS", "BORDERS", "BASELINES", "BM3D_THREADS"]

@@ -1,4 +1,4 @@
-"""GPU build of the tiled SMoE renderer (R-SMoE, rasterized abstract Fig. 3): raw_kernels/smoe_tile_cuda.cu,
+"""GPU build of the tiled SMoE renderer (R-SMoE, [R-SMoE] Fig. 3): raw_kernels/smoe_tile_cuda.cu,
 compiled at run time by NVRTC through :class:`cupy.RawModule` and launched on PyTorch's current CUDA stream.
 
 The CUDA source includes raw_kernels/smoe_tile.h, the per-pixel math shared with the CPU build; here the
@@ -30,8 +30,8 @@ import torch
 
 from raw_kernels import KERNEL_DIR
 
-from ._binning import TileLists
-from ._tiled import MAX_CHANNELS, MODE_RBF, MODE_SMOE, NO_WEIGHT, grad_slots
+from .abi import MAX_CHANNELS, MODE_RBF, MODE_SMOE, NO_WEIGHT, grad_slots
+from .binning import TileLists
 
 SOURCE = "smoe_tile_cuda.cu"
 HEADER = "smoe_tile.h"

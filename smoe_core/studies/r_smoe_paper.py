@@ -1,8 +1,8 @@
-"""R-SMoE experiments (rasterized abstract: Fig. 4, Fig. 5, the speed and memory claims of the abstract and
+"""R-SMoE experiments ([R-SMoE]: Fig. 4, Fig. 5, the speed and memory claims of the abstract and
 TL;DR, denoising by multi-model fusion and native super-resolution).
 
 The paper's text we have is the abstract and the figure captions; the renderer itself (tiles, coverage boxes,
-per-tile gating) is :mod:`smoe_core.rendering` / :mod:`smoe_core._binning` (paper Fig. 3). This module adds
+per-tile gating) is :mod:`smoe_core.render` / :mod:`smoe_core.render.binning` (paper Fig. 3). This module adds
 what the figures compare:
 
 **The four models of Fig. 4** (:data:`VARIANTS`), all trained by the same :func:`smoe_core.fit` (Adam, MSE,
@@ -64,7 +64,7 @@ source as written.
 
 **Speed and memory per training iteration** (:func:`run_speed_memory_item`): for each kernel count the same
 grid-initialized SMoE is trained one step on the tiled (R-SMoE) and the dense (G-SMoE) renderer, side by side in
-one item: render + MSE + backward (no optimizer step, as :mod:`smoe_core.bench`). Time: in this process, with
+one item: render + MSE + backward (no optimizer step, as :mod:`smoe_core.studies.bench`). Time: in this process, with
 ``threads`` torch/OpenMP threads (default 1, for both backends: on a shared machine a multi-threaded timing
 mostly measures the other processes); both backends are warmed up once, then timed ``repeats`` times
 alternately (best and median); a backend whose warm-up took more than ``slow_seconds`` is timed once. Memory
@@ -86,19 +86,16 @@ measured:
   its memory cost is the transient peak of a chunk's graph, which ``peak_mb`` shows.
 
 **Denoising and super-resolution** (:func:`run_denoise_item`, :func:`run_superres_item`): the experiments of
-:mod:`smoe_core.denoise` and :mod:`smoe_core.superres` per (image, channels, sigma) / (image, channels,
+:mod:`smoe_core.tasks.denoise` and :mod:`smoe_core.tasks.superres` per (image, channels, sigma) / (image, channels,
 scale) as resumable grid items that also keep the output images (an ``.npz`` per item) for crop figures;
-the metrics are those of :func:`smoe_core.denoise.denoising_experiment` and
-:func:`smoe_core.superres.superres_experiment` (same noise seeds, fits and shaves; tested equal).
+the metrics are those of :func:`smoe_core.studies.r_smoe_restoration.denoising_experiment` and
+:func:`smoe_core.studies.r_smoe_restoration.superres_experiment` (same noise seeds, fits and shaves; tested equal).
 
 Every grid item is a plain picklable dict (image name or path, crop, channels "gray"/"rgb", ...), so
-:meth:`smoe_core.results.ResultsStore.run_grid` resumes them and Dask can ship them.
+:meth:`smoe_core.studies.results.ResultsStore.run_grid` resumes them and Dask can ship them.
 """
 from __future__ import annotations
 
-import ctypes
-import gc
-import math
 import os
 import statistics
 import sys
@@ -109,14 +106,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .bench import _load_average, _peak_rss_mb, tiled_pairs
-from .experiments import image_key, load_case
-from .init import get_initializer
-from .metrics import psnr, ssim
-from .model import SMoE
-from .parallel import torch_threads
-from .rendering import DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, render, tile_lists
-from .training import fit
+from ..init import initializer_info
+from ..io import image_key
+from ..metrics import psnr, ssim
+from ..model import SMoE
+from ..parallel import torch_threads
+from ..render import DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, render, tile_lists
+from ..training import fit
+from .bench import tiled_pairs
+from .common import load_case, run_items
+from .perceptual import perceptual_columns
+from .plotting import pyplot
+from .profiling import load_average, measure_peak_mb, saved_tensor_bytes
 
 VARIANTS = ("smoe", "global", "rbf", "gaussian_image")
 VARIANT_LABELS = {"smoe": "R-SMoE", "global": "G-SMoE", "rbf": "RBF", "gaussian_image": "GaussianImage"}
@@ -142,16 +143,18 @@ def _check_variant(variant: str) -> str:
     return variant
 
 
-def _check_channels(channels: str) -> bool:
+def check_channels(channels: str) -> bool:
+    """True for "rgb", False for "gray" (ValueError otherwise)."""
     if channels not in CHANNELS:
         raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
     return channels == "rgb"
 
 
-def _channels_list(channels) -> list[str]:
+def channels_list(channels) -> list[str]:
+    """``channels`` (one name or several) as a checked list."""
     channels = [channels] if isinstance(channels, str) else list(channels)
     for ch in channels:
-        _check_channels(ch)
+        check_channels(ch)
     return channels
 
 
@@ -171,17 +174,10 @@ def variant_lr(variant: str, lr: dict | None = None) -> dict:
 def initial_model(image, n_kernels: int, *, init="grid", seed: int = 0, **init_kwargs) -> SMoE:
     """The shared initialization of all variants: ``init`` (a registered name or a function) with budget
     ``n_kernels`` on ``image`` (seeded when the initializer takes a seed)."""
-    import inspect
-
-    fn = get_initializer(init)
-    try:
-        takes_seed = "seed" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        takes_seed = False
+    info = initializer_info(init)
     kw = dict(init_kwargs)
-    if takes_seed:
-        kw.setdefault("seed", seed)
-    model, _ = fn(image, n_kernels, **kw)
+    kw.update({k: v for k, v in info.seed_kwargs(seed).items() if k not in kw})
+    model, _ = info.fn(image, n_kernels, **kw)
     return model
 
 
@@ -271,7 +267,7 @@ def kernels_per_block(model: SMoE, shape=None, *, variant: str = "smoe", **kw) -
 
 # ---------------------------------------------------------------------- Figs. 4 and 5: quality vs kernels
 def load_item_image(item: dict) -> np.ndarray:
-    return load_case(item["image"], item.get("crop"), color=_check_channels(item.get("channels", "gray")))
+    return load_case(item["image"], item.get("crop"), color=check_channels(item.get("channels", "gray")))
 
 
 def quality_items(images, kernels, *, variants=VARIANTS, channels=("gray",), crop=None, iters: int = 300,
@@ -279,7 +275,7 @@ def quality_items(images, kernels, *, variants=VARIANTS, channels=("gray",), cro
     """One grid item per (image, channels, kernel pool size, variant) for :func:`run_quality_item`."""
     items = []
     for image in images:
-        for ch in _channels_list(channels):
+        for ch in channels_list(channels):
             for K in kernels:
                 for v in variants:
                     items.append(dict(image=str(image), channels=ch, kernels=int(K), variant=_check_variant(v),
@@ -292,7 +288,7 @@ def run_quality_item(item: dict) -> dict:
     """Fits one variant at one kernel pool size; the row of Figs. 4 and 5.
 
     Columns: kernels_init (the initializer's count), kernels_final, psnr, ssim, lpips / st_lpips /
-    attention_psnr (:func:`smoe_core.perceptual.perceptual_columns`; "n/a (...)" where weights are missing;
+    attention_psnr (:func:`smoe_core.studies.perceptual.perceptual_columns`; "n/a (...)" where weights are missing;
     skipped with ``perceptual=False``), kernels_per_block / kernels_per_pixel / flops_per_pixel of the fitted
     model (and kernels_per_block_init), ops_per_kernel, iterations, seconds, ms_per_iteration, renderer (the
     backend; the column "backend" of a results table is the store's metadata).
@@ -310,8 +306,6 @@ def run_quality_item(item: dict) -> dict:
     row = dict(variant_label=VARIANT_LABELS[variant], kernels_init=init.n_kernels, kernels_final=model.n_kernels,
                psnr=psnr(out, image), ssim=ssim(out, image))
     if item.get("perceptual", True):
-        from .perceptual import perceptual_columns
-
         row.update(perceptual_columns(np.clip(out, 0, 1), image))
     row.update(stats, kernels_per_block_init=stats0["kernels_per_block"], iterations=len(hist), seconds=seconds,
                ms_per_iteration=1e3 * seconds / max(len(hist), 1), renderer=backend_of(variant),
@@ -319,27 +313,9 @@ def run_quality_item(item: dict) -> dict:
     return row
 
 
-def _run(name, items, fn, keys, store=None, *, workers=None, scheduler=None, progress=True) -> pd.DataFrame:
-    """Runs grid items: resumable in ``store`` (table ``name``; returns the rows of these items only), or in
-    memory without one."""
-    if store is not None:
-        df = store.run_grid(name, items, fn, keys, workers=workers, scheduler=scheduler, progress=progress)
-        if df.empty:
-            return df
-        wanted = {tuple(str(it[k]) for k in keys) for it in items}  # not the rows of earlier, other grids
-        return df[[tuple(str(v) for v in r) in wanted for r in df[keys].itertuples(index=False)]].reset_index(drop=True)
-    from .parallel import run_tasks
-
-    rows = []
-    for it, res in zip(items, run_tasks(fn, items, workers=workers, scheduler=scheduler, progress=progress, desc=name)):
-        for r in ([res] if isinstance(res, dict) else res):
-            rows.append(dict({k: it[k] for k in keys}, **r))
-    return pd.DataFrame(rows)
-
-
 def quality_runs(items, store=None, *, name: str = "quality_runs", **kw) -> pd.DataFrame:
     """All rows of :func:`run_quality_item` (resumable in ``store``), one per item, latest run per key."""
-    df = _run(name, items, run_quality_item, QUALITY_KEYS, store, **kw)
+    df = run_items(name, items, run_quality_item, QUALITY_KEYS, store, **kw)
     return df.drop_duplicates(QUALITY_KEYS, keep="last").reset_index(drop=True) if len(df) else df
 
 
@@ -386,78 +362,6 @@ def fig5_experiment(items, store=None, **kw) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------- speed and memory per iteration
-_LIBC = None
-
-
-def _libc():
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        except OSError:
-            _LIBC = False
-    return _LIBC or None
-
-
-def _proc_status_mb() -> dict:
-    out = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(("VmHWM:", "VmRSS:")):
-                    k, v = line.split(":", 1)
-                    out[k] = int(v.split()[0]) / 1024.0
-    except OSError:
-        pass
-    return out
-
-
-def _reset_peak() -> bool:
-    """Returns freed heap memory and resets the kernel's RSS high-water mark; False where impossible."""
-    gc.collect()
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return "VmHWM" in _proc_status_mb()
-
-
-def measure_peak_mb(fn) -> tuple[float, str]:
-    """(MiB the resident memory grew to above its level before ``fn()``, method) -- see module docstring."""
-    if _reset_peak():
-        before = _proc_status_mb()["VmRSS"]
-        fn()
-        return max(0.0, _proc_status_mb()["VmHWM"] - before), "vmhwm"
-    before = _peak_rss_mb()
-    fn()
-    return max(0.0, _peak_rss_mb() - before), "ru_maxrss"
-
-
-def saved_tensor_bytes(fn, exclude=()) -> int:
-    """Bytes of the distinct storages autograd saves for backward while ``fn()`` runs (``exclude``: tensors whose
-    storages are not counted, e.g. the parameters)."""
-    skip = {t.untyped_storage().data_ptr() for t in exclude if t is not None}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        try:
-            st = t.untyped_storage()
-            ptr = st.data_ptr()
-            if ptr not in skip:
-                seen[ptr] = max(seen.get(ptr, 0), st.nbytes())
-        except (RuntimeError, NotImplementedError):
-            pass
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return int(sum(seen.values()))
-
-
 def _training_pass(model: SMoE, target: torch.Tensor, backend: str, *, tile, cutoff, fill, backward: bool = True):
     for t in model.fields().values():
         if t is not None:
@@ -478,7 +382,7 @@ def speed_memory_items(images, kernels, *, channels=("gray", "rgb"), crop=None, 
     return [dict(image=str(im), channels=ch, kernels=int(K), crop=crop, repeats=int(repeats), backends=list(backends),
                  slow_seconds=float(slow_seconds), init=init, threads=None if threads is None else int(threads),
                  memory=memory)
-            for im in images for ch in _channels_list(channels) for K in kernels]
+            for im in images for ch in channels_list(channels) for K in kernels]
 
 
 def _speed_setup(item: dict):
@@ -521,11 +425,13 @@ def _memory_in_subprocess(item: dict, threads: int) -> dict:
     spec = {k: v for k, v in item.items() if k in ("image", "crop", "channels", "kernels", "init", "backends", "tile",
                                                      "cutoff", "fill")}
     code = ("import json, sys, torch; torch.set_num_threads(int(sys.argv[2])); "
-            "from smoe_core.rsmoe import memory_per_iteration as f; "
+            "from smoe_core.studies.r_smoe_paper import memory_per_iteration as f; "
             "print('RSMOE_MEMORY ' + json.dumps(f(json.loads(sys.argv[1]))))")
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    package_parent = str(Path(__file__).resolve().parents[2])  # so the child imports this very smoe_core
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec), str(threads)], capture_output=True, text=True,
-                          env=env, cwd=str(Path(__file__).resolve().parents[1]), timeout=3600)
+                          env=env, timeout=3600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RSMOE_MEMORY ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"the memory probe failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -563,7 +469,7 @@ def run_speed_memory_item(item: dict) -> list[dict]:
             for b in backends:
                 if r < reps[b]:
                     times[b].append(timed(b))
-        load = _load_average()
+        load = load_average()
         del models
         if item.get("memory", "subprocess") == "subprocess":
             memory = _memory_in_subprocess(item, threads)
@@ -583,7 +489,7 @@ def run_speed_memory_item(item: dict) -> list[dict]:
 
 
 def speed_memory_runs(items, store=None, *, name: str = "speed_memory_runs", **kw) -> pd.DataFrame:
-    df = _run(name, items, run_speed_memory_item, SPEED_KEYS, store, **kw)
+    df = run_items(name, items, run_speed_memory_item, SPEED_KEYS, store, **kw)
     return df.drop_duplicates(SPEED_KEYS + ["renderer"], keep="last").reset_index(drop=True) if len(df) else df
 
 
@@ -612,250 +518,10 @@ def speed_memory_experiment(items, store=None, **kw) -> pd.DataFrame:
     return speed_memory_table(speed_memory_runs(items, store, **kw))
 
 
-# ---------------------------------------------------------------------- denoising and super-resolution items
-def _output_path(item: dict, stem: str) -> Path | None:
-    d = item.get("out_dir")
-    if not d:
-        return None
-    crop = item.get("crop")
-    return Path(d) / f"{stem}_{image_key(item['image'])}_{item['channels']}{'' if not crop else f'_c{crop}'}.npz"
-
-
-def _keep(image, out_dir, save_images, window) -> dict:
-    """The output-saving keys of an item: ``out_dir`` only for the images in ``save_images`` (None: all)."""
-    if out_dir is None or (save_images is not None and image_key(image) not in {image_key(s) for s in save_images}):
-        return dict(out_dir=None, window=None)
-    return dict(out_dir=str(out_dir), window=None if window is None else [int(v) for v in window])
-
-
-def denoise_items(images, sigmas=(15, 25, 50), *, channels=("gray", "rgb"), crop=None, models: int = 8,
-                  n_kernels=None, iters=None, init="grid", baselines=("bm3d", "nlm", "tv"), seed: int = 0,
-                  out_dir=None, save_images=None, save_sigmas=None, window=None) -> list[dict]:
-    """One item per (image, channels, sigma) for :func:`run_denoise_item` (its noise seed is
-    :func:`smoe_core.denoise.noise_seed` of the image's name, whatever other images are in ``images``).
-    Outputs are kept in ``out_dir`` for the images in ``save_images`` (None: all) and sigmas in
-    ``save_sigmas`` (None: all), cut to ``window`` = (y0, y1, x0, x1) when given."""
-    items = []
-    for im in images:
-        for ch in _channels_list(channels):
-            for s in sigmas:
-                keep = _keep(im, out_dir if (save_sigmas is None or s in save_sigmas) else None, save_images, window)
-                items.append(dict(image=str(im), channels=ch, sigma=int(s), crop=crop,
-                                  models=int(models), n_kernels=n_kernels, iters=iters, init=init,
-                                  baselines=list(baselines), seed=int(seed), **keep))
-    return items
-
-
-def run_denoise_item(item: dict) -> list[dict]:
-    """Rows of :func:`smoe_core.denoise.denoising_experiment` for one (image, channels, sigma) -- noisy,
-    "smoe S=1", "smoe S=<models>", the baselines -- computed from the same public pieces (add_noise with seed
-    :func:`smoe_core.denoise.noise_seed`, the shifted fits, fuse, the baselines) so the outputs can be kept:
-    with ``out_dir`` they are saved to ``denoise_<image>_<channels>.npz`` under keys ``s<sigma>_<method>``."""
-    from . import denoise as dn
-
-    clean = load_item_image(item)
-    sigma, S = int(item["sigma"]), int(item.get("models", 8))
-    seed = int(item.get("seed", 0))
-    noisy = dn.add_noise(clean, sigma, seed=dn.noise_seed(seed, item["image"], sigma))
-    outputs = {"noisy": noisy}
-    rows = [dict(method="noisy", models=np.nan, psnr=psnr(noisy, clean), ssim=ssim(noisy, clean), seconds=0.0, note="")]
-    img, nk, it = dn._check_inputs(noisy, item.get("n_kernels"), item.get("iters"), "reflect")
-    S_list = sorted({1, S})
-    # the fits of denoising_experiment (one torch thread each, seeds seed + s)
-    results = dn._fit_all(img, S_list[-1], n_kernels=nk, iters=it, init=item.get("init", "grid"), seed=seed,
-                          border="reflect", workers=None, scheduler=None, progress=False, fit_kwargs={})
-    for s_ in S_list:
-        sub = results[:s_]
-        out = np.clip(dn.fuse([r["image"] for r in sub], [r["weight"] for r in sub]), 0.0, 1.0)
-        outputs[f"smoe S={s_}"] = out
-        rows.append(dict(method=f"smoe S={s_}", models=s_, psnr=psnr(out, clean), ssim=ssim(out, clean),
-                         seconds=sum(r["record"]["seconds"] for r in sub), note=f"{nk} kernels, {it} iterations"))
-    for method in item.get("baselines", dn.BASELINES):
-        t0 = time.perf_counter()
-        try:
-            out = dn.denoise_baseline(noisy, sigma, method)
-        except ImportError as exc:
-            rows.append(dict(method=method, models=np.nan, psnr=np.nan, ssim=np.nan, seconds=np.nan, note=str(exc)))
-            continue
-        outputs[method] = out
-        rows.append(dict(method=method, models=np.nan, psnr=psnr(out, clean), ssim=ssim(out, clean),
-                         seconds=time.perf_counter() - t0, note=""))
-    path = _output_path(item, "denoise")
-    if path is not None:
-        _save_npz(path, {f"s{sigma}_{k}": v for k, v in outputs.items()}, item.get("window"), clean=clean)
-    return rows
-
-
-def superres_items(images, scales=(2, 3, 4), *, channels=("gray", "rgb"), crop=None,
-                   methods=("smoe", "bicubic", "lanczos"), n_kernels=None, iters=None, init="grid", seed: int = 0,
-                   out_dir=None, save_images=None, save_scales=None, window=None) -> list[dict]:
-    """One item per (image, channels, scale) for :func:`run_superres_item` (outputs kept as in
-    :func:`denoise_items`; ``window`` in high-resolution pixels)."""
-    return [dict(image=str(im), channels=ch, scale=int(s), crop=crop, methods=list(methods), n_kernels=n_kernels,
-                 iters=iters, init=init, seed=int(seed),
-                 **_keep(im, out_dir if (save_scales is None or s in save_scales) else None, save_images, window))
-            for im in images for ch in _channels_list(channels) for s in scales]
-
-
-def run_superres_item(item: dict) -> list[dict]:
-    """Rows of :func:`smoe_core.superres.superres_experiment` for one (image, channels, scale) (same
-    degradation, fits and shave), keeping the outputs: with ``out_dir`` they are saved to
-    ``superres_<image>_<channels>.npz`` under keys ``x<scale>_<method>`` (and ``x<scale>_hr``, ``x<scale>_lr``)."""
-    from . import superres as sr
-
-    original = load_item_image(item)
-    scale = int(item["scale"])
-    hr, lr = sr.downsample(original, scale)
-    b = scale
-    hr_s = sr.shave_border(hr, b)
-    rows, outputs = [], {"hr": hr, "lr": lr}
-    for method in item.get("methods", ("smoe", "bicubic", "lanczos")):
-        t0 = time.perf_counter()
-        if method == "smoe":
-            with torch_threads(1):  # as superres_experiment's tasks
-                big, rec = sr.upscale(lr, scale, n_kernels=item.get("n_kernels"), iters=item.get("iters"),
-                                      init=item.get("init", "grid"), seed=item.get("seed", 0), progress=False)
-            note = f"{rec['kernels']} kernels, {rec['iterations']} iterations, fit {rec['psnr_fit']:.2f} dB"
-        else:
-            big = np.clip(sr.pil_resize(lr, hr.shape[:2], method), 0.0, 1.0)
-            note = ""
-        seconds = time.perf_counter() - t0
-        outputs[method] = big
-        out = sr.shave_border(big, b)
-        rows.append(dict(method=method, psnr=psnr(out, hr_s), ssim=ssim(out, hr_s), seconds=seconds,
-                         hr_shape=str(tuple(hr.shape[:2])), lr_shape=str(tuple(lr.shape[:2])), shave=b, note=note))
-    path = _output_path(item, "superres")
-    if path is not None:
-        _save_npz(path, {f"x{scale}_{k}": v for k, v in outputs.items() if k != "lr"}, item.get("window"))
-    return rows
-
-
-def _save_npz(path: Path, arrays: dict, window=None, **extra) -> None:
-    """Merges ``arrays`` (cut to ``window`` = (y0, y1, x0, x1) if given) into the .npz at ``path``, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    merged = {}
-    if path.is_file():
-        with np.load(path) as z:
-            merged = {k: np.array(z[k]) for k in z.files}
-
-    def cut(v):
-        v = np.asarray(v, np.float32)
-        if window is None:
-            return v
-        y0, y1, x0, x1 = window
-        return v[y0:y1, x0:x1]
-
-    merged.update({k: cut(v) for k, v in arrays.items()})
-    merged.update({k: cut(v) for k, v in extra.items()})
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **merged)
-    os.replace(tmp, path)
-
-
-def load_outputs(item: dict, kind: str) -> dict:
-    """The saved output images of a denoising (``kind="denoise"``) or super-resolution item's image."""
-    path = _output_path(item, kind)
-    if path is None or not path.is_file():
-        return {}
-    with np.load(path) as z:
-        return {k: np.array(z[k]) for k in z.files}
-
-
-def denoise_experiment(items, store=None, *, name: str = "denoise_runs", **kw) -> pd.DataFrame:
-    df = _run(name, items, run_denoise_item, DENOISE_KEYS, store, **kw)
-    return df.drop_duplicates(DENOISE_KEYS + ["method"], keep="last").reset_index(drop=True) if len(df) else df
-
-
-def superres_experiment(items, store=None, *, name: str = "superres_runs", **kw) -> pd.DataFrame:
-    df = _run(name, items, run_superres_item, SUPERRES_KEYS, store, **kw)
-    return df.drop_duplicates(SUPERRES_KEYS + ["method"], keep="last").reset_index(drop=True) if len(df) else df
-
-
-def metric_pivot(df: pd.DataFrame, index, metric: str = "psnr", methods=None) -> pd.DataFrame:
-    """A wide table: one row per ``index`` key, one column per method, values ``metric``."""
-    wide = df.pivot_table(index=list(index), columns="method", values=metric, aggfunc="last")
-    if methods is not None:
-        wide = wide[[m for m in methods if m in wide.columns]]
-    wide.columns.name = None
-    return wide.reset_index()
-
-
-def crop_window(shape, size: int = 96, *, center=(0.5, 0.5)) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1): a ``size`` square window around the relative position ``center`` of an image."""
-    H, W = int(shape[0]), int(shape[1])
-    s = min(int(size), H, W)
-    y0 = int(np.clip(round(center[0] * H - s / 2), 0, H - s))
-    x0 = int(np.clip(round(center[1] * W - s / 2), 0, W - s))
-    return y0, y0 + s, x0, x0 + s
-
-
-def crops_figure(images: dict, window, *, titles: dict | None = None, ncols: int | None = None):
-    """A row of crops (name -> image), titled with ``titles`` (e.g. PSNRs); returns the figure."""
-    from .plotting import _plt, show_image
-
-    plt = _plt()
-    n = len(images)
-    ncols = ncols or n
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.5 * nrows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, (name, img) in zip(axes.ravel(), images.items()):
-        ax.axis("on")
-        show_image(ax, img, (titles or {}).get(name, name), window)
-    fig.tight_layout()
-    return fig
-
-
-def _scored_crops(item: dict, runs: pd.DataFrame, column: str, value: int, outs: dict, reference, prefix: str,
-                  methods, label=lambda m: m):
-    """The reference crop ``(name, image)`` then ``outs[prefix + m]`` for each of ``methods`` present, titled
-    with their PSNR / SSIM from the rows of ``runs`` for this item (its image and channels, ``column == value``)."""
-    sel = runs[(runs["image"].map(image_key) == image_key(item["image"])) & (runs["channels"] == item["channels"])
-               & (runs[column].astype(int) == value)]
-    score = {r["method"]: f"{r['psnr']:.2f} dB / {r['ssim']:.3f}" for _, r in sel.iterrows()}
-    name, image = reference
-    images = {name: image}
-    titles = {name: f"{name} ({image_key(item['image'])}, {item['channels']})"}
-    for m in methods:
-        if prefix + m in outs:
-            images[m] = outs[prefix + m]
-            titles[m] = f"{label(m)}\n{score.get(m, '')}"
-    return crops_figure(images, None, titles=titles)
-
-
-def denoise_crops_figure(item: dict, runs: pd.DataFrame, methods=None):
-    """The saved crops of one denoising item (clean, noisy and each method: by default the noisy input, the SMoE
-    rows by S, then the baselines), titled with their PSNR / SSIM on the whole image; None when the item kept
-    no outputs."""
-    outs = load_outputs(item, "denoise")
-    sigma = int(item["sigma"])
-    if not outs:
-        return None
-    if methods is None:
-        kept = [k[len(f"s{sigma}_"):] for k in outs if k.startswith(f"s{sigma}_")]
-        smoe_rows = sorted((m for m in kept if m.startswith("smoe S=")), key=lambda m: int(m.split("=")[1]))
-        others = [m for m in kept if m != "noisy" and m not in smoe_rows]
-        methods = [m for m in kept if m == "noisy"] + smoe_rows + others
-    return _scored_crops(item, runs, "sigma", sigma, outs, ("clean", outs["clean"]), f"s{sigma}_", methods)
-
-
-def superres_crops_figure(item: dict, runs: pd.DataFrame, methods=("bicubic", "lanczos", "smoe")):
-    """The saved crops of one super-resolution item (original and each method) titled with PSNR / SSIM."""
-    outs = load_outputs(item, "superres")
-    scale = int(item["scale"])
-    if not outs or f"x{scale}_hr" not in outs:
-        return None
-    return _scored_crops(item, runs, "scale", scale, outs, ("original", outs[f"x{scale}_hr"]), f"x{scale}_",
-                         methods, label=lambda m: f"{m} x{scale}")
-
-
 def mean_curves(df: pd.DataFrame, x: str, metrics, *, by: str = "variant_label", logx: bool = False, title=None):
     """One panel per metric: the metric (mean over images) against ``x``, one line per ``by`` value. Metrics
     that are not numeric here (e.g. LPIPS without weights: "n/a ...") are left out."""
-    from .plotting import _plt
-
-    plt = _plt()
+    plt = pyplot()
     numeric = []
     for m in metrics:
         if m in df.columns:
@@ -884,6 +550,4 @@ __all__ = ["VARIANTS", "VARIANT_LABELS", "backend_of", "variant_lr", "initial_mo
            "ops_per_kernel", "kernel_stats", "kernels_per_block", "quality_items", "run_quality_item", "quality_runs",
            "fig4_table", "fig4_summary", "fig5_table", "fig4_experiment", "fig5_experiment", "speed_memory_items",
            "run_speed_memory_item", "speed_memory_runs", "speed_memory_table", "speed_memory_experiment",
-           "measure_peak_mb", "saved_tensor_bytes", "denoise_items", "run_denoise_item", "superres_items",
-           "run_superres_item", "denoise_experiment", "superres_experiment", "load_outputs", "metric_pivot",
-           "crop_window", "crops_figure", "denoise_crops_figure", "superres_crops_figure", "mean_curves"]
+           "memory_per_iteration", "mean_curves", "check_channels", "channels_list", "load_item_image"]

@@ -1,6 +1,7 @@
-"""MDBSCAN segmentation (adaptive-segmentation paper, section IV "Starting with a MDBSCAN segmentation
+"""MDBSCAN segmentation ([AS-SMoE], section IV "Starting with a MDBSCAN segmentation
 stage", section V-A "Parameter Settings in Segmentation Reconstruction" and Fig. 4; the segmentation of
-S-SMoE, ref. [38]) and the segment statistics of Fig. 4.
+S-SMoE, ref. [38]) and the per-segment statistics behind Fig. 4 (its driver:
+:func:`smoe_core.studies.as_smoe_segments.fig4_statistics`).
 
 The paper names MDBSCAN (a modified DBSCAN superpixel method after Shen et al., IEEE TIP 2016) but does not
 define it. ``variant="spec"`` (default) implements /work/shared/mdbscan.md, the authors' algorithm described
@@ -66,7 +67,7 @@ them. The spec variant is within 2.1% of the authors on colour; the rest of its 
 (before step 4 the variants differ by at most 2 segments; step 2's border rule changes the count by 0-2).
 
 The pre-filter is NumPy; steps 2-5 are sequential pixel loops, compiled (raw_kernels/mdbscan.cpp, built by
-:mod:`smoe_core._mdbscan_build` with the system C++ compiler on first use, cached): about 0.2 s on a
+:mod:`smoe_core.segment.build` with the system C++ compiler on first use, cached): about 0.2 s on a
 768 x 512 image. ``backend="python"`` runs :func:`_mdbscan_python`, a line-by-line pure Python twin of the
 C++ code (about 10 s on 768 x 512), used by the tests to check the compiled code and as the fallback of
 ``backend="auto"`` when there is no compiler. Not reproduced from the authors' code: its uint16 labels
@@ -74,13 +75,12 @@ C++ code (about 10 s on 768 x 512), used by the tests to check the compiled code
 """
 from __future__ import annotations
 
-import time
 from collections import deque
 
 import numpy as np
 import pandas as pd
 
-from .io import check_image
+from ..io import check_image
 
 #: sigma-1 Gaussian, 5 taps, normalized: exp(-k^2/2) / sum, k = -2..2.
 GAUSS5 = np.exp(-0.5 * np.arange(-2, 3, dtype=np.float64) ** 2)
@@ -127,7 +127,7 @@ def mdbscan(image, d_th: float = 40, *, min_size: int = 50, merge_threshold: flo
     authors' code, which reproduces their segment counts; its strand search size is fixed at 30, so
     ``strand_size`` applies to "spec" only). ``last_step`` 2 or 3 stops after growing or merging (for
     diagnostics; the renumbering always runs). ``backend``: "cpp" (compiled; raises
-    :class:`smoe_core._mdbscan_build.MDBSCANBuildError` without a C++ compiler), "python" (the slow twin) or
+    :class:`smoe_core.segment.build.MDBSCANBuildError` without a C++ compiler), "python" (the slow twin) or
     "auto" (compiled, else Python with a warning).
     """
     if not d_th > 0:
@@ -143,11 +143,11 @@ def mdbscan(image, d_th: float = 40, *, min_size: int = 50, merge_threshold: flo
         return _mdbscan_python(rgb, *args)
     if backend not in ("auto", "cpp"):
         raise ValueError(f"backend must be 'auto', 'cpp' or 'python', got {backend!r}")
-    from . import _mdbscan_build
+    from . import build
 
     try:
-        lib = _mdbscan_build.load()
-    except _mdbscan_build.MDBSCANBuildError:
+        lib = build.load()
+    except build.MDBSCANBuildError:
         if backend == "cpp":
             raise
         import warnings
@@ -420,28 +420,3 @@ def segment_stats(labels) -> pd.DataFrame:
     df["height"] = df.row_max - df.row_min + 1
     df["side"] = np.maximum(df.width, df.height)
     return df.reset_index(drop=True)
-
-
-def fig4_statistics(images: dict, thresholds=(20, 30, 40, 50), **mdbscan_kw) -> pd.DataFrame:
-    """Paper Fig. 4: for each image and threshold, the number of segments and the distribution of the
-    segment bounding-box size. The paper's box plot measures "pixel width=height of a bounding box", i.e. the
-    side of the square box around a segment (``segment_stats``' ``side``): columns ``side_mean``, ``side_q1``,
-    ``side_median``, ``side_q3``; ``width_mean`` and ``height_mean`` are the plain box means,
-    ``pixels_median`` the median segment area and ``seconds`` the segmentation time. ``mdbscan_kw`` go to
-    :func:`mdbscan` (e.g. ``variant="authors"``). The paper's "average width or height between 20 and 40
-    pixels" matches the *median* side (E = 20-50 on the four test images: 24-35 px with the authors'
-    variant on the colour images, 26-41 px with the spec variant on the gray ones); the mean side is pulled
-    up to 36-76 px by a few large flat segments.
-    """
-    rows = []
-    for name, image in images.items():
-        for t in thresholds:
-            t0 = time.perf_counter()
-            lab = mdbscan(image, t, **mdbscan_kw)
-            sec = time.perf_counter() - t0
-            st = segment_stats(lab)
-            q = st.side.quantile([0.25, 0.5, 0.75]).to_numpy()
-            rows.append(dict(image=name, d_th=t, n_segments=len(st), side_mean=st.side.mean(), side_q1=q[0],
-                             side_median=q[1], side_q3=q[2], width_mean=st.width.mean(),
-                             height_mean=st.height.mean(), pixels_median=st.n_pixels.median(), seconds=sec))
-    return pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the tiled SMoE kernel (raw_kernels/smoe_tile.h), R-SMoE rasterized abstract Fig. 3.
+"""Pure-PyTorch reference of the tiled SMoE kernel (raw_kernels/smoe_tile.h), R-SMoE [R-SMoE] Fig. 3.
 
 Same inputs and the same arithmetic as the compiled builds (per tile: the tile's kernel list, log-domain
 gating normalized over that list), written with padded gathers so that autograd differentiates it. It is the
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._binning import TileLists
+from .binning import TileLists
 
 
 def _tile_pixels(lists: TileLists, inv_scale: float, dtype, device):

@@ -1,27 +1,18 @@
-"""Experiments of the initializer comparison (adaptive-segmentation paper section VI: Tables III, IV, V and
-Figs. 5-9), as functions the notebooks call; every grid item is a picklable dict so items run serially or on
-Dask and are saved one by one (:meth:`smoe_core.results.ResultsStore.run_grid`).
+"""The initializer comparison of [AS-SMoE] section VI: Tables III, IV and V and Figs. 5-9, and the AS-SMoE
+export study behind Table III's claim, as table drivers the ``compare_initializers`` notebook calls.
 
-Choices the paper leaves open, made here:
+Choices the paper leaves open, made here (see also :mod:`.common`):
 
-- Segmentation-based initializers (S-SMoE, AS-SMoE) segment the **colour** image with the authors' MDBSCAN
-  variant when the image has colour (the authors' code segments the RGB PNG; this reproduces their segment
-  counts exactly, see :mod:`smoe_core.segment`), and fit the gray image, as the papers do.
-- Kernel budgets (Table V): 3500 for Barbara, 1500 for the other images, for the initializers that take one
-  (Grid, K-Means, edge-aligned); S-SMoE and AS-SMoE choose their own counts.
-- Global optimization (Table III): :func:`smoe_core.fit` with the L1 sparsity lambda * sum(pi) and kernel
-  removal at pi <= 0, MSE loss, stopping at a loss decrease below ``tol`` or the iteration budget of the
-  preset. The paper does not state lambda; ``sparsity`` is a parameter of the notebook.
 - Table IV (kernels needed for a target PSNR) is read off each run's history: the fewest kernels of any
   iteration whose PSNR reached the target (a sparsification path visits decreasing kernel counts).
-- Time to 95%: the first time at which the PSNR reached 95% of the run's best PSNR (Fig. 9).
-- Two protocols for the radial baselines (Grid, K-Means, S-SMoE). *Ours* (default): experts the image mean
-  where each kernel dominates (coding paper), the better start for ``fit``. *Paper protocol*
-  (:func:`paper_protocol_items`): experts uniform random under the seed, as Algorithm 1 initializes them;
-  Table II lists no expert output for these three initializers, and with random experts our Table V numbers
-  for them land near the paper's (11-13 dB against its 11.7-16.3 dB), while region-mean experts give
-  18-24 dB. AS-SMoE and the edge initializer fit their own experts and are the same in both protocols.
-  Items of the paper protocol carry ``tag="paper_protocol"``, which keeps their saved models apart.
+- Two protocols for the radial baselines (Grid, K-Means, S-SMoE: the initializers with an ``experts=`` rule in
+  :mod:`smoe_core.init.registry`). *Ours* (default): experts the image mean where each kernel dominates
+  ([QSMoE]), the better start for ``fit``. *Paper protocol* (:func:`paper_protocol_items`): experts uniform
+  random under the seed, as Algorithm 1 initializes them; Table II lists no expert output for these three
+  initializers, and with random experts our Table V numbers for them land near the paper's (11-13 dB against
+  its 11.7-16.3 dB), while region-mean experts give 18-24 dB. AS-SMoE and the edge initializer fit their own
+  experts and are the same in both protocols. Items of the paper protocol carry ``tag="paper_protocol"``,
+  which keeps their saved models apart.
 - Table III's claim (AS-SMoE above Grid and K-Means in PSNR at no more kernels) is checked per image by
   :func:`table3_claim` for the default AS-SMoE (the paper's text: 10 kernels, 300 epochs, exact export rule)
   and for the variants of :data:`AS_SMOE_VARIANTS` (the authors' code's 20 kernels and 900 epochs, with
@@ -30,182 +21,16 @@ Choices the paper leaves open, made here:
 """
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
 
-from .init import get_initializer
-from .io import TEST_IMAGES, data_dir, image_key, load_image, resolve_image_path
-from .metrics import psnr, ssim
-from .model import SMoE
-from .rendering import render
-from .training import fit
+from ..init import INITIALIZERS
+from ..io import image_key
+from .common import (history, kernels_at_target, paper_table, run_global, run_init,
+                     side_by_side)
 
-PAPER_TABLE_DIR = Path(__file__).resolve().parents[1] / "data" / "paper_tables"
-SEGMENTING = ("s_smoe", "as_smoe")
-RADIAL = ("grid", "kmeans", "s_smoe")
+#: The radial baselines: the initializers with an expert rule (``experts="random"`` gives the paper protocol).
+RADIAL = tuple(n for n in INITIALIZERS if INITIALIZERS.info(n).expert_rules)
 PAPER_PROTOCOL = "paper_protocol"
-
-
-def paper_table(name: str) -> pd.DataFrame:
-    """A published table from data/paper_tables (e.g. "as_smoe_table5_init_quality")."""
-    path = PAPER_TABLE_DIR / f"{name}.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"no published table {path}")
-    return pd.read_csv(path)
-
-
-def default_budget(image_name: str) -> int:
-    """Table V's kernel budget: 3500 for Barbara, 1500 for the others (and for the user's own images)."""
-    return 3500 if image_key(image_name) == "barbara" else 1500
-
-
-def load_case(name_or_path, crop: int | None = None, color: bool = False) -> np.ndarray:
-    """The image of an experiment: a test image's name or a path; ``crop`` takes the centred crop of that side
-    (the ``smoke`` preset)."""
-    img = load_image(name_or_path, color=color)
-    if crop:
-        H, W = img.shape[:2]
-        c = min(int(crop), H, W)
-        y0, x0 = (H - c) // 2, (W - c) // 2
-        img = np.ascontiguousarray(img[y0:y0 + c, x0:x0 + c])
-    return img
-
-
-def segmentation_labels(name_or_path, d_th: float, crop: int | None = None) -> np.ndarray:
-    """MDBSCAN labels for the segmentation initializers (colour image, authors' variant; module docstring)."""
-    from .segment import mdbscan
-
-    color = load_case(name_or_path, crop, color=True)
-    if np.allclose(color[..., 0], color[..., 1]) and np.allclose(color[..., 1], color[..., 2]):
-        return mdbscan(color[..., 0], d_th)
-    return mdbscan(color, d_th, variant="authors")
-
-
-def init_kwargs(method: str, item: dict) -> dict:
-    kw = dict(item.get("init_kwargs", {}).get(method, {}))
-    if method in SEGMENTING:
-        kw.setdefault("labels", segmentation_labels(item["image"], item["d_th"], item.get("crop")))
-        kw.setdefault("seed", item.get("seed", 0))
-        if method == "as_smoe":
-            kw.setdefault("progress", False)
-    elif method in ("grid", "kmeans"):
-        kw.setdefault("seed", item.get("seed", 0))
-    return kw
-
-
-def model_path(model_dir, item: dict, stage: str) -> Path:
-    d = f"_d{item['d_th']}" if item["method"] in SEGMENTING else ""
-    tag = f"_{item['tag']}" if item.get("tag") else ""
-    return Path(model_dir) / f"{image_key(item['image'])}_{item['method']}{d}{tag}_{stage}.npz"
-
-
-def _budget(item: dict):
-    """The kernel budget passed to the initializer: none for S-SMoE and AS-SMoE, which choose their own
-    counts (4 kernels per segment; Algorithm 1), as in the paper's Table V."""
-    return None if item["method"] in SEGMENTING else item["budget"]
-
-
-def run_init(item: dict) -> dict:
-    """Table V row: the initializer alone. ``item``: image, method, budget, d_th, seed, crop, model_dir."""
-    image = load_case(item["image"], item.get("crop"))
-    t0 = time.perf_counter()
-    kw = init_kwargs(item["method"], item)
-    t_seg = time.perf_counter() - t0
-    model, record = get_initializer(item["method"])(image, _budget(item), **kw)
-    seconds = time.perf_counter() - t0
-    out = render(model)
-    path = model_path(item["model_dir"], item, "init")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    return dict(L_init=model.n_kernels, psnr_db=psnr(out, image), ssim=ssim(out, image), seconds=seconds,
-                segmentation_seconds=t_seg if item["method"] in SEGMENTING else 0.0,
-                n_segments=record.get("n_segments", np.nan))
-
-
-def run_global(item: dict) -> dict:
-    """Table III row: global optimization from the saved initial model (``run_init`` first). Extra item keys:
-    iters, seconds_budget, sparsity, lr, tol, backend, rbf (fit the RBF variant from the same initialization)."""
-    from .perceptual import perceptual_columns
-
-    image = load_case(item["image"], item.get("crop"))
-    model = SMoE.load(model_path(item["model_dir"], item, "init"))
-    if item.get("rbf"):
-        model = model.replace()
-        model.rbf = True
-    t0 = time.perf_counter()
-    fitted, hist = fit(image, model, iters=item["iters"], seconds=item.get("seconds_budget"),
-                       sparsity=item.get("sparsity", 0.0), lr=item.get("lr"), tol=item.get("tol", 1e-6),
-                       seed=item.get("seed", 0), backend=item.get("backend", "tiled"), progress=False)
-    seconds = time.perf_counter() - t0
-    stage = "rbf" if item.get("rbf") else "final"
-    fitted.save(model_path(item["model_dir"], item, stage))
-    hist.to_csv(model_path(item["model_dir"], item, stage).with_suffix(".history.csv"), index=False)
-    out = render(fitted)
-    best = hist["psnr"].max()
-    t95 = float(hist.loc[hist["psnr"] >= 0.95 * best, "seconds"].iloc[0]) if len(hist) else np.nan
-    row = dict(L_init=model.n_kernels, L_opt=fitted.n_kernels, psnr_db=psnr(out, image), ssim=ssim(out, image),
-               iterations=len(hist), seconds=seconds, seconds_to_95pct=t95)
-    row.update(perceptual_columns(out, image))
-    return row
-
-
-def history(model_dir, item: dict, stage: str = "final") -> pd.DataFrame:
-    return pd.read_csv(model_path(model_dir, item, stage).with_suffix(".history.csv"))
-
-
-def kernels_at_target(hist: pd.DataFrame, target_db: float):
-    """The fewest kernels of any iteration whose PSNR reached ``target_db`` (None if never reached)."""
-    hit = hist[hist["psnr"] >= target_db]
-    return None if hit.empty else int(hit["n_kernels"].min())
-
-
-def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, on, columns) -> pd.DataFrame:
-    """Our columns next to the paper's with the difference (ours - paper), one row per key."""
-    ours = ours[list(on) + list(columns)]
-    paper = paper[list(on) + [c for c in columns if c in paper.columns]]
-    merged = ours.merge(paper, on=list(on), how="left", suffixes=("_ours", "_paper"))
-    for c in columns:
-        if f"{c}_paper" in merged.columns:
-            merged[f"{c}_diff"] = pd.to_numeric(merged[f"{c}_ours"], errors="coerce") - merged[f"{c}_paper"]
-    return merged
-
-
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
-    """A GitHub-markdown table (no extra dependency)."""
-    def fmt(v):
-        if isinstance(v, (float, np.floating)):
-            if np.isnan(v):
-                return ""
-            return str(int(v)) if float(v).is_integer() and abs(v) >= 100 else format(v, floatfmt)
-        return str(v)
-
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
-    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
-    rows = ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
-    return "\n".join([head, sep, *rows])
-
-
-__all__ = ["paper_table", "default_budget", "load_case", "segmentation_labels", "run_init", "run_global", "history",
-           "paper_protocol_items", "init_quality_paper_protocol", "initial_ranking", "RADIAL", "PAPER_PROTOCOL",
-           "kernels_at_target", "side_by_side", "markdown_table", "TEST_IMAGES", "data_dir", "resolve_image_path",
-           "AS_SMOE_VARIANTS", "as_smoe_variant_items", "as_smoe_variant_table", "run_init_and_global", "table3_claim",
-           "claim_summary", "claim_points", "matched_rival_items", "matched_rival_table",
-           "variants_side_by_side"]
-
-
-# ---------------------------------------------------------------------- the comparison, table by table
-def grid_items(images, methods, *, d_th=40, budgets=None, crop=None, seed=0, model_dir, **extra) -> list[dict]:
-    """One item per (image, method): the keys :func:`run_init` / :func:`run_global` read."""
-    items = []
-    for image in images:
-        budget = (budgets or {}).get(image_key(image), default_budget(image))
-        for method in methods:
-            items.append(dict(image=str(image), method=method, budget=int(budget), d_th=d_th, crop=crop,
-                              seed=seed, model_dir=str(model_dir), **extra))
-    return items
 
 
 def _init_kwargs_with(item: dict, method: str, **updates) -> dict:
@@ -320,84 +145,6 @@ def kernels_at_target_table(store, items, targets: dict | None = None) -> pd.Dat
     df = pd.DataFrame(rows)
     store.write_table("table4_kernels_at_target", df)
     return df
-
-
-def histories(items, stage: str = "final") -> pd.DataFrame:
-    """All runs' histories in one frame (image, method, iteration, seconds, psnr, n_kernels)."""
-    frames = []
-    for it in items:
-        try:
-            h = history(it["model_dir"], it, stage)
-        except FileNotFoundError:
-            continue
-        frames.append(h.assign(image=image_key(it["image"]), method=it["method"]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def load_models(items, stage: str) -> dict:
-    """{(image, method): SMoE} of the saved models of a stage ("init", "final", "rbf")."""
-    out = {}
-    for it in items:
-        p = model_path(it["model_dir"], it, stage)
-        if p.is_file():
-            out[(image_key(it["image"]), it["method"])] = SMoE.load(p)
-    return out
-
-
-def write_report(store, title: str, sections: list[tuple[str, object]]) -> Path:
-    """The notebook's fragment of results/REPORT.md: markdown text, DataFrames (as tables) and figure names
-    (PNG files of the store, embedded)."""
-    from .results import atomic_write_text
-
-    parts = [f"### {title}\n"]
-    for heading, content in sections:
-        parts.append(f"#### {heading}\n")
-        if isinstance(content, pd.DataFrame):
-            cols = [c for c in content.columns if c not in ("package_version", "git_commit", "preset", "seed",
-                                                             "backend", "date", "model_dir", "crop")]
-            parts.append(markdown_table(content[cols]) + "\n")
-        elif isinstance(content, str) and content.endswith(".png"):
-            parts.append(f"![{heading}](./{content})\n")
-        else:
-            parts.append(f"{content}\n")
-    return atomic_write_text(store.dir / "report.md", "\n".join(parts))
-
-
-# ---------------------------------------------------------------------- initializer timing (Fig. 10)
-def _timed_init(item: dict) -> dict:
-    image = load_case(item["image"], item.get("crop"))
-    t0 = time.perf_counter()
-    kw = init_kwargs(item["method"], item)
-    model, record = get_initializer(item["method"])(image, _budget(item), **kw)
-    seconds = time.perf_counter() - t0
-    return dict(image=image_key(item["image"]), method=item["method"], seconds=seconds, kernels=model.n_kernels,
-                psnr_db=psnr(render(model), image))
-
-
-def initializer_timing(images, methods, *, workers_list=(0, 2), d_th=40, budgets=None, crop=None, seed=0,
-                       progress=True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each initializer's time on each image, serially and with the images spread over Dask workers.
-
-    Returns (per_image, totals): per_image has one row per (image, method) of the serial run (seconds,
-    kernels, initial PSNR); totals one row per (method, workers) with the wall time for all images. The
-    segmentation is part of the time of S-SMoE and AS-SMoE.
-    """
-    from .parallel import run_tasks
-
-    per_image, totals = [], []
-    for method in methods:
-        items = grid_items(images, [method], d_th=d_th, budgets=budgets, crop=crop, seed=seed, model_dir=".")
-        for w in workers_list:
-            t0 = time.perf_counter()
-            rows = run_tasks(_timed_init, items, workers=w or None, progress=progress,
-                             desc=f"{method} ({w or 1} worker{'s' if w and w > 1 else ''})",
-                             threads_per_task=None if not w else 1)
-            wall = time.perf_counter() - t0
-            totals.append(dict(method=method, workers=max(int(w or 1), 1), wall_seconds=wall,
-                               sum_task_seconds=sum(r["seconds"] for r in rows)))
-            if not w:
-                per_image.extend(rows)
-    return pd.DataFrame(per_image), pd.DataFrame(totals)
 
 
 # ---------------------------------------------------------------------- AS-SMoE export study (Table III's claim)

@@ -9,7 +9,7 @@ Presets:
 
 A notebook runs into a temporary file that is renamed into place when it finishes, so an interrupted run leaves
 the previous executed notebook (if any) untouched; its result tables are appended item by item
-(:class:`smoe_core.results.ResultsStore`), so a rerun resumes where it stopped.
+(:class:`smoe_core.studies.results.ResultsStore`), so a rerun resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -17,11 +17,23 @@ import os
 import time
 from pathlib import Path
 
+from ..io import TEST_IMAGES as IO_TEST_IMAGES
 from .results import atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = ROOT / "notebooks"
-TEST_IMAGES = ["barbara", "flower", "parrot", "peppers"]
+
+
+def notebook_dir() -> Path:
+    """The folder of the notebooks: the top-level ``notebooks/`` of a checkout, installed as the package-data
+    package ``smoe_core.notebooks`` (pyproject.toml maps it), so it is found the same way from a checkout, an
+    editable install and a regular ``pip install .``; ``$SMOE_NOTEBOOK_DIR`` overrides."""
+    env = os.environ.get("SMOE_NOTEBOOK_DIR")
+    if env:
+        return Path(env)
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("smoe_core.notebooks")))
+
+TEST_IMAGES = list(IO_TEST_IMAGES)
 
 #: notebook -> preset -> papermill parameters (merged over the notebook's own defaults).
 PRESETS: dict[str, dict[str, dict]] = {}
@@ -83,7 +95,7 @@ register_notebook("edge_aligned", {
 
 
 def available_notebooks() -> list[str]:
-    return [n for n in PRESETS if (NOTEBOOK_DIR / f"{n}.ipynb").is_file()]
+    return [n for n in PRESETS if (notebook_dir() / f"{n}.ipynb").is_file()]
 
 
 def notebook_parameters(name: str, preset: str, *, results_dir, workers=None, scheduler=None,
@@ -108,7 +120,7 @@ def run_notebook(name: str, preset: str, *, results_dir="results", workers=None,
     """Executes ``notebooks/<name>.ipynb`` with the preset's parameters; returns the executed notebook's path."""
     import papermill
 
-    src = NOTEBOOK_DIR / f"{name}.ipynb"
+    src = notebook_dir() / f"{name}.ipynb"
     if not src.is_file():
         raise FileNotFoundError(f"no notebook {src}")
     out_dir = Path(results_dir) / preset / name
@@ -118,7 +130,7 @@ def run_notebook(name: str, preset: str, *, results_dir="results", workers=None,
     params = notebook_parameters(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler,
                                  images=images)
     try:
-        papermill.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=progress, cwd=str(ROOT),
+        papermill.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=progress, cwd=os.getcwd(),
                                    kernel_name="python3", log_output=False)
         os.replace(tmp, out)
     finally:
@@ -158,7 +170,7 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
             raise ValueError(f"unknown notebook(s) {unknown} (known: {', '.join(PRESETS)})")
         names = [n for n in names if n in only]
     if not names:
-        raise FileNotFoundError(f"no notebooks to run in {NOTEBOOK_DIR}")
+        raise FileNotFoundError(f"no notebooks to run in {notebook_dir()}")
     for name in names:
         t0 = time.perf_counter()
         run_notebook(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler, progress=progress,

@@ -1,0 +1,8 @@
+"""Tasks built on the SMoE engine (model, renderer, training, initializers):
+
+- :mod:`.denoise`: denoising by multi-model fusion of shifted fits ([R-SMoE]), with classical baselines.
+- :mod:`.superres`: native super-resolution (a fitted model rendered at any scale).
+- :mod:`.tilewise`: tile-wise training and merging ([EDGE] section IV).
+
+Papers are cited by the keys of :mod:`smoe_core.papers`.
+"""
