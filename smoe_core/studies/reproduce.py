@@ -31,7 +31,10 @@ def notebook_dir() -> Path:
         return Path(env)
     import importlib.resources
 
-    return Path(str(importlib.resources.files("smoe_core.notebooks")))
+    try:
+        return Path(str(importlib.resources.files("smoe_core.notebooks")))
+    except ModuleNotFoundError:  # a checkout on sys.path without an install: the folder beside the package
+        return Path(__file__).resolve().parents[2] / "notebooks"
 
 TEST_IMAGES = list(IO_TEST_IMAGES)
 
