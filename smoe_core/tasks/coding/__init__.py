@@ -1,7 +1,15 @@
-"""SMoE image coding (Jongebloed et al., "Quantized and Regularized Optimization for Coding Images Using
-Steered Mixtures-of-Experts"): quantization-aware training and an entropy-coded bitstream."""
+"""SMoE image coding (R. Jongebloed, E. Bochinski, L. Lange, T. Sikora, "Quantized and Regularized
+Optimization for Coding Images Using Steered Mixtures-of-Experts"): quantization-aware training and an
+entropy-coded bitstream.
+
+- :mod:`.quantize`: the parameter quantizers (section 2, eqs. 13-15), ranges, pruning rule and the fake
+  quantization transform for ``smoe_core.fit(..., transform=...)``.
+- :mod:`.bitstream`: :func:`encode`, :func:`decode`, :func:`describe` (section 3 "Arithmetic Coding").
+"""
+from .bitstream import FORMAT_VERSION, decode, describe, encode, encode_with_info
 from .quantize import (PI_RANGE, FakeQuantizer, QuantizedSMoE, QuantSpec, active_mask, fake_quantize,
                        from_indices, grid_centres, grid_shape, quantize_model, ranges, step, to_indices)
 
-__all__ = ["PI_RANGE", "FakeQuantizer", "QuantizedSMoE", "QuantSpec", "active_mask", "fake_quantize",
+__all__ = ["FORMAT_VERSION", "decode", "describe", "encode", "encode_with_info",
+           "PI_RANGE", "FakeQuantizer", "QuantizedSMoE", "QuantSpec", "active_mask", "fake_quantize",
            "from_indices", "grid_centres", "grid_shape", "quantize_model", "ranges", "step", "to_indices"]
