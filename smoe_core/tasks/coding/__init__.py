@@ -5,11 +5,14 @@ entropy-coded bitstream.
 - :mod:`.quantize`: the parameter quantizers (section 2, eqs. 13-15), ranges, pruning rule and the fake
   quantization transform for ``smoe_core.fit(..., transform=...)``.
 - :mod:`.bitstream`: :func:`encode`, :func:`decode`, :func:`describe` (section 3 "Arithmetic Coding").
+- :mod:`.color`: :func:`rgb_to_yuv`, :func:`yuv_to_rgb` (the authors' OpenCV YUV, exact inverse).
 """
 from .bitstream import FORMAT_VERSION, decode, describe, encode, encode_with_info
+from .color import rgb_to_yuv, yuv_to_rgb
 from .quantize import (PI_RANGE, FakeQuantizer, QuantizedSMoE, QuantSpec, active_mask, fake_quantize,
                        from_indices, grid_centres, grid_shape, quantize_model, ranges, step, to_indices)
 
 __all__ = ["FORMAT_VERSION", "decode", "describe", "encode", "encode_with_info",
            "PI_RANGE", "FakeQuantizer", "QuantizedSMoE", "QuantSpec", "active_mask", "fake_quantize",
-           "from_indices", "grid_centres", "grid_shape", "quantize_model", "ranges", "step", "to_indices"]
+           "from_indices", "grid_centres", "grid_shape", "quantize_model", "ranges", "step", "to_indices",
+           "rgb_to_yuv", "yuv_to_rgb"]
