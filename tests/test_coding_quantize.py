@@ -15,6 +15,15 @@ H, W = 20, 28
 GRID = (7, 5)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: far faster than two contending threads on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def grid_model(seed=0, jitter=0.6, pi_low=0.0, color_space="yuv", C=3):
     """A constant-expert SMoE on the 7 x 5 grid of a 20 x 28 image, centres jittered around the grid."""
     rng = np.random.default_rng(seed)
