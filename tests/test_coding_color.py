@@ -47,8 +47,10 @@ def test_ranges_over_the_rgb_cube():
     corners = np.array([[r, g, b] for r in (0.0, 1.0) for g in (0.0, 1.0) for b in (0.0, 1.0)])
     yuv = rgb_to_yuv(corners)
     assert yuv[:, 0].min() == 0 and yuv[:, 0].max() == pytest.approx(1.0)
-    assert yuv[:, 1].min() == pytest.approx(0.5 - 0.492 * 0.886) and yuv[:, 1].max() == pytest.approx(0.5 + 0.492 * 0.886)
-    assert yuv[:, 2].min() == pytest.approx(0.5 - 0.877 * 0.701) and yuv[:, 2].max() == pytest.approx(0.5 + 0.877 * 0.701)
+    assert yuv[:, 1].min() == pytest.approx(0.5 - 0.492 * 0.886)
+    assert yuv[:, 1].max() == pytest.approx(0.5 + 0.492 * 0.886)
+    assert yuv[:, 2].min() == pytest.approx(0.5 - 0.877 * 0.701)
+    assert yuv[:, 2].max() == pytest.approx(0.5 + 0.877 * 0.701)
 
 
 def test_argument_errors():

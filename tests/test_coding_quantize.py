@@ -224,7 +224,7 @@ def test_fake_quantizer_with_fit_and_pruning_between_calls():
 
 
 def test_quantized_model_is_sorted_by_grid_index_and_validates():
-    m, g = grid_model(seed=6)
+    m, _ = grid_model(seed=6)
     perm = np.random.default_rng(1).permutation(m.n_kernels)
     q = quantize_model(m.subset(perm), perm, GRID)
     q0 = quantize_model(m, np.arange(m.n_kernels), GRID)
@@ -238,9 +238,9 @@ def test_quantized_model_is_sorted_by_grid_index_and_validates():
 
 
 def test_gray_and_rgb_channels():
-    m, g = grid_model(seed=7, color_space="gray", C=1)
+    m, _ = grid_model(seed=7, color_space="gray", C=1)
     q = quantize_model(m, np.arange(m.n_kernels), GRID)
     assert "L" in q.indices and q.to_model().n_channels == 1
-    m, g = grid_model(seed=7, color_space="rgb", C=3)
+    m, _ = grid_model(seed=7, color_space="rgb", C=3)
     assert set(quantize_model(m, np.arange(m.n_kernels), GRID).indices) >= {"R", "G", "B"}
     assert PI_RANGE == (0.0, 2.0)

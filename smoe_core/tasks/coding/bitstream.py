@@ -62,9 +62,9 @@ import zlib
 import numpy as np
 from scipy import optimize, special
 
+from ...model import SMoE
 from .quantize import (CHANNEL_NAMES, PI_RANGE, QuantizedSMoE, QuantSpec, grid_shape, quantize_model,
                        range_names, stream_bits, stream_names)
-from ...model import SMoE
 
 try:  # the entropy coder (pin: constriction==0.5.0)
     import constriction
@@ -222,7 +222,7 @@ def _table_cost(symbols: np.ndarray):
     """(lo, hi, order, counts, table bits, data bits) of the categorical model with sent counts."""
     lo, hi, counts = _table_counts(symbols)
     sent = counts[:-1]  # the last count is implied by n_active
-    orders = [(int(_eg_length(sent, k).sum()), k) for k in range(0, 16)]
+    orders = [(int(_eg_length(sent, k).sum()), k) for k in range(16)]
     table_bits, order = min(orders)
     nz = counts[counts > 0].astype(np.float64)
     data_bits = float(-(nz * np.log2(nz / symbols.size)).sum())
@@ -271,7 +271,8 @@ def _choose(stream: str, symbols: np.ndarray, bits: int, models, selection: str)
     n = symbols.size
     cands = {}
     if symbols.min() == symbols.max():
-        cands["constant"] = dict(params=(int(symbols[0]),), data_bits=0.0, table_bits=0, desc_bits=8 * _DESC_SIZE["constant"])
+        cands["constant"] = dict(params=(int(symbols[0]),), data_bits=0.0, table_bits=0,
+                                 desc_bits=8 * _DESC_SIZE["constant"])
     for kind in PARAMETRIC:
         if kind not in models:
             continue
@@ -451,7 +452,7 @@ class _Reader:
 def _parse(data: bytes) -> dict:
     """Structure and bounds of a version-1 file (raises _FormatError)."""
     r = _Reader(data)
-    magic, version, ccode, ab, eb, mb, pb, H, W, k1, k2, n_active = r.unpack(_FIXED.format[1:], "fixed header")
+    _magic, version, ccode, ab, eb, mb, pb, H, W, k1, k2, n_active = r.unpack(_FIXED.format[1:], "fixed header")
     colors = {v: k for k, v in COLOR_CODES.items()}
     if ccode not in colors:
         raise _FormatError(f"unknown colour space code {ccode}")
@@ -612,7 +613,7 @@ def _decode_stream(dec, name, kind, params, n, bits, budget) -> np.ndarray:
             return np.full(n, tlo, np.int32)
         model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
         sym = np.asarray(dec.decode(model, n), np.int32) + tlo
-        if np.any(counts[sym - tlo] == 0) or not np.array_equal(np.bincount(sym - tlo, minlength=thi - tlo + 1), counts):
+        if not np.array_equal(np.bincount(sym - tlo, minlength=thi - tlo + 1), counts):
             raise _FormatError(f"stream {name} does not match its count table")
         return sym
     model, shift = _coder_model(kind, params, lo, hi)
@@ -683,8 +684,9 @@ def describe(data) -> dict:
         if kind == "constant":
             ideal, table = 0.0, 0
         elif kind == "table":
-            _, _, _, _, table, ideal = _table_cost(sym)
-            table = int(_eg_length(np.bincount(sym - params[0], minlength=params[1] - params[0] + 1)[:-1], params[2]).sum())
+            tlo, thi, order = params
+            ideal = _table_cost(sym)[5]
+            table = int(_eg_length(np.bincount(sym - tlo, minlength=thi - tlo + 1)[:-1], order).sum())
         else:
             values, counts = np.unique(sym, return_counts=True)
             ideal, table = _nll_bits(kind, params, values, counts, lo, hi), 0

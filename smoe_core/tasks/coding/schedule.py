@@ -41,8 +41,8 @@ and A's 1/512.
 Choices the paper leaves open, made here: the iterations per sparsification step (not given in the paper;
 default 1000: Adam moves pi by at most about its rate 2e-5 per iteration, so pi = 1 needs at least
 (1 - 1/15) / 2e-5 ~ 47k iterations to reach the pruning threshold, i.e. about 1000 per step over 50 steps
-for any kernel to be removed); one Adam state kept through pre-training and sparsification (moments of removed kernels are
-dropped; fine-tuning with SGD has none); the sparsity term is lambda_S times the sum of the full-precision
+for any kernel to be removed); one Adam state kept through pre-training and sparsification (moments of removed
+kernels are dropped; fine-tuning with SGD has none); the sparsity term is lambda_S times the sum of the full-precision
 pi of the kernels still present (the gradient acts on the values being updated); the SSIM-611 loss
 (:mod:`.loss`) on YUV (:mod:`.color`); per-axis bandwidths for non-square cells.
 """
@@ -167,7 +167,8 @@ class _State:
         if keep.all():
             return 0
         if not keep.any():
-            raise RuntimeError("the sparsity removed every kernel; lower the sparsity (x_range) or the pi learning rate")
+            raise RuntimeError("the sparsity removed every kernel; lower the sparsity (x_range) or the pi "
+                               "learning rate")
         m = torch.from_numpy(keep).to(self.params["pi"].device)
         if self.opt is not None:
             self.opt.keep(m)
