@@ -38,6 +38,17 @@ dL/dtheta_unit = c dL/dtheta_pixel for theta_pixel = c theta_unit, so its rates 
 lr_A / S^2 (:func:`pixel_learning_rates`). On a 512 x 512 image Adam's centre rate becomes 0.512 px/step
 and A's 1/512.
 
+What sets the outcome of sparsification. The gating normalizes pi (eq. 3), so scaling every pi by the same
+factor leaves the full-precision image unchanged while lambda_S sum(pi) falls: the sparsity term has no
+minimum of its own, and only the pi quantizer (15 levels on [0, 2], index 0 = pruned) and the iteration
+budget stop a collective decline. With Adam, every pi whose SSIM gradient is below lambda_S moves down by
+about its rate per iteration, and for a few hundred iterations after the sparsity term is switched on by up
+to about 3 times its rate (the second-moment estimate, beta2 = 0.999, still holds the small pre-training
+gradients). The kernel count at the end is therefore set by lambda_S together with (iterations x pi rate);
+measured on a 128 x 128 crop with 40 iterations per step and a pi rate of 5e-4 (the paper's per-step budget
+with 1000 iterations at 2e-5), the paper's x in [0.1, 15] left one kernel of 1024 at step 16 of 50 and none
+at step 17; x in [0.1, 3] one kernel at step 30 and none at step 33.
+
 Choices the paper leaves open, made here: the iterations per sparsification step (not given in the paper;
 default 1000: Adam moves pi by at most about its rate 2e-5 per iteration, so pi = 1 needs at least
 (1 - 1/15) / 2e-5 ~ 47k iterations to reach the pruning threshold, i.e. about 1000 per step over 50 steps
