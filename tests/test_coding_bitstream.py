@@ -199,11 +199,13 @@ def test_single_active_kernel():
 
 
 def test_length_selection_is_never_longer_than_paper_selection():
-    for seed in range(4):
-        q = random_quantized(seed, H=80, W=80)
+    for seed in range(2):
+        q = random_quantized(seed, H=64, W=64)
         by_len = B.encode_with_info(q)[1]
         by_paper = B.encode_with_info(q, selection="paper")[1]
-        assert by_len["ideal_payload_bits"] <= by_paper["ideal_payload_bits"] + 1e-6
+        # what the length rule minimizes: the ideal payload plus the model descriptors in the header
+        assert (by_len["ideal_payload_bits"] + 8 * by_len["header_bytes"]
+                <= by_paper["ideal_payload_bits"] + 8 * by_paper["header_bytes"] + 1e-6)
         for s in by_len["streams"]:
             if s["model"] != "constant":
                 assert s["paper_choice"] in B.PARAMETRIC
@@ -289,6 +291,22 @@ def test_bad_input_messages():
     flipped[len(data) // 2 + 10] ^= 0x10
     with pytest.raises(ValueError, match="CRC32 mismatch"):
         B.decode(bytes(flipped))
+
+
+def test_one_symbol_alphabet_accepts_only_the_constant_model():
+    """pi at 1 bit has the alphabet {1}: a crafted parametric model there must be a ValueError (constriction
+    itself panics with a BaseException on a one-symbol quantized Gaussian)."""
+    q = random_quantized(2, spec=QuantSpec(9, 7, 10, 1))
+    data, info = B.encode_with_info(q)
+    assert info["streams"][-1]["stream"] == "pi" and info["streams"][-1]["model"] == "constant"
+    assert B.decode(data)[0].equal_indices(q)
+    body = bytearray(data[:-4])
+    # the pi descriptor is the last one: ... | pi model u8 | symbol u16 | payload length u32 | payload | CRC
+    at = info["header_bytes"] - 4 - 4 - 3
+    assert body[at] == B.MODELS.index("constant")
+    crafted = bytes(body[:at]) + struct.pack("<Bff", B.MODELS.index("normal"), 1.0, 1.0) + bytes(body[at + 3:])
+    with pytest.raises(ValueError, match="one-symbol alphabet"):
+        B.decode(_with_crc(crafted))
 
 
 def test_oversized_header_rejected_before_allocation():
