@@ -22,10 +22,12 @@ Choices the paper leaves open, made here:
   (-sum log2 p plus its descriptor) is used. The paper picks "by MSE comparison" to the symbol frequencies;
   that choice is reported beside ours (``describe`` / ``encode_with_info``: ``paper_choice``) and can be
   forced with ``selection="paper"``. Two more candidates compete by code length: ``constant`` (every symbol
-  equal: no bits; e.g. every a21 = 0 after initialization) and ``table``, a categorical model whose symbol
-  counts are sent in the payload (Exp-Golomb codes, the order chosen per stream, the last count implied),
-  which wins for multimodal streams such as the experts. Parameters are stored as float32 and the code
-  lengths are computed with the rounded values the decoder will see.
+  equal: no bits; e.g. every a21 = 0 after initialization; the only model a one-symbol alphabet admits) and
+  ``table``, a categorical model whose symbol counts are sent in the payload (Exp-Golomb codes of the counts
+  over the used symbol range, the order chosen per stream, the last count implied by n_active, the code bits
+  coded as ``Uniform(2)`` symbols in the same coder), which wins where no pdf fits, e.g. the 15-symbol pi
+  stream of trained models. Parameters are stored as float32 and the code lengths are computed with the
+  rounded values the decoder will see.
 - Normal and Laplace use constriction's ``QuantizedGaussian`` / ``QuantizedLaplace``; Maxwell (not built
   into constriction) is a ``Categorical`` table: the quantized Maxwell masses (pdf x^2 exp(-x^2 / 2a^2),
   x = s - loc) rounded to integer frequencies out of 2^20 (at least 1), the same on both sides. The integer
