@@ -1,0 +1,24 @@
+"""SMoE image coding (R. Jongebloed, E. Bochinski, L. Lange, T. Sikora, "Quantized and Regularized
+Optimization for Coding Images Using Steered Mixtures-of-Experts"): quantization-aware training and an
+entropy-coded bitstream.
+
+- :mod:`.quantize`: the parameter quantizers (section 2, eqs. 13-15), ranges, pruning rule and the fake
+  quantization transform for ``smoe_core.fit(..., transform=...)``.
+- :mod:`.bitstream`: :func:`encode`, :func:`decode`, :func:`describe` (section 3 "Arithmetic Coding").
+- :mod:`.color`: :func:`rgb_to_yuv`, :func:`yuv_to_rgb` (the authors' OpenCV YUV, exact inverse).
+- :mod:`.loss`: :func:`ssim611_loss` (eq. 9 with Y:U:V = 6:1:1), :func:`ssim611` for validation.
+- :mod:`.schedule`: :func:`train`, the paper's initialization / pre-training / sparsification / fine-tuning
+  schedule with fake quantization throughout, returning the model and its quantized (file) form.
+"""
+from .bitstream import FORMAT_VERSION, decode, describe, encode, encode_with_info
+from .color import rgb_to_yuv, yuv_to_rgb
+from .loss import YUV_WEIGHTS, ssim611, ssim611_loss, weighted_ssim
+from .schedule import CodingResult, grid_init, pixel_learning_rates, sparsity_schedule, train
+from .quantize import (PI_RANGE, FakeQuantizer, QuantizedSMoE, QuantSpec, active_mask, fake_quantize,
+                       from_indices, grid_centres, grid_shape, quantize_model, ranges, step, to_indices)
+
+__all__ = ["FORMAT_VERSION", "decode", "describe", "encode", "encode_with_info",
+           "PI_RANGE", "FakeQuantizer", "QuantizedSMoE", "QuantSpec", "active_mask", "fake_quantize",
+           "from_indices", "grid_centres", "grid_shape", "quantize_model", "ranges", "step", "to_indices",
+           "rgb_to_yuv", "yuv_to_rgb", "YUV_WEIGHTS", "ssim611", "ssim611_loss", "weighted_ssim",
+           "CodingResult", "grid_init", "pixel_learning_rates", "sparsity_schedule", "train"]

@@ -1,0 +1,86 @@
+"""SSIM-611 loss of the coding paper against scikit-image, gradients, and agreement with fit's SSIM loss."""
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from smoe_core import SMoE, fit, render
+from smoe_core.io import load_image
+from smoe_core.tasks.coding.color import rgb_to_yuv
+from smoe_core.tasks.coding.loss import YUV_WEIGHTS, ssim611, ssim611_loss, weighted_ssim
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: far faster than two contending threads on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def skimage_ssim(a, b):
+    return structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)
+
+
+def test_matches_skimage_per_channel_on_a_yuv_image():
+    target = rgb_to_yuv(load_image("peppers", color=True)[100:164, 220:300].astype(np.float64))
+    rng = np.random.default_rng(0)
+    rec = target + rng.normal(0, [0.05, 0.02, 0.08], target.shape)
+    rec[:20] = np.clip(rec[:20] * 0.7, 0, 1)
+    per = [skimage_ssim(rec[..., c], target[..., c]) for c in range(3)]
+    assert len(set(np.round(per, 3))) == 3  # the channels differ, so the weights matter
+    expect = (6 * per[0] + per[1] + per[2]) / 8
+    got = ssim611(rec, target)
+    assert got == pytest.approx(expect, abs=1e-10)
+    t = weighted_ssim(torch.from_numpy(rec), torch.from_numpy(target), weights=(1, 0, 0))
+    assert float(t) == pytest.approx(per[0], abs=1e-10)
+    loss = ssim611_loss(torch.from_numpy(rec), torch.from_numpy(target))
+    assert float(loss) == pytest.approx(1 - expect, abs=1e-10)
+    assert ssim611(target, target) == pytest.approx(1.0)
+
+
+def test_gradcheck_float64():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.rand(12, 13, 3, dtype=torch.float64, generator=gen)
+    rec = (target + 0.1 * torch.randn(12, 13, 3, dtype=torch.float64, generator=gen)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: ssim611_loss(x, target), (rec,), fast_mode=True)
+    # and one full directional check: d/dt L(x + t v) at t = 0 by central differences
+    v = torch.randn(rec.shape, dtype=torch.float64, generator=gen)
+    (g,) = torch.autograd.grad(ssim611_loss(rec, target), rec)
+    eps = 1e-6
+    with torch.no_grad():
+        fd = (ssim611_loss(rec + eps * v, target) - ssim611_loss(rec - eps * v, target)) / (2 * eps)
+    assert float((g * v).sum()) == pytest.approx(float(fd), rel=1e-6)
+
+
+def test_same_loss_as_fit_with_channel_weights():
+    """fit(loss='ssim', channel_weights=6:1:1) minimizes the same quantity (its first recorded loss)."""
+    rng = np.random.default_rng(1)
+    H, W = 16, 20
+    img = rgb_to_yuv(rng.uniform(0, 1, (H, W, 3))).astype(np.float32)
+    K = 12
+    m = SMoE(rng.uniform(0, [W, H], (K, 2)).astype(np.float32), np.tile(np.float32([0.3, 0.0, 0.3]), (K, 1)),
+             np.ones(K, np.float32), rng.uniform(0, 1, (K, 3)).astype(np.float32), image_shape=(H, W),
+             color_space="yuv")
+    _, hist = fit(img, m, iters=1, loss="ssim", channel_weights=YUV_WEIGHTS, progress=False, tol=0)
+    rec = render(m.torch())
+    assert hist["loss"].iloc[0] == pytest.approx(float(ssim611_loss(rec, torch.from_numpy(img))), abs=1e-5)
+
+
+def test_argument_errors():
+    a = torch.zeros(12, 12, 3)
+    with pytest.raises(ValueError, match="rec"):
+        ssim611_loss(np.zeros((12, 12, 3)), a)
+    with pytest.raises(ValueError, match="target"):
+        ssim611_loss(a, torch.zeros(12, 12))
+    with pytest.raises(ValueError, match="SSIM window"):
+        ssim611_loss(torch.zeros(8, 12, 3), torch.zeros(8, 12, 3))
+    with pytest.raises(ValueError, match="same shape"):
+        ssim611_loss(a, torch.zeros(13, 12, 3))
+    with pytest.raises(ValueError, match="weights"):
+        weighted_ssim(a, a, weights=(1, -1, 1))
+    with pytest.raises(ValueError, match="weights"):
+        weighted_ssim(a, a, weights=(1, 1))
+    with pytest.raises(ValueError, match="rec"):
+        ssim611(np.zeros((12, 12, 3), np.uint8), np.zeros((12, 12, 3)))

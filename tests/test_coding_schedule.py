@@ -1,0 +1,141 @@
+"""The coding paper's training schedule: initialization, learning-rate conversion, sparsity schedule, and a
+short end-to-end run whose pruned, quantized result is what the file decodes to."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from smoe_core import SMoE, render
+from smoe_core.io import load_image
+from smoe_core.tasks.coding import bitstream as B
+from smoe_core.tasks.coding.color import rgb_to_yuv
+from smoe_core.tasks.coding.loss import ssim611
+from smoe_core.tasks.coding.quantize import FakeQuantizer, grid_centres, quantize_model
+from smoe_core.tasks.coding.schedule import (PAPER_LR, grid_init, pixel_learning_rates, sparsity_schedule,
+                                             train)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: far faster than two contending threads on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def crop(h=32, w=40):
+    return load_image("peppers", color=True)[220:220 + h, 200:200 + w]
+
+
+def test_pixel_learning_rates():
+    r = pixel_learning_rates((512, 512))
+    assert r == pytest.approx({"mu": 0.512, "chol": 1 / 512, "pi": 1e-4, "experts": 1e-3})
+    s = pixel_learning_rates((512, 512), optimizer="sgd")
+    assert s == pytest.approx({"mu": 1e-3 * 512**2, "chol": 1 / 512**2, "pi": 1e-4, "experts": 1e-3})
+    # non-square: the geometric mean of the sides
+    assert pixel_learning_rates((200, 800))["mu"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="optimizer"):
+        pixel_learning_rates((8, 8), optimizer="rmsprop")
+    with pytest.raises(ValueError, match="rates"):
+        pixel_learning_rates((8, 8), {"mu": 1.0})
+
+
+def test_adam_rate_conversion_keeps_the_kernel_shape_invariant():
+    """One Adam-sized step in [0, 1] coordinates and its converted step in pixels give the same kernel."""
+    S = 64.0
+    A_unit, mu_unit = 40.0, 0.3
+    A_pix, mu_pix = A_unit / S, mu_unit * S
+    lr = pixel_learning_rates((64, 64))
+    A_unit2, mu_unit2 = A_unit + PAPER_LR["chol"], mu_unit + PAPER_LR["mu"]
+    A_pix2, mu_pix2 = A_pix + lr["chol"], mu_pix + lr["mu"]
+    assert A_pix2 == pytest.approx(A_unit2 / S) and mu_pix2 == pytest.approx(mu_unit2 * S)
+
+
+def test_sparsity_schedule():
+    lam = sparsity_schedule((128, 128))
+    assert lam.shape == (50,)
+    x = np.sqrt(lam * 128 * 128)
+    assert x[0] == pytest.approx(0.1) and x[-1] == pytest.approx(15.0)
+    assert np.allclose(np.diff(x), (15 - 0.1) / 49)
+    with pytest.raises(ValueError, match="steps"):
+        sparsity_schedule((4, 4), steps=0)
+    with pytest.raises(ValueError, match="grid"):
+        sparsity_schedule((0, 4))
+
+
+def test_grid_init():
+    yuv = rgb_to_yuv(crop(34, 41).astype(np.float64))
+    m, gi, grid = grid_init(yuv)
+    assert grid == (10, 8) and m.n_kernels == 80 and np.array_equal(gi, np.arange(80))
+    assert np.allclose(m.mu, grid_centres((34, 41), grid))
+    assert np.allclose(m.chol[0], [2 / 4.1, 0.0, 2 / 4.25]) and np.all(m.pi == 1)
+    # kernel (row 1, column 2) covers rows 5..8 ((r + 0.5) * 8 / 34 in [1, 2)) and columns 9..12
+    rows = [r for r in range(34) if int((r + 0.5) * 8 / 34) == 1]
+    cols = [c for c in range(41) if int((c + 0.5) * 10 / 41) == 2]
+    expect = yuv[rows][:, cols].reshape(-1, 3).mean(0)
+    assert np.allclose(m.experts[1 * 10 + 2], expect, atol=1e-6)
+    with pytest.raises(ValueError, match="image_yuv"):
+        grid_init(np.zeros((8, 8)))
+
+
+def test_train_end_to_end_prunes_and_matches_the_file():
+    img = crop()
+    seen = []
+    # a short schedule: fewer, faster sparsification steps than the paper's (pi rate 0.01, not 2e-5) and a
+    # lambda range scaled to this 80-kernel grid, so that some but not all kernels are removed
+    r = train(img, pretrain_iters=40, sparsify_steps=6, sparsify_iters=15, finetune_iters=5,
+              sparsify_pi_rate=0.01, x_range=(0.05, 0.3), prune_every=5, callback=seen.append)
+    h = r.history
+    assert list(h.phase.unique()) == ["pretrain", "sparsify", "finetune"]
+    assert len(h) == 40 + 6 * 15 + 5 == len(seen)
+    assert np.all(np.diff(h.n_kernels.to_numpy()) <= 0)
+    pre = h[h.phase == "pretrain"]
+    assert pre.loss.iloc[-1] < pre.loss.iloc[0] - 0.02  # the SSIM-611 loss goes down
+    sp = h[h.phase == "sparsify"]
+    assert np.allclose(sp.groupby("step").sparsity.first().to_numpy(), sparsity_schedule((10, 8), 6, (0.05, 0.3)))
+    assert 20 < r.quantized.n_active < 80 and r.model.n_kernels == r.quantized.n_active == len(r.grid_index)
+    assert r.quantized.indices["pi"].min() >= 1
+    # the quantized model is the encoder's quantization of the full-precision one, and decodes exactly
+    assert r.quantized.equal_indices(quantize_model(r.model, r.grid_index, r.grid))
+    q2, _ = B.decode(r.bitstream())
+    assert q2.equal_indices(r.quantized)
+    # training's last view (fake quantization) renders like the decoded file
+    fq = FakeQuantizer(grid_centres((32, 40), r.grid)[r.grid_index])
+    t = r.model.torch()
+    shown = fq({k: getattr(t, k) for k in ("mu", "chol", "pi", "experts")})
+    seen_by_training = render(SMoE(**shown, image_shape=(32, 40), color_space="yuv"))
+    decoded = render(q2.to_model().torch())
+    assert torch.allclose(seen_by_training, decoded, atol=1e-5)
+    assert r.ssim611 == pytest.approx(ssim611(decoded, rgb_to_yuv(img.astype(np.float64))), abs=1e-6)
+    assert r.ssim611 > pre.ssim611.iloc[-1] - 0.05  # pruning kept most of the quality
+    with pytest.raises(RuntimeError, match="removed every kernel"):
+        train(img, pretrain_iters=2, sparsify_steps=3, sparsify_iters=40, finetune_iters=0, sparsify_pi_rate=0.05,
+              x_range=(5.0, 40.0))
+
+
+def test_train_finetune_sgd_uses_converted_rates():
+    img = crop()
+    r = train(img, pretrain_iters=3, sparsify_steps=0, sparsify_iters=0, finetune_iters=3, finetune_optimizer="sgd")
+    assert list(r.history.phase.unique()) == ["pretrain", "finetune"]
+    r2 = train(img, pretrain_iters=3, sparsify_steps=0, sparsify_iters=0, finetune_iters=3,
+               finetune_optimizer="adam")
+    assert not np.array_equal(r.model.mu, r2.model.mu)
+
+
+def test_train_argument_errors():
+    img = crop()
+    with pytest.raises(ValueError, match="image"):
+        train(img[..., 0])
+    with pytest.raises(ValueError, match="image"):
+        train(img * 2)
+    with pytest.raises(ValueError, match="pretrain_iters"):
+        train(img, pretrain_iters=-1)
+    with pytest.raises(ValueError, match="finetune_optimizer"):
+        train(img, finetune_optimizer="lbfgs")
+    with pytest.raises(ValueError, match="prune_every"):
+        train(img, prune_every=0)
+    with pytest.raises(ValueError, match="spec"):
+        train(img, spec=(9, 7, 10, 4))
+    assert math.isfinite(PAPER_LR["chol"])
