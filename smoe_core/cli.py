@@ -331,7 +331,17 @@ def model_stats(model) -> dict:
     return stats
 
 
+def _is_bitstream(path) -> bool:
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"SMoE"
+
+
 def cmd_info(args) -> int:
+    if _is_bitstream(args.model):
+        return info_bitstream(Path(args.model))
     model = load_model(args.model)
     st = model_stats(model)
     print(f"file: {args.model}")
@@ -458,6 +468,111 @@ def cmd_upscale(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- coding ([QSMoE])
+def read_bitstream(path: Path) -> bytes:
+    """The bytes of a ``.smoe`` file, bounded before reading (ValueError / FileNotFoundError naming it)."""
+    from .tasks.coding.bitstream import MAX_GRID_KERNELS
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an SMoE bitstream")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    limit = 64 * MAX_GRID_KERNELS + 4096  # far above what the largest grid can code to
+    if path.stat().st_size > limit:
+        raise ValueError(f"{path} is {path.stat().st_size} bytes, more than an SMoE bitstream can hold")
+    return path.read_bytes()
+
+
+def cmd_encode(args) -> int:
+    from .io import resolve_image_path
+    from .tasks.coding.codec import encode_image
+
+    src = resolve_image_path(args.image)
+    out = _check_output_path(args.out, (".smoe",), "--out")
+    if _same_file(out, src):
+        raise ValueError(f"--out would overwrite the input image {src}; choose another --out")
+    image = _load_image(args.image, color=True)
+    H, W = image.shape[:2]
+    if min(H, W) < 8:
+        raise ValueError(f"{args.image} is {H} x {W}: the codec's grid needs at least 8 x 8 pixels")
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="encode", unit="it", dynamic_ncols=True, file=sys.stderr)
+
+    def tick(row):
+        bar.update(1)
+        if row["iteration"] % 10 == 0:
+            bar.set_postfix(phase=row["phase"], kernels=row["n_kernels"], ssim611=f"{row['ssim611']:.4f}",
+                            refresh=False)
+
+    try:
+        data, rec = encode_image(image, preset=args.preset, kernels=args.kernels, lam=args.lam, iters=args.iters,
+                                 seconds=args.seconds, callback=tick if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    staged = _Staged()
+    try:
+        staged.tmp(out).write_bytes(data)
+        staged.commit()
+    finally:
+        staged.discard()
+    print(f"image: {args.image} ({H} x {W}, RGB)")
+    print(f"kernels: {rec['kernels']}")
+    print(f"bytes: {rec['bytes']} ({8 * rec['bytes'] / rec['kernels']:.1f} bits per kernel)")
+    print(f"bpp: {rec['bpp']:.4f}")
+    print(f"PSNR: {rec['psnr']:.2f} dB (RGB, decoded image)")
+    print(f"SSIM-611: {rec['ssim611']:.4f}")
+    print(f"seconds: {rec['seconds']:.1f} (training, preset {args.preset})")
+    print(f"file: {out}")
+    return 0
+
+
+def cmd_decode(args) -> int:
+    from .tasks.coding.codec import decode_image
+
+    src = Path(args.file)
+    out = _check_output_path(args.out, IMAGE_SUFFIXES, "--out")
+    if _same_file(out, src):
+        raise ValueError("--out would overwrite the bitstream; choose another --out")
+    data = read_bitstream(src)
+    try:
+        image, info = decode_image(data)
+    except ValueError as exc:
+        raise ValueError(f"{src}: {exc}") from None
+    _save_staged(out, image)
+    H, W = info["image_shape"]
+    print(f"file: {src} ({len(data)} bytes, {8 * len(data) / (H * W):.4f} bpp)")
+    print(f"image: {H} x {W}, {info['n_active']} kernels")
+    print(f"decoded: {out}")
+    return 0
+
+
+def info_bitstream(path: Path) -> int:
+    from .tasks.coding.bitstream import describe
+
+    data = read_bitstream(path)
+    try:
+        d = describe(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    H, W = d["image_shape"]
+    print(f"file: {path} (SMoE bitstream, format {d['version']})")
+    print(f"image shape: {H} x {W} (H x W), colour space {d['color_space']}")
+    print(f"grid: {d['grid'][0]} x {d['grid'][1]}, active kernels: {d['n_active']}")
+    print("bits: " + ", ".join(f"{k} {v}" for k, v in d["bits"].items()))
+    print(f"bytes: {d['file_bytes']} (header {d['header_bytes']}, payload {d['payload_bytes']}); "
+          f"{d['bits_per_pixel']:.4f} bpp, {d['bits_per_kernel']:.1f} bits per kernel")
+    print(f"flags: {d['flags']['model']} ({d['flags']['bits']:.0f} bits)")
+    for name, s in d["streams"].items():
+        extra = f", the paper's rule: {s['paper_choice']}" if s.get("paper_choice") else ""
+        print(f"stream {name}: {s['model']}{extra}")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser and entry point
 class _Parser(argparse.ArgumentParser):
     """Reports usage errors of every subcommand as ``smoe: error: ...`` (argparse says ``smoe fit: error:``)."""
@@ -517,8 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="IMAGE.png")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("info", help="describe a model file")
-    p.add_argument("model", metavar="MODEL.npz")
+    p = sub.add_parser("info", help="describe a model file (.npz) or an SMoE bitstream (.smoe)")
+    p.add_argument("model", metavar="MODEL.npz|FILE.smoe")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("bench", help="time the tiled and dense renderers (forward + backward)")
@@ -562,6 +677,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_upscale)
 
+    p = sub.add_parser("encode", help="code an RGB image as an SMoE bitstream ([QSMoE]: quantization-aware "
+                                      "training, entropy coding)")
+    p.add_argument("image", metavar="IMAGE", help="an image file or a test image name (coded in colour)")
+    p.add_argument("--out", required=True, metavar="FILE.smoe", help="the bitstream to write")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--kernels", type=positive_int, default=None, metavar="N",
+                      help="stop sparsification at N kernels or fewer (default: a sixth of the grid)")
+    rate.add_argument("--lambda", dest="lam", type=nonnegative_float,
+                      default=None, metavar="X", help="constant sparsity weight lambda_S for every step")
+    p.add_argument("--iters", type=nonnegative_int, default=None, metavar="N",
+                   help="pre-training iterations (default: the preset's)")
+    p.add_argument("--seconds", type=positive_float,
+                   default=None, metavar="S", help="pre-training time budget")
+    p.add_argument("--preset", choices=("quick", "paper", "smoke"), default="quick",
+                   help="iteration counts (quick: minutes; paper: the paper's schedule, hours)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="decode an SMoE bitstream to an image")
+    p.add_argument("file", metavar="FILE.smoe")
+    p.add_argument("--out", required=True, metavar="OUT.png")
+    p.set_defaults(func=cmd_decode)
+
     p = sub.add_parser("reproduce", help="run the papers' notebooks (papermill) and write results/REPORT.md")
     p.add_argument("--preset", choices=("smoke", "quick", "paper"), default="quick")
     p.add_argument("--only", nargs="+", default=None, metavar="NOTEBOOK", help="run only these notebooks")
@@ -596,7 +734,7 @@ def main(argv=None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
-        _error("give a command: fit, render, info, bench, denoise, upscale or reproduce")
+        _error("give a command: fit, render, info, bench, denoise, upscale, encode, decode or reproduce")
         return 2
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning

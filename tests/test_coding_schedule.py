@@ -139,3 +139,53 @@ def test_train_argument_errors():
     with pytest.raises(ValueError, match="spec"):
         train(img, spec=(9, 7, 10, 4))
     assert math.isfinite(PAPER_LR["chol"])
+
+
+SHORT = dict(pretrain_iters=30, sparsify_steps=6, sparsify_iters=15, finetune_iters=5, sparsify_pi_rate=0.01,
+             x_range=(0.05, 0.3), prune_every=5)
+
+
+def test_snapshots_are_fine_tuned_points_of_the_path_and_leave_it_unchanged():
+    img = crop()
+    plain = train(img, **SHORT)
+    r = train(img, snapshots=[1, 3, 5], **SHORT)
+    # the path continues as without snapshots (a snapshot works on a copy)
+    np.testing.assert_array_equal(r.model.mu, plain.model.mu)
+    assert r.quantized.equal_indices(plain.quantized)
+    assert [s.label for s in r.snapshots] == ["step 1", "step 3", "step 5"]
+    counts = [s.quantized.n_active for s in r.snapshots]
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]  # fewer kernels along the path
+    h = r.history
+    for s in r.snapshots:
+        ft = h[(h.point == s.label) & (h.phase == "finetune")]
+        assert len(ft) == SHORT["finetune_iters"]
+        q2, _ = B.decode(s.bitstream())  # every rate point is a decodable file
+        assert q2.equal_indices(s.quantized)
+    sizes = [len(s.bitstream()) for s in r.snapshots]
+    assert sizes[0] > sizes[-1]
+    with pytest.raises(ValueError, match="snapshots"):
+        train(img, snapshots=[6], **SHORT)
+
+
+def test_target_kernels_stops_the_sparsification():
+    img = crop()
+    full = train(img, **SHORT)
+    per_step = full.history[full.history.phase == "sparsify"].groupby("step").n_kernels.last()
+    target = int(per_step.iloc[-2]) + 2  # reached one step before the end of the full path
+    stop = int(per_step[per_step <= target].index[0])
+    r = train(img, target_kernels=target, **SHORT)
+    sp = r.history[r.history.phase == "sparsify"]
+    assert sorted(sp.step.unique()) == list(range(stop + 1)) and stop + 1 < SHORT["sparsify_steps"]
+    assert r.quantized.n_active <= target < int(per_step.iloc[0])
+    assert r.quantized.n_active > full.quantized.n_active
+
+
+def test_post_training_quantization_trains_without_fake_quantization():
+    img = crop()
+    qat = train(img, **SHORT)
+    ptq = train(img, quantize=False, **SHORT)
+    assert not np.array_equal(qat.model.mu, ptq.model.mu)
+    # PTQ's full-precision model is what QAT would render without quantization; its file is the quantization
+    assert ptq.quantized.equal_indices(quantize_model(ptq.model, ptq.grid_index, ptq.grid))
+    q2, _ = B.decode(ptq.bitstream())
+    assert q2.equal_indices(ptq.quantized)

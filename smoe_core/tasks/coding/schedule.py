@@ -61,7 +61,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -149,7 +150,9 @@ def grid_init(image_yuv, grid=None) -> tuple[SMoE, np.ndarray, tuple[int, int]]:
 @dataclass
 class CodingResult:
     """What :func:`train` returns: the full-precision model and its grid cells, the quantized model (what
-    the file holds), the history (one row per iteration) and the SSIM-611 of the quantized model."""
+    the file holds), the history (one row per iteration) and the SSIM-611 of the quantized model. ``label``
+    names the point ("final", or "step 12" for a snapshot of the sparsification path); ``snapshots`` holds
+    the fine-tuned snapshots taken along the path (:func:`train`'s ``snapshots``), in path order."""
 
     model: SMoE
     grid_index: np.ndarray
@@ -157,6 +160,8 @@ class CodingResult:
     quantized: QuantizedSMoE
     history: pd.DataFrame
     ssim611: float
+    label: str = "final"
+    snapshots: list = field(default_factory=list)
 
     def bitstream(self, **kwargs) -> bytes:
         """The encoded file (:func:`~.bitstream.encode` of the quantized model)."""
@@ -194,11 +199,23 @@ class _State:
 def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000, sparsify_steps: int = 50,
           sparsify_iters: int = 1000, finetune_iters: int = 500, finetune_optimizer: str = "sgd",
           rates=None, sparsify_pi_rate: float = SPARSIFY_PI_LR, x_range=(0.1, 15.0), prune_every: int = 100,
-          backend: str = "tiled", device=None, callback=None) -> CodingResult:
+          quantize: bool = True, snapshots=None, target_kernels: int | None = None,
+          pretrain_seconds: float | None = None, backend: str = "tiled", device=None,
+          callback=None) -> CodingResult:
     """Runs the paper's schedule on an RGB image (float (H, W, 3) in [0, 1]); see the module docstring.
 
     Iteration counts default to the paper's (``sparsify_iters`` is not in the paper). ``rates``: Adam rates
     in [0, 1] coordinates (default ``PAPER_LR``), converted with :func:`pixel_learning_rates`.
+
+    - ``quantize=False`` trains without fake quantization (post-training quantization, the paper's ablation:
+      the model is quantized only for the file); kernels are still removed by the pi-index-0 rule.
+    - ``snapshots``: sparsification steps (0-based) after which a copy of the state is fine-tuned
+      (``finetune_iters``, as the final point) and quantized: the rate points of one RD curve, in
+      ``result.snapshots``. The path itself continues unchanged.
+    - ``target_kernels``: sparsification stops after the first step that leaves at most this many kernels
+      (``smoe encode --kernels``).
+    - ``pretrain_seconds``: a time budget for pre-training (whichever of it and ``pretrain_iters`` ends first).
+
     ``callback(row)`` gets every history row (dict). Returns a :class:`CodingResult`.
     """
     rgb = _check_rgb(image)
@@ -214,6 +231,14 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
         raise ValueError(f"sparsify_pi_rate must be a non-negative number, got {sparsify_pi_rate!r}")
     if callback is not None and not callable(callback):
         raise ValueError("callback must be callable")
+    snap_steps = sorted({int(x) for x in (snapshots or ())})
+    if snap_steps and (snap_steps[0] < 0 or snap_steps[-1] >= sparsify_steps):
+        raise ValueError(f"snapshots must be sparsification steps in 0..{sparsify_steps - 1}, got {snap_steps}")
+    if target_kernels is not None and (isinstance(target_kernels, bool) or int(target_kernels) != target_kernels
+                                       or target_kernels < 1):
+        raise ValueError(f"target_kernels must be a positive integer, got {target_kernels!r}")
+    if pretrain_seconds is not None and not (pretrain_seconds > 0 and math.isfinite(pretrain_seconds)):
+        raise ValueError(f"pretrain_seconds must be a positive number, got {pretrain_seconds!r}")
     spec = spec if spec is not None else QuantSpec()
     if not isinstance(spec, QuantSpec):
         raise ValueError(f"spec must be a QuantSpec, got {type(spec).__name__}")
@@ -229,7 +254,8 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
     rows: list[dict] = []
     t0 = time.perf_counter()
 
-    def run(phase: str, iters: int, lam: float, optimizer: str, lr: dict, step: int | None = None):
+    def run(st: _State, phase: str, iters: int, lam: float, optimizer: str, lr: dict, step: int | None = None,
+            seconds: float | None = None, label: str = "final"):
         if optimizer == "adam":
             if st.opt is None:
                 st.opt = Adam(st.params, dict(lr))
@@ -237,16 +263,18 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
             st.params = st.opt.params
         else:
             st.opt = None
+        t_phase = time.perf_counter()
         for it in range(1, iters + 1):
             p = st.params
             for v in p.values():
                 v.grad = None
-            if not active_mask(p["pi"], spec).any():
+            active = active_mask(p["pi"], spec)
+            if not active.any():
                 raise RuntimeError(f"the sparsity removed every kernel ({phase}, iteration {it}); lower the "
                                    "sparsity (x_range) or the pi learning rate")
-            shown = st.fq(p)
-            out = render(SMoE(**{k: shown[k] for k in PARAMS}, image_shape=(H, W), color_space="yuv"),
-                         backend=backend)
+            shown = st.fq(p) if quantize else p
+            out = render(SMoE(**{k: shown[k] for k in PARAMS}, image_shape=(H, W), color_space="yuv",
+                              validate=False), backend=backend)
             data = ssim611_loss(out, target, YUV_WEIGHTS)
             total = data + lam * p["pi"].sum() if lam else data
             total.backward()
@@ -260,30 +288,46 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
             value = float(total.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(f"the loss became {value} in {phase} iteration {it}")
-            n_active = int(st.fq.last_active.sum())
-            if it % prune_every == 0 or it == iters:
+            n_active = int(active.sum())
+            last = it == iters or (seconds is not None and time.perf_counter() - t_phase >= seconds)
+            if it % prune_every == 0 or last:
                 st.prune()
-            row = dict(phase=phase, step=step, iteration=it, seconds=time.perf_counter() - t0, loss=value,
-                       ssim611=1.0 - float(data.detach()), sparsity=lam, n_kernels=n_active)
+            row = dict(point=label, phase=phase, step=step, iteration=it, seconds=time.perf_counter() - t0,
+                       loss=value, ssim611=1.0 - float(data.detach()), sparsity=lam, n_kernels=n_active)
             rows.append(row)
             if callback is not None:
                 callback(row)
+            if last:
+                break
 
-    run("pretrain", pretrain_iters, 0.0, "adam", adam_rates)
     sparse_rates = dict(adam_rates, pi=float(sparsify_pi_rate))
-    for s, lam in enumerate(lambdas):
-        run("sparsify", sparsify_iters, float(lam), "adam", sparse_rates, step=s)
-    if finetune_optimizer == "sgd":
-        base = dict(PAPER_LR if rates is None else rates, pi=float(sparsify_pi_rate))
-        run("finetune", finetune_iters, 0.0, "sgd", pixel_learning_rates((H, W), base, "sgd"))
-    else:
-        run("finetune", finetune_iters, 0.0, "adam", sparse_rates)
-    st.prune()
+    sgd_rates = pixel_learning_rates((H, W), dict(PAPER_LR if rates is None else rates, pi=float(sparsify_pi_rate)),
+                                     "sgd")
 
-    p = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in st.params.items()}
-    model = SMoE(**p, image_shape=(H, W), color_space="yuv")
-    q = quantize_model(model, st.grid_index, grid, spec)
-    rec = render(q.to_model(), backend=backend)
-    history = pd.DataFrame(rows, columns=["phase", "step", "iteration", "seconds", "loss", "ssim611", "sparsity",
-                                          "n_kernels"])
-    return CodingResult(model, st.grid_index.copy(), grid, q, history, ssim611(rec, yuv))
+    def finish(st: _State, label: str) -> CodingResult:
+        if finetune_optimizer == "sgd":
+            run(st, "finetune", finetune_iters, 0.0, "sgd", sgd_rates, label=label)
+        else:
+            run(st, "finetune", finetune_iters, 0.0, "adam", sparse_rates, label=label)
+        st.prune()
+        p = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in st.params.items()}
+        model = SMoE(**p, image_shape=(H, W), color_space="yuv")
+        q = quantize_model(model, st.grid_index, grid, spec)
+        rec = render(q.to_model(), backend=backend)
+        return CodingResult(model, st.grid_index.copy(), grid, q, pd.DataFrame(), ssim611(rec, yuv), label)
+
+    run(st, "pretrain", pretrain_iters, 0.0, "adam", adam_rates, seconds=pretrain_seconds)
+    snaps = []
+    for s_, lam in enumerate(lambdas):
+        run(st, "sparsify", sparsify_iters, float(lam), "adam", sparse_rates, step=s_)
+        if s_ in snap_steps:
+            snaps.append(finish(copy.deepcopy(st), f"step {s_}"))
+        if target_kernels is not None and st.params["pi"].shape[0] <= target_kernels:
+            break
+    result = finish(st, "final")
+    history = pd.DataFrame(rows, columns=["point", "phase", "step", "iteration", "seconds", "loss", "ssim611",
+                                          "sparsity", "n_kernels"])
+    for r in (*snaps, result):
+        r.history = history
+    result.snapshots = snaps
+    return result

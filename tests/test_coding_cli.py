@@ -1,0 +1,119 @@
+"""``smoe encode`` / ``smoe decode`` / ``smoe info`` on a .smoe file ([QSMoE] codec): the decoded image is the
+encoder's own render of the quantized model, bit for bit; bad files give one ``smoe: error:`` line."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from smoe_core.cli import main
+from smoe_core.io import load_image
+from smoe_core.tasks.coding.codec import decode_image, encode_image, preset_schedule
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def errors(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith("smoe: error:")]
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory):
+    d = tmp_path_factory.mktemp("coding")
+    crop = load_image("peppers", color=True)[200:232, 180:220]
+    src = d / "crop.png"
+    Image.fromarray(np.round(crop * 255).astype(np.uint8)).save(src)
+    torch.set_num_threads(1)
+    out = d / "crop.smoe"
+    rc = main(["encode", str(src), "--out", str(out), "--preset", "smoke", "--kernels", "60", "--no-progress"])
+    assert rc == 0
+    return d, src, out
+
+
+def test_encode_decode_round_trip_is_bit_exact(coded, capsys):
+    d, src, out = coded
+    data = out.read_bytes()
+    assert data[:4] == b"SMoE"
+    image = load_image(src, color=True)
+    # the same encoding in-process gives the same file and reports the decoded image
+    again, rec = encode_image(image, preset="smoke", kernels=60)
+    diff = [i for i in range(min(len(again), len(data))) if again[i] != data[i]]
+    assert again == data, (len(again), len(data), diff[:10])
+    assert rec["bytes"] == len(data)
+    assert rec["bpp"] == pytest.approx(8 * len(data) / (32 * 40))
+    decoded, info = decode_image(data)
+    np.testing.assert_array_equal(decoded, rec["decoded"])
+    dec_png = d / "dec.png"
+    assert main(["decode", str(out), "--out", str(dec_png)]) == 0
+    png = np.asarray(Image.open(dec_png)).astype(np.float32)
+    np.testing.assert_array_equal(png, np.clip(np.round(rec["decoded"] * 255), 0, 255))
+    assert info["image_shape"] == (32, 40) and info["n_active"] == rec["kernels"]
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "SMoE bitstream" in text and f"active kernels: {rec['kernels']}" in text and "bpp" in text
+
+
+def test_encode_prints_the_figures(coded, tmp_path, capsys):
+    _, src, _ = coded
+    capsys.readouterr()
+    assert main(["encode", str(src), "--out", str(tmp_path / "x.smoe"), "--preset", "smoke", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    for field in ("kernels:", "bytes:", "bpp:", "PSNR:", "SSIM-611:"):
+        assert field in text
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "version", "not_smoe", "empty", "npz"])
+def test_bad_bitstreams_give_one_error_line(coded, tmp_path, capsys, damage):
+    _, _, out = coded
+    data = bytearray(out.read_bytes())
+    bad = tmp_path / "bad.smoe"
+    if damage == "truncated":
+        bad.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "flipped":
+        data[len(data) // 2] ^= 0x10
+        bad.write_bytes(bytes(data))
+    elif damage == "version":
+        data[4] = 99
+        bad.write_bytes(bytes(data))
+    elif damage == "not_smoe":
+        bad.write_bytes(b"hello, world" * 10)
+    elif damage == "empty":
+        bad.write_bytes(b"")
+    else:
+        np.savez(tmp_path / "m.npz", mu=np.zeros((1, 2)))
+        bad = tmp_path / "m.npz"
+    capsys.readouterr()
+    png = tmp_path / "never.png"
+    rc = main(["decode", str(bad), "--out", str(png)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(errors(err)) == 1 and "Traceback" not in err, err
+    assert not png.exists()
+    if damage not in ("not_smoe", "empty", "npz"):
+        rc = main(["info", str(bad)])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(errors(err)) == 1, err
+
+
+def test_encode_argument_errors(coded, tmp_path, capsys):
+    _, src, _ = coded
+    capsys.readouterr()
+    assert main(["encode", str(src), "--out", str(tmp_path / "x.png"), "--preset", "smoke"]) == 2
+    assert main(["encode", str(src), "--out", str(tmp_path / "x.smoe"), "--kernels", "10", "--lambda", "1"]) == 2
+    assert main(["encode", str(src), "--out", str(tmp_path / "x.smoe"), "--kernels", "100000"]) == 2
+    assert len(errors(capsys.readouterr().err)) == 3
+    with pytest.raises(ValueError, match="preset"):
+        preset_schedule("huge")
+    with pytest.raises(ValueError, match="kernels or lam"):
+        preset_schedule("smoke", kernels=3, lam=1.0)
+    kw = preset_schedule("quick", lam=0.5, image_shape=(64, 64))
+    k1k2 = 16 * 16
+    assert kw["x_range"][0] == kw["x_range"][1] == pytest.approx((0.5 * k1k2) ** 0.5)
+    assert preset_schedule("quick", image_shape=(512, 512))["target_kernels"] == round(16384 / 6)
