@@ -418,14 +418,41 @@ def _header_size(path: Path):
     return None
 
 
-def check_image(image) -> np.ndarray:
-    """Validates a float image in [0, 1] shaped (H, W) or (H, W, C); returns it as float32."""
+#: The values a float image given to a fit or an initializer may take: [0, 1] with room for the noise of a noisy
+#: image (``smoe denoise`` fits the unclipped noisy image). Beyond it the image is almost surely on another scale
+#: (0-255), which fits to a meaningless model; :func:`check_image` refuses it with ``bounded=True``.
+IMAGE_RANGE = (-3.0, 4.0)
+
+
+def check_image(image, *, name: str = "image", bounded: bool = False) -> np.ndarray:
+    """Validates an image shaped (H, W) or (H, W, C), C <= 4; returns it as float32.
+
+    Integer images are converted as scikit-image's ``img_as_float`` does for unsigned types: unsigned
+    integers are divided by their type's largest value (uint8 by 255, uint16 by 65535) and booleans map to
+    0 and 1; a signed integer image is refused (its scale cannot be told). Float images are used as they are:
+    finite values, and with ``bounded=True`` (fits and initializers) within :data:`IMAGE_RANGE`. ``name`` is
+    the argument named in the messages.
+    """
     arr = np.asarray(image)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and not 1 <= arr.shape[2] <= 4) or min(arr.shape[:2]) < 1:
-        raise ValueError(f"an image must be shaped (H, W) or (H, W, C) with C <= 4, got {arr.shape}")
+        raise ValueError(f"{name} must be shaped (H, W) or (H, W, C) with C <= 4, got {arr.shape}")
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    if arr.dtype.kind == "u":
+        return (arr.astype(np.float64) / np.iinfo(arr.dtype).max).astype(np.float32)
+    if arr.dtype.kind == "i":
+        raise ValueError(f"{name} has the signed integer type {arr.dtype}: give floats in [0, 1] or an unsigned "
+                         "integer image (uint8, uint16), which is scaled by its type's range")
+    if arr.dtype.kind != "f":
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
-        raise ValueError("the image contains NaN or infinite values")
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if bounded:
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < IMAGE_RANGE[0] or hi > IMAGE_RANGE[1]:
+            raise ValueError(f"{name} values range over [{lo:g}, {hi:g}], far outside [0, 1]: divide a 0-255 "
+                             "image by 255 (a uint8 array is scaled to [0, 1] by itself)")
     return arr
 
 
