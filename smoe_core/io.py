@@ -50,9 +50,64 @@ is 768 MiB). Below PIL's own decompression-bomb threshold (``Image.MAX_IMAGE_PIX
 TEST_IMAGES = ("barbara", "flower", "parrot", "peppers")
 
 
+#: suffixes that mark a string as a path to an image file (not an image key)
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm", ".pfm",
+                   ".webp", ".gif")
+_HASHES: dict[tuple, str] = {}
+
+
 def image_key(name_or_path) -> str:
-    """The short name of an image: a test image's name, or a path's file stem, lower case."""
-    return Path(str(name_or_path)).stem.lower()
+    """The key of an image in result tables, model file names and noise seeds.
+
+    - A test image, given by name (any case) or by the path of its file in :func:`data_dir` (or a byte-identical
+      copy of it), is keyed by its name: ``"peppers"``; the published tables use these keys.
+    - Any other image file is keyed by its file stem and the first 8 hex digits of the SHA-256 of its bytes,
+      ``"peppers-1a2b3c4d"``: two different files never share a key, whatever their names, and a user's
+      ``peppers.png`` is never taken for the test image.
+    - A path that names no file (any more) is keyed by its stem and a hash of its absolute path, so it cannot be
+      taken for a test image either.
+    - Any other string (a key already, e.g. read back from a table) is returned lower case.
+    """
+    text = str(name_or_path)
+    if text.lower() in TEST_IMAGES:
+        return text.lower()
+    p = Path(text)
+    if p.is_file():
+        digest = _file_hash(p)
+        for name in TEST_IMAGES:
+            for folder in (data_dir(), PACKAGE_DATA):
+                test = folder / f"{name}.png"
+                if test.is_file() and (_same_file(p, test) or _file_hash(test) == digest):
+                    return name
+        return f"{p.stem.lower()}-{digest[:8]}"
+    if os.sep in text or "/" in text or p.suffix.lower() in _IMAGE_SUFFIXES:
+        import hashlib
+
+        where = hashlib.sha256(str(p.absolute()).encode()).hexdigest()[:8]
+        return f"{p.stem.lower()}-{where}"
+    return text.lower()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _file_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex), cached by path, size and modification time."""
+    import hashlib
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
 
 
 #: The package's own data (the four test images, their sources in README.md, and the published tables in

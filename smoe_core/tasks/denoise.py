@@ -109,7 +109,7 @@ NLM_H_PER_SIGMA = 0.8
 # ---------------------------------------------------------------------- noise
 def image_number(name) -> int:
     """The number of an image in the noise seeds: a test image's position in ``TEST_IMAGES`` (0-3), any other
-    name (a path counts by its file stem, lower case) 4 + crc32(name) mod 1e6. It depends on the image alone,
+    image 4 + crc32(its key) mod 1e6 (:func:`smoe_core.io.image_key`: a file's stem and content hash). It depends on the image alone,
     not on which other images run with it, so a run split into pieces draws the same noise as a whole one."""
     import zlib
 
