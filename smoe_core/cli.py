@@ -8,10 +8,14 @@
 - ``smoe denoise NOISY.png --out clean.png``: multi-model fusion denoising (:mod:`smoe_core.tasks.denoise`).
 - ``smoe upscale IMAGE.png --scale S --out big.png``: fit and render at S (:mod:`smoe_core.tasks.superres`).
 
-Errors from bad input (missing or unreadable files, invalid models, bad options) print one line
+Errors from bad input (missing or unreadable files, invalid models, bad options, sizes beyond the bounds of
+:mod:`smoe_core.limits`: more kernels than pixels, more memory than is available) print one line
 ``smoe: error: ...`` on stderr and exit with status 2; failures while running (divergence, out of memory,
-I/O errors on output) exit with status 1. Outputs are written to temporary files and moved into place only
-once everything succeeded, so a failed run never clobbers an existing file.
+I/O errors on output, a failed notebook, a results folder in use by another ``smoe reproduce``) exit with
+status 1; Ctrl-C prints ``smoe: error: interrupted`` and exits with status 130; a closed standard output (``smoe
+info m.npz | head -1``) ends the command quietly with status 141, as a command killed by SIGPIPE. Outputs are
+written to temporary files and moved into place only once everything succeeded, so a failed run never clobbers
+an existing file.
 """
 from __future__ import annotations
 
@@ -63,6 +67,8 @@ nonnegative_float = _bounded(float, "a number >= 0", lambda v: v >= 0)
 # ---------------------------------------------------------------------- helpers
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tiff")
 MAX_OUTPUT_PIXELS = 2**28  # a render larger than this is almost surely a mistyped --scale
+#: ``smoe info`` counts the kernels per tile for image shapes up to the largest image smoe_core loads
+from .io import MAX_PIXELS as MAX_INFO_PIXELS  # noqa: E402
 
 
 def _check_output_path(path, suffixes, what: str) -> Path:
@@ -217,6 +223,13 @@ def cmd_fit(args) -> int:
 
     image = _load_image(args.image, args.color)
     H, W = image.shape[:2]
+    if INITIALIZERS.info(args.init).budget(args.kernels) is not None:  # AS-SMoE picks its own count
+        from .limits import check_kernels, check_memory
+        from .training import fit_bytes
+
+        check_kernels(args.kernels, (H, W), "--kernels")
+        C = 1 if image.ndim == 2 else image.shape[2]
+        check_memory(fit_bytes((H, W), C, args.kernels), f"fitting {args.kernels} kernels to a {H} x {W} image")
     init_kw = fit_init_kwargs(args)
     lr = {k: getattr(args, f"lr_{k}") for k in PARAMS if getattr(args, f"lr_{k}", None) is not None}
     t0 = time.perf_counter()
@@ -302,7 +315,8 @@ def cmd_render(args) -> int:
 
 # ---------------------------------------------------------------------- info
 def model_stats(model) -> dict:
-    """Summary numbers of a model (numpy): pi range, kernel sizes, tile-list lengths."""
+    """Summary numbers of a model (numpy): pi range, kernel sizes, tile-list lengths (not for image shapes of
+    more than :data:`MAX_INFO_PIXELS` pixels: nothing is allocated in proportion to the image)."""
     from .render import tile_lists
 
     m = model.numpy()
@@ -324,7 +338,9 @@ def model_stats(model) -> dict:
         sigma_axis_min=float(np.min(axes)), sigma_axis_max=float(np.max(axes)),
         tiles=None,
     )
-    if m.image_shape is not None:
+    if m.image_shape is not None and m.image_shape[0] * m.image_shape[1] > MAX_INFO_PIXELS:
+        stats.update(tiles="skipped")  # the lists would take memory in proportion to the image's area
+    elif m.image_shape is not None:
         counts = tile_lists(m).counts.to(dtype=__import__("torch").float64)
         stats.update(tiles=int(counts.numel()), list_mean=float(counts.mean()), list_min=int(counts.min()),
                      list_max=int(counts.max()))
@@ -358,6 +374,9 @@ def cmd_info(args) -> int:
           f"axes {st['sigma_axis_min']:.3f} .. {st['sigma_axis_max']:.3f}")
     if st["tiles"] is None:
         print("kernels per 16x16 tile: unknown (no image shape)")
+    elif st["tiles"] == "skipped":
+        print(f"kernels per 16x16 tile: not computed (the image shape has more than {MAX_INFO_PIXELS} pixels, "
+              "smoe_core.io.MAX_PIXELS)")
     else:
         print(f"kernels per 16x16 tile: mean {st['list_mean']:.2f} (min {st['list_min']}, max {st['list_max']}, "
               f"{st['tiles']} tiles)")
@@ -391,13 +410,9 @@ def cmd_reproduce(args) -> int:
 
     if args.workers and args.scheduler:
         raise ValueError("give --workers or --scheduler, not both")
-    if args.images:
-        from .io import resolve_image_path
-
-        for name in args.images:
-            resolve_image_path(name)  # a clear error before any notebook starts
+    # reproduce() resolves --images (relative paths made absolute) and refuses a missing one before any work
     report = reproduce(args.preset, only=args.only, results_dir=args.results, workers=args.workers or None,
-                       scheduler=args.scheduler, progress=not args.no_progress, images=args.images)
+                       scheduler=args.scheduler, progress=not args.no_progress, images=args.images, wait=args.wait)
     print(f"report: {report}")
     return 0
 
@@ -434,6 +449,10 @@ def cmd_denoise(args) -> int:
     noisy = _load_image(args.image, args.color)
     H, W = noisy.shape[:2]
     kernels = args.kernels if args.kernels is not None else default_kernels((H, W))
+    if args.kernels is not None:
+        from .limits import check_kernels
+
+        check_kernels(args.kernels, (H, W), "--kernels")
     clean, record = denoise(noisy, models=args.models, n_kernels=kernels, iters=args.iters, seed=args.seed,
                             border=args.border, workers=args.workers, scheduler=args.scheduler,
                             progress=not args.no_progress)
@@ -456,6 +475,10 @@ def cmd_upscale(args) -> int:
     h2, w2 = output_shape((H, W), args.scale)
     if h2 * w2 > MAX_OUTPUT_PIXELS:
         raise ValueError(f"--scale {args.scale:g} gives a {h2} x {w2} image, more than {MAX_OUTPUT_PIXELS} pixels")
+    if args.kernels is not None:
+        from .limits import check_kernels
+
+        check_kernels(args.kernels, (H, W), "--kernels")
     big, record = upscale(image, args.scale, n_kernels=args.kernels, iters=args.iters, seed=args.seed,
                           progress=not args.no_progress)
     _save_staged(out, big)
@@ -708,6 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=None, metavar="N", help="Dask workers (local cluster)")
     p.add_argument("--scheduler", default=None, metavar="ADDR", help="address of a running Dask scheduler")
     p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results)")
+    p.add_argument("--wait", action="store_true",
+                   help="if another smoe reproduce is using the results folder, wait for it to finish (default: "
+                        "refuse at once)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_reproduce)
     return parser
@@ -726,6 +752,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (``smoe info m.npz | head -1``)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _silence_stdout() -> None:
+    """Points standard output at /dev/null, so that the interpreter's flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -739,10 +787,21 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            return int(args.func(args) or 0)
+            rc = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return rc
+        except BrokenPipeError as exc:
+            if not _stdout_closed():
+                _error(_one_line(exc))
+                return 1
+            _silence_stdout()
+            return 141
         except KeyboardInterrupt:
             _error("interrupted")
             return 130
+        except ModuleNotFoundError as exc:  # an optional dependency (extras: studies, parallel, gpu)
+            _error(f"{_one_line(exc)}: install the optional dependencies, e.g. pip install 'smoe-core[studies]'")
+            return 1
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ValueError) as exc:
             _error(_one_line(exc))
             return 2

@@ -50,9 +50,64 @@ is 768 MiB). Below PIL's own decompression-bomb threshold (``Image.MAX_IMAGE_PIX
 TEST_IMAGES = ("barbara", "flower", "parrot", "peppers")
 
 
+#: suffixes that mark a string as a path to an image file (not an image key)
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm", ".pfm",
+                   ".webp", ".gif")
+_HASHES: dict[tuple, str] = {}
+
+
 def image_key(name_or_path) -> str:
-    """The short name of an image: a test image's name, or a path's file stem, lower case."""
-    return Path(str(name_or_path)).stem.lower()
+    """The key of an image in result tables, model file names and noise seeds.
+
+    - A test image, given by name (any case) or by the path of its file in :func:`data_dir` (or a byte-identical
+      copy of it), is keyed by its name: ``"peppers"``; the published tables use these keys.
+    - Any other image file is keyed by its file stem and the first 8 hex digits of the SHA-256 of its bytes,
+      ``"peppers-1a2b3c4d"``: two different files never share a key, whatever their names, and a user's
+      ``peppers.png`` is never taken for the test image.
+    - A path that names no file (any more) is keyed by its stem and a hash of its absolute path, so it cannot be
+      taken for a test image either.
+    - Any other string (a key already, e.g. read back from a table) is returned lower case.
+    """
+    text = str(name_or_path)
+    if text.lower() in TEST_IMAGES:
+        return text.lower()
+    p = Path(text)
+    if p.is_file():
+        digest = _file_hash(p)
+        for name in TEST_IMAGES:
+            for folder in (data_dir(), PACKAGE_DATA):
+                test = folder / f"{name}.png"
+                if test.is_file() and (_same_file(p, test) or _file_hash(test) == digest):
+                    return name
+        return f"{p.stem.lower()}-{digest[:8]}"
+    if os.sep in text or "/" in text or p.suffix.lower() in _IMAGE_SUFFIXES:
+        import hashlib
+
+        where = hashlib.sha256(str(p.absolute()).encode()).hexdigest()[:8]
+        return f"{p.stem.lower()}-{where}"
+    return text.lower()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _file_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex), cached by path, size and modification time."""
+    import hashlib
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
 
 
 #: The package's own data (the four test images, their sources in README.md, and the published tables in
@@ -418,14 +473,41 @@ def _header_size(path: Path):
     return None
 
 
-def check_image(image) -> np.ndarray:
-    """Validates a float image in [0, 1] shaped (H, W) or (H, W, C); returns it as float32."""
+#: The values a float image given to a fit or an initializer may take: [0, 1] with room for the noise of a noisy
+#: image (``smoe denoise`` fits the unclipped noisy image). Beyond it the image is almost surely on another scale
+#: (0-255), which fits to a meaningless model; :func:`check_image` refuses it with ``bounded=True``.
+IMAGE_RANGE = (-3.0, 4.0)
+
+
+def check_image(image, *, name: str = "image", bounded: bool = False) -> np.ndarray:
+    """Validates an image shaped (H, W) or (H, W, C), C <= 4; returns it as float32.
+
+    Integer images are converted as scikit-image's ``img_as_float`` does for unsigned types: unsigned
+    integers are divided by their type's largest value (uint8 by 255, uint16 by 65535) and booleans map to
+    0 and 1; a signed integer image is refused (its scale cannot be told). Float images are used as they are:
+    finite values, and with ``bounded=True`` (fits and initializers) within :data:`IMAGE_RANGE`. ``name`` is
+    the argument named in the messages.
+    """
     arr = np.asarray(image)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and not 1 <= arr.shape[2] <= 4) or min(arr.shape[:2]) < 1:
-        raise ValueError(f"an image must be shaped (H, W) or (H, W, C) with C <= 4, got {arr.shape}")
+        raise ValueError(f"{name} must be shaped (H, W) or (H, W, C) with C <= 4, got {arr.shape}")
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    if arr.dtype.kind == "u":
+        return (arr.astype(np.float64) / np.iinfo(arr.dtype).max).astype(np.float32)
+    if arr.dtype.kind == "i":
+        raise ValueError(f"{name} has the signed integer type {arr.dtype}: give floats in [0, 1] or an unsigned "
+                         "integer image (uint8, uint16), which is scaled by its type's range")
+    if arr.dtype.kind != "f":
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
-        raise ValueError("the image contains NaN or infinite values")
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if bounded:
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < IMAGE_RANGE[0] or hi > IMAGE_RANGE[1]:
+            raise ValueError(f"{name} values range over [{lo:g}, {hi:g}], far outside [0, 1]: divide a 0-255 "
+                             "image by 255 (a uint8 array is scaled to [0, 1] by itself)")
     return arr
 
 

@@ -12,6 +12,8 @@ Coordinates are pixels: pixel (row r, column c) is the point (x=c, y=r).
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import zipfile
 from pathlib import Path
 
@@ -48,7 +50,8 @@ class SMoE:
       initializers estimate and what keeps offset and slopes on comparable scales in pixel units.
 
     ``rbf=True`` makes it the RBF network (weighted sum of kernels, no normalization) over the same fields.
-    ``image_shape`` (H, W) is the native image size; ``color_space`` is "gray", "rgb" or "yuv".
+    ``image_shape`` (H, W) is the native image size (two positive integers, or None); ``color_space`` is "gray",
+    "rgb" or "yuv".
     ``validate=False`` skips :meth:`check` (for callers that validate once elsewhere, such as a training step,
     whose model :func:`~smoe_core.render.render_many` checks: on a GPU each check waits for the device).
     """
@@ -57,7 +60,7 @@ class SMoE:
                  color_space: str | None = None, validate: bool = True):
         self.mu, self.chol, self.pi, self.experts, self.slopes = mu, chol, pi, experts, slopes
         self.rbf = bool(rbf)
-        self.image_shape = None if image_shape is None else (int(image_shape[0]), int(image_shape[1]))
+        self.image_shape = _check_image_shape(image_shape)
         if color_space is None:
             color_space = "gray" if self.n_channels == 1 else "rgb"
         if color_space not in COLOR_SPACES:
@@ -106,11 +109,23 @@ class SMoE:
 
     # ------------------------------------------------------------------ validation
     def check(self) -> None:
-        """Raises ValueError on inconsistent shapes, mixed array kinds or non-finite parameters."""
+        """Raises ValueError, naming the field, on inconsistent shapes, mixed array kinds, non-float or
+        non-finite parameters, a singular kernel (``chol``'s a11 or a22 zero: P = A A^T is then singular, the
+        kernel unbounded) or a model in which no kernel has pi > 0 (nothing carries weight)."""
         arrays = [x for x in self.fields().values() if x is not None]
         kinds = {_is_torch(x) for x in arrays}
         if len(kinds) != 1:
             raise ValueError("model fields must be all numpy arrays or all torch tensors")
+        for name, x in self.fields().items():
+            if x is None:
+                continue
+            if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+                raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+            floating = x.is_floating_point() if _is_torch(x) else np.issubdtype(x.dtype, np.floating)
+            if not floating:
+                how = ".float()" if _is_torch(x) else ".astype(np.float32)"
+                raise ValueError(f"{name} must hold floating-point values, got dtype {x.dtype} (convert it, e.g. "
+                                 f"with {how})")
         K = self.mu.shape[0] if self.mu.ndim >= 1 else -1
         expect = {"mu": (K, 2), "chol": (K, 3), "pi": (K,)}
         for name, shape in expect.items():
@@ -125,12 +140,26 @@ class SMoE:
             raise ValueError(f"slopes must have shape ({K}, {C}, 2), got {tuple(self.slopes.shape)}")
         if K == 0:
             raise ValueError("the model has zero kernels")
-        for name, x in self.fields().items():
-            if x is None:
-                continue
-            finite = bool(torch.isfinite(x.detach()).all()) if _is_torch(x) else bool(np.isfinite(x).all())
-            if not finite:
-                raise ValueError(f"{name} contains NaN or infinite values")
+        names = [n for n, x in self.fields().items() if x is not None]
+        if self.is_torch:  # one device synchronization for all the value checks
+            with torch.no_grad():
+                flags = [torch.isfinite(getattr(self, n)).all() for n in names]
+                flags += [((self.chol[:, 0] != 0) & (self.chol[:, 2] != 0)).all(), (self.pi > 0).any()]
+                ok = torch.stack(flags).tolist()
+        else:
+            ok = [bool(np.isfinite(getattr(self, n)).all()) for n in names]
+            ok += [bool(((self.chol[:, 0] != 0) & (self.chol[:, 2] != 0)).all()), bool((self.pi > 0).any())]
+        for n, good in zip(names, ok):
+            if not good:
+                raise ValueError(f"{n} contains NaN or infinite values")
+        if not ok[-2]:
+            chol = self.chol.detach().cpu().numpy() if self.is_torch else np.asarray(self.chol)
+            j = int(np.flatnonzero((chol[:, 0] == 0) | (chol[:, 2] == 0))[0])
+            raise ValueError(f"chol of kernel {j} has a11 = {chol[j, 0]:g}, a22 = {chol[j, 2]:g}: both must be "
+                             "non-zero (P = A A^T is singular otherwise)")
+        if not ok[-1]:
+            raise ValueError(f"pi must be > 0 for at least one kernel (a kernel with pi <= 0 carries no weight); "
+                             f"all {K} are <= 0")
 
     # ------------------------------------------------------------------ precision matrices
     def precision(self):
@@ -218,12 +247,35 @@ class SMoE:
                 fields = {k: (np.array(z[k]) if k in z.files else None) for k in FIELDS}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path} is not an SMoE model file ({exc})") from exc
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path} was written by a newer smoe_core (format {meta['format_version']})")
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path} is not an SMoE model file (its metadata is a JSON {type(meta).__name__}, "
+                             "not an object)")
+        version = meta.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(f"{path} is not an SMoE model file (format_version {version!r} is not an integer)")
+        if version > FORMAT_VERSION:
+            raise ValueError(f"{path} was written by a newer smoe_core (format {version})")
         if any(fields[k] is None for k in ("mu", "chol", "pi", "experts")):
             raise ValueError(f"{path} is not an SMoE model file (missing fields)")
         return cls(**fields, rbf=meta.get("rbf", False), image_shape=meta.get("image_shape"),
                    color_space=meta.get("color_space"))
+
+
+def _check_image_shape(image_shape):
+    """``image_shape`` as (H, W), two positive integers, or None (ValueError naming it otherwise)."""
+    if image_shape is None:
+        return None
+    bad = ValueError(f"image_shape must be (H, W), two positive integers, got {image_shape!r}")
+    if isinstance(image_shape, (str, bytes)) or not hasattr(image_shape, "__len__") or len(image_shape) != 2:
+        raise bad
+    out = []
+    for v in image_shape:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.integer, np.floating)):
+            raise bad
+        if not (math.isfinite(float(v)) and float(v).is_integer() and v >= 1):
+            raise bad
+        out.append(int(v))
+    return tuple(out)
 
 
 def _package_version() -> str:

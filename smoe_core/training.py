@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
@@ -27,9 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .io import check_image
+from .limits import check_count, check_memory, check_number
 from .metrics import psnr_from_mse, ssim_torch
 from .model import SMoE
-from .render import DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, render
+from .render import DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, render, render_bytes
 
 PARAMS = ("mu", "chol", "pi", "experts", "slopes")
 DEFAULT_LR = {"mu": 0.1, "chol": 5e-3, "pi": 1e-3, "experts": 2e-3, "slopes": 1e-4}
@@ -73,13 +75,46 @@ class Adam:
             self.v[k] = self.v[k][mask]
 
 
+def fit_bytes(shape, channels: int, n_kernels: int, *, tile: int = DEFAULT_TILE, fill: int = DEFAULT_FILL) -> int:
+    """A lower estimate of the memory (bytes) :func:`fit` needs on an image of ``shape`` (H, W) with ``channels``
+    channels and ``n_kernels`` kernels: the target, one training render (:func:`smoe_core.render.render_bytes`)
+    and the parameters with their gradients and Adam moments (:mod:`smoe_core.limits`)."""
+    H, W = int(shape[0]), int(shape[1])
+    per_kernel = 4 * 4 * (2 + 3 + 1 + 3 * channels)  # parameters, gradients, two moments; float32
+    return int(4 * H * W * channels + render_bytes((H, W), channels, n_kernels, tile=tile, fill=fill, training=True)
+               + per_kernel * n_kernels)
+
+
+def _check_lr(lr) -> dict:
+    if lr is None:
+        return {}
+    if not isinstance(lr, Mapping):
+        raise TypeError(f"lr must be a dict of learning rates by parameter ({', '.join(PARAMS)}), e.g. "
+                        f"{{'mu': 0.1}}, got {lr!r}")
+    unknown = sorted(str(k) for k in lr if k not in PARAMS)
+    if unknown:
+        raise ValueError(f"unknown learning-rate keys: {unknown} (known: {', '.join(PARAMS)})")
+    return {k: check_number(v, f"lr[{k!r}]", minimum=0.0) for k, v in lr.items()}
+
+
 def _image_tensor(image, C: int, device) -> torch.Tensor:
-    img = check_image(image)
+    img = check_image(image, bounded=True)
     if img.ndim == 2:
         img = img[..., None]
     if img.shape[2] != C:
         raise ValueError(f"the image has {img.shape[2]} channel(s) but the model's experts have {C}")
     return torch.from_numpy(np.ascontiguousarray(img)).to(device)
+
+
+def _all_removed(it: int, sparsity: float, prune_below: float, lr_pi: float) -> str:
+    if sparsity > 0:
+        return (f"sparsity removed every kernel at iteration {it} (every pi fell to <= {prune_below:g}); lower "
+                f"sparsity (now {sparsity:g}) or the learning rate of pi (lr['pi'], now {lr_pi:g})")
+    if prune_below > 0:
+        return (f"every kernel's pi fell to <= prune_below = {prune_below:g} at iteration {it}, which removed "
+                f"them all; lower prune_below or the learning rate of pi (lr['pi'], now {lr_pi:g})")
+    return (f"the fit diverged at iteration {it}: every kernel's pi fell to <= 0 with sparsity 0; lower the "
+            f"learning rates (lr['pi'], now {lr_pi:g}, first)")
 
 
 def fit(
@@ -108,6 +143,12 @@ def fit(
 ) -> tuple[SMoE, pd.DataFrame]:
     """Fits ``model`` to ``image`` (float in [0, 1], (H, W) or (H, W, C)); returns (fitted model, history).
 
+    ``image`` as :func:`smoe_core.io.check_image` takes it with ``bounded=True``: a uint8 / uint16 array is
+    scaled to [0, 1] by its type's range, a signed integer image is refused, and so is a float image far outside
+    [0, 1] (beyond :data:`smoe_core.io.IMAGE_RANGE`, e.g. 0-255 floats). Every argument is checked before any
+    work, by name (TypeError / ValueError), and the memory the fit needs against the memory available
+    (:mod:`smoe_core.limits`).
+
     - ``iters`` / ``seconds``: budgets (whichever ends first); ``tol``/``window``: stop when the mean loss
       decrease per iteration over the last ``window`` iterations is below ``tol`` (``tol=0`` disables it).
     - ``lr``: learning rates per parameter ("mu", "chol", "pi", "experts", "slopes"), merged over
@@ -122,12 +163,23 @@ def fit(
     The history DataFrame has one row per iteration: iteration, seconds, loss, mse, psnr, n_kernels.
     The returned model is of the kind of the input (numpy, or torch on the input's device), detached.
     """
+    if not isinstance(model, SMoE):
+        raise TypeError(f"model must be an SMoE, got {type(model).__name__}")
     if loss not in ("mse", "ssim"):
         raise ValueError(f"loss must be 'mse' or 'ssim', got {loss!r}")
     if regularizer not in ("l1", "l1_squared"):
         raise ValueError(f"regularizer must be 'l1' or 'l1_squared', got {regularizer!r}")
-    if iters < 0:
-        raise ValueError("iters must be >= 0")
+    iters = check_count(iters, "iters", minimum=0)
+    seconds = None if seconds is None else check_number(seconds, "seconds", positive=True)
+    sparsity = check_number(sparsity, "sparsity", minimum=0.0)
+    prune_below = check_number(prune_below, "prune_below", minimum=0.0)
+    tol = check_number(tol, "tol", minimum=0.0)
+    window = check_count(window, "window", minimum=1)
+    lr = _check_lr(lr)
+    if transform is not None and not callable(transform):
+        raise TypeError("transform must be callable")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable")
     model.check()
     torch.manual_seed(seed)
     was_torch = model.is_torch
@@ -138,14 +190,17 @@ def fit(
     H, W = target.shape[:2]
     if model.image_shape is not None and tuple(model.image_shape) != (H, W):
         raise ValueError(f"the model was made for an image of {model.image_shape}, the image is {(H, W)}")
-    rates = dict(DEFAULT_LR, **(lr or {}))
-    unknown = set(rates) - set(PARAMS)
-    if unknown:
-        raise ValueError(f"unknown learning-rate keys: {sorted(unknown)}")
+    check_memory(fit_bytes((H, W), tm.n_channels, tm.n_kernels, tile=tile, fill=fill),
+                 f"fitting {tm.n_kernels} kernels to a {H} x {W} image")
+    rates = dict(DEFAULT_LR, **lr)
     params = {k: getattr(tm, k).requires_grad_(True) for k in PARAMS if getattr(tm, k) is not None}
     opt = Adam(params, rates)
     weights = None
     if channel_weights is not None:
+        cw = np.asarray(channel_weights, dtype=np.float64).ravel()
+        if cw.shape != (tm.n_channels,) or not np.isfinite(cw).all() or (cw < 0).any() or not cw.sum() > 0:
+            raise ValueError(f"channel_weights must be {tm.n_channels} non-negative numbers with a positive sum, "
+                             f"got {channel_weights!r}")
         weights = torch.as_tensor(channel_weights, dtype=target.dtype, device=device)
         weights = weights / weights.sum()
     meta = dict(rbf=tm.rbf, image_shape=(H, W), color_space=tm.color_space)
@@ -183,7 +238,7 @@ def fit(
                 keep = opt.params["pi"] > prune_below
             if not bool(keep.all()):
                 if not bool(keep.any()):
-                    raise RuntimeError(f"sparsity removed every kernel at iteration {it}; lower `sparsity`")
+                    raise RuntimeError(_all_removed(it, sparsity, prune_below, rates["pi"]))
                 opt.keep(keep)
             lv, mv = float(total.detach()), float(mse.detach())
             if not math.isfinite(lv):

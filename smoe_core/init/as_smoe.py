@@ -600,7 +600,7 @@ def as_smoe(image, labels=None, *, d_th: float = 40, cbb: int = 32, corona: int 
     serial run (tested).
     """
     t0 = time.perf_counter()
-    img = check_image(image)
+    img = check_image(image, bounded=True)
     H, W = img.shape[:2]
     labels, t_seg, seg_source = segment_image(img, labels, d_th)
     t1 = time.perf_counter()

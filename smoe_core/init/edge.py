@@ -117,6 +117,7 @@ from scipy.sparse import csr_matrix
 from scipy.spatial import cKDTree
 
 from ..io import check_image
+from ..limits import check_count, check_kernels
 from ..model import SMoE
 from .dbscan import NeighbourPairs, dbscan
 from .result import InitResult
@@ -362,10 +363,14 @@ def edge(image, n_kernels: int | None = None, *, max_pts: int | None = None, can
     from ..render import render
 
     t0 = time.perf_counter()
-    img = check_image(image)
+    img = check_image(image, bounded=True)
     H, W = img.shape[:2]
     img3 = img if img.ndim == 3 else img[..., None]
     C = img3.shape[2]
+    if n_kernels is not None:
+        check_kernels(n_kernels, (H, W))
+    elif max_pts is not None:
+        check_kernels(2 * check_count(max_pts, "max_pts", minimum=1), (H, W), "2 * max_pts")
     max_pts = resolve_max_pts(n_kernels, max_pts)
     if not delta_mu > 0:
         raise ValueError(f"delta_mu must be > 0, got {delta_mu}")

@@ -33,16 +33,16 @@ import numpy as np
 import torch
 
 from ..io import check_image
+from ..limits import check_kernels
 from ..model import SMoE
 from .result import InitResult
 
 
 def grid_layout(shape, n_kernels: int, max_aspect: float = 1.5) -> tuple[int, int]:
-    """(k_x, k_y): the grid of at most ``n_kernels`` kernels for an image of ``shape`` (H, W)."""
+    """(k_x, k_y): the grid of at most ``n_kernels`` kernels for an image of ``shape`` (H, W); ``n_kernels`` is
+    at most one per pixel (:func:`smoe_core.limits.check_kernels`)."""
     H, W = int(shape[0]), int(shape[1])
-    n = int(n_kernels)
-    if n < 1:
-        raise ValueError(f"n_kernels must be >= 1, got {n_kernels}")
+    n = check_kernels(n_kernels, (H, W))
     best = None
     for ky in range(1, n + 1):
         kx = n // ky
@@ -144,7 +144,7 @@ def grid(image, n_kernels: int, *, color_space: str | None = None, rbf: bool = F
     "random" (module docstring); ``seed`` only seeds "random" (the layout is deterministic).
     """
     t0 = time.perf_counter()
-    img = check_image(image)
+    img = check_image(image, bounded=True)
     H, W = img.shape[:2]
     kx, ky = grid_layout((H, W), n_kernels)
     cw, ch = W / kx, H / ky

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from ..io import check_image
+from ..limits import check_kernels
 from .result import InitResult
 from .grid import radial_model
 
@@ -213,12 +214,10 @@ def kmeans(image, n_kernels: int, *, block: int = 32, intensity_scale: float | N
     range, sigma, the intensity scale and the Lloyd iterations run.
     """
     t0 = time.perf_counter()
-    img = check_image(image)
+    img = check_image(image, bounded=True)
     H, W = img.shape[:2]
     img3 = img if img.ndim == 3 else img[..., None]
-    n_kernels = int(n_kernels)
-    if not 1 <= n_kernels <= H * W:
-        raise ValueError(f"n_kernels must be in [1, {H * W}] for a {H}x{W} image, got {n_kernels}")
+    n_kernels = check_kernels(n_kernels, (H, W))
     block = int(block)
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")

@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from ..io import check_image
+from ..limits import check_kernels
 from .result import InitResult
 from .grid import radial_model
 
@@ -120,9 +121,11 @@ def s_smoe(image, labels=None, *, d_th: float = 40, kernels_per_segment: int = D
     kernel_rule, sigma and seed.
     """
     t0 = time.perf_counter()
-    img = check_image(image)
+    img = check_image(image, bounded=True)
     H, W = img.shape[:2]
     C = 1 if img.ndim == 2 else img.shape[2]
+    if n_kernels is not None:
+        n_kernels = check_kernels(n_kernels, (H, W))
     if labels is None:
         from ..segment import mdbscan
 

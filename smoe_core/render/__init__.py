@@ -12,9 +12,9 @@ Modules, in the style of a functional API over autograd wrappers over kernel sou
 
 Papers: [AS-SMoE] eqs. 1-5 (the model), [R-SMoE] Fig. 3 (tiling); see :mod:`smoe_core.papers`.
 """
-from .api import (BACKENDS, DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, gpu_visible, log_pi, output_shape, render,
-                  render_many, render_tiled_batch, resolve_backend, tile_lists)
+from .api import (BACKENDS, DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, check_shape, gpu_visible, log_pi, output_shape,
+                  render, render_bytes, render_many, render_tiled_batch, resolve_backend, tile_lists)
 from .binning import TileLists, bin_kernels
 
 __all__ = ["render", "render_many", "render_tiled_batch", "tile_lists", "TileLists", "bin_kernels", "output_shape",
-           "resolve_backend", "log_pi", "gpu_visible", "BACKENDS", "DEFAULT_TILE", "DEFAULT_CUTOFF", "DEFAULT_FILL"]
+           "resolve_backend", "log_pi", "gpu_visible", "check_shape", "render_bytes", "BACKENDS", "DEFAULT_TILE", "DEFAULT_CUTOFF", "DEFAULT_FILL"]

@@ -25,8 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..init import grid
-from ..io import load_image
+from ..io import MAX_PIXELS, load_image
+from ..limits import check_count, check_kernels, check_memory
 from ..render import render, resolve_backend, tile_lists
+from ..training import fit_bytes
 from ..version import __version__
 from .profiling import load_average, peak_rss_mb
 from .results import git_commit
@@ -104,16 +106,20 @@ def run_benchmark(
 ) -> pd.DataFrame:
     """Times forward + backward of the renderers; one row per (kernel budget, backend) (see module docstring).
 
-    ``backends`` defaults to ("tiled", "dense"), or ("tiled",) with ``dense=False``.
+    ``backends`` defaults to ("tiled", "dense"), or ("tiled",) with ``dense=False``. The size is bounded before
+    any work: at most :data:`smoe_core.io.MAX_PIXELS` pixels, one kernel per pixel, and the memory a fit of that
+    size needs (:mod:`smoe_core.limits`).
     """
-    height, width, repeats = int(height), int(width), int(repeats)
-    if height < 1 or width < 1:
-        raise ValueError(f"the image size must be positive, got {height} x {width}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    kernels = [int(k) for k in kernels]
-    if not kernels or min(kernels) < 1:
-        raise ValueError(f"kernel counts must be >= 1, got {kernels}")
+    height, width = check_count(height, "height", minimum=1), check_count(width, "width", minimum=1)
+    repeats = check_count(repeats, "repeats", minimum=1)
+    if height * width > MAX_PIXELS:
+        raise ValueError(f"height x width = {height} x {width} is {height * width} pixels, more than the largest "
+                         f"image smoe_core loads ({MAX_PIXELS} pixels, smoe_core.io.MAX_PIXELS)")
+    kernels = [check_kernels(k, (height, width), "kernels") for k in kernels]
+    if not kernels:
+        raise ValueError("give at least one kernel count")
+    check_memory(fit_bytes((height, width), 1, max(kernels)),
+                 f"timing {max(kernels)} kernels on a {height} x {width} image")
     if backends is None:
         backends = ("tiled", "dense") if dense else ("tiled",)
     backends = tuple(backends)

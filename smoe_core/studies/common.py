@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..init import initializer_info
-from ..io import image_key, load_image, paper_tables_dir
+from ..io import TEST_IMAGES, image_key, load_image, paper_tables_dir
 from ..metrics import psnr, ssim
 from ..model import SMoE
 from ..parallel import run_tasks
@@ -84,6 +84,8 @@ def init_kwargs(method: str, item: dict) -> dict:
 
 
 def model_path(model_dir, item: dict, stage: str) -> Path:
+    """Where an item's model of a stage is saved; the image part is :func:`smoe_core.io.image_key` (a user's
+    ``peppers.png`` never overwrites the test image's models)."""
     d = f"_d{item['d_th']}" if initializer_info(item["method"]).segments else ""
     tag = f"_{item['tag']}" if item.get("tag") else ""
     return Path(model_dir) / f"{image_key(item['image'])}_{item['method']}{d}{tag}_{stage}.npz"
@@ -147,10 +149,23 @@ def kernels_at_target(hist: pd.DataFrame, target_db: float):
     return None if hit.empty else int(hit["n_kernels"].min())
 
 
+def only_test_images(images) -> bool:
+    """Whether every image of a run is a test image (:func:`smoe_core.io.image_key`): a paper's figure over its
+    test images is set beside our aggregate only then."""
+    return all(image_key(i) in TEST_IMAGES for i in images)
+
+
 def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, on, columns) -> pd.DataFrame:
-    """Our columns next to the paper's with the difference (ours - paper), one row per key."""
+    """Our columns next to the paper's with the difference (ours - paper), one row per key.
+
+    When the key holds ``image``, our images are keyed by :func:`smoe_core.io.image_key` and only the test
+    images meet the paper's rows: a user's image (keyed by its stem and content hash, ``peppers-1a2b3c4d``) keeps
+    its row with empty paper columns, whatever its file is called."""
     ours = ours[list(on) + list(columns)]
     paper = paper[list(on) + [c for c in columns if c in paper.columns]]
+    if "image" in on:
+        ours = ours.assign(image=ours["image"].map(image_key))
+        paper = paper[paper["image"].astype(str).isin(TEST_IMAGES)]
     merged = ours.merge(paper, on=list(on), how="left", suffixes=("_ours", "_paper"))
     for c in columns:
         if f"{c}_paper" in merged.columns:

@@ -10,16 +10,28 @@ Presets:
 A notebook runs into a temporary file that is renamed into place when it finishes, so an interrupted run leaves
 the previous executed notebook (if any) untouched; its result tables are appended item by item
 (:class:`smoe_core.studies.results.ResultsStore`), so a rerun resumes where it stopped.
+
+A run holds the lock of its results folder from start to end (:func:`smoe_core.studies.results.results_lock`):
+a second run on the same folder refuses at once, naming the pid holding it, or with ``wait=True``
+(``smoe reproduce --wait``) waits for it. Images given as paths are passed to the notebooks as absolute paths
+(a test image's packaged file by its name). A notebook that fails raises one RuntimeError naming the cell, the
+error and the failed notebook kept for inspection. On Ctrl-C the kernel is shut down and its own messages (the
+traceback of the interrupted cell) are not relayed.
 """
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 
 from ..io import TEST_IMAGES as IO_TEST_IMAGES
-from .results import atomic_write_text
-
+from ..io import image_key, resolve_image_path
+from .results import atomic_write_text, results_lock
 
 
 def notebook_dir() -> Path:
@@ -101,18 +113,27 @@ def available_notebooks() -> list[str]:
     return [n for n in PRESETS if (notebook_dir() / f"{n}.ipynb").is_file()]
 
 
+def notebook_image(name_or_path) -> str:
+    """How an image is handed to a notebook: a test image by its name (also when given by the path of its
+    packaged file), any other image by its absolute path (the notebook may run in another folder)."""
+    path = resolve_image_path(name_or_path)  # FileNotFoundError for neither
+    key = image_key(path)
+    return key if key in IO_TEST_IMAGES else str(path.resolve())
+
+
 def notebook_parameters(name: str, preset: str, *, results_dir, workers=None, scheduler=None,
                         images=None) -> dict:
     """The papermill parameters of a notebook at a preset. ``images`` (test-image names or paths) replaces the
     preset's image list, to run a long preset in pieces: results of every piece land in the same tables (the
-    grids are keyed by image), and a later full run only computes what is missing."""
+    grids are keyed by image), and a later full run only computes what is missing. Paths are made absolute
+    (:func:`notebook_image`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown notebook {name!r} (known: {', '.join(PRESETS)})")
     if preset not in PRESETS[name]:
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS[name])})")
     params = dict(PRESETS[name][preset])
     if images:
-        params["images"] = [str(i) for i in images]
+        params["images"] = [notebook_image(i) for i in images]
     params.update(preset=preset, results_dir=str(Path(results_dir).resolve()), workers=workers or 0,
                   scheduler=scheduler or "")
     return params
@@ -132,15 +153,91 @@ def run_notebook(name: str, preset: str, *, results_dir="results", workers=None,
     tmp = out_dir / f".{name}.{os.getpid()}.tmp.ipynb"
     params = notebook_parameters(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler,
                                  images=images)
+    failed = out_dir / f"{name}.failed.ipynb"
+    relay = _StderrRelay()
     try:
-        papermill.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=progress, cwd=os.getcwd(),
-                                   kernel_name="python3", log_output=False)
+        with relay.muted_on_sigint():
+            papermill.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=progress,
+                                       cwd=os.getcwd(), kernel_name="python3", log_output=False,
+                                       kernel_manager_class=_kernel_manager_class(relay))
         os.replace(tmp, out)
+    except papermill.PapermillExecutionError as exc:
+        raise RuntimeError(f"notebook {name} failed in cell {exc.exec_count}: {exc.ename}: "
+                           f"{' '.join(str(exc.evalue).split())} (see {failed})") from None
     finally:
         if tmp.exists():
             # keep the failed execution next to the results for inspection, under a name that says so
-            os.replace(tmp, out_dir / f"{name}.failed.ipynb")
+            os.replace(tmp, failed)
     return out
+
+
+class _StderrRelay:
+    """Copies the kernel's stderr to ours, until Ctrl-C: the kernel is then interrupted and shut down, and what
+    it says about that (a ZMQError traceback from the interrupted cell's reply) is not relayed."""
+
+    def __init__(self):
+        self.muted = threading.Event()
+
+    def attach(self, stream) -> None:
+        threading.Thread(target=self._pump, args=(stream,), daemon=True, name="kernel-stderr").start()
+
+    def _pump(self, stream) -> None:
+        try:
+            fd = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = 2
+        while True:  # drains the pipe to its end whatever happens to our stderr (a full pipe would block the kernel)
+            try:
+                chunk = os.read(stream.fileno(), 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            while chunk and not self.muted.is_set():
+                try:
+                    chunk = chunk[os.write(fd, chunk):]
+                except OSError:
+                    break
+
+    def muted_on_sigint(self):
+        """A context in which SIGINT mutes the relay, then raises KeyboardInterrupt as usual."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = signal.getsignal(signal.SIGINT)
+
+            def on_sigint(signum, frame):
+                if previous == signal.SIG_IGN:
+                    return
+                self.muted.set()
+                if callable(previous):
+                    return previous(signum, frame)  # Python's default handler raises KeyboardInterrupt
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, on_sigint)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
+        return ctx()
+
+
+def _kernel_manager_class(relay: _StderrRelay):
+    """jupyter_client's kernel manager, launching the kernel with its stderr relayed by ``relay``."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class RelayedKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kw["stderr"] = subprocess.PIPE
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            relay.attach(self.provisioner.process.stderr)
+
+    return RelayedKernelManager
 
 
 def build_report(results_dir="results", presets=("smoke", "quick", "paper")) -> Path:
@@ -162,9 +259,15 @@ def build_report(results_dir="results", presets=("smoke", "quick", "paper")) -> 
 
 
 def reproduce(preset: str = "quick", *, only=None, results_dir="results", workers=None, scheduler=None,
-              progress: bool = True, images=None) -> Path:
+              progress: bool = True, images=None, wait: bool = False) -> Path:
     """Runs the notebooks (all, or ``only``) at ``preset`` and rebuilds results/REPORT.md; returns its path.
-    ``images`` replaces the presets' image lists (:func:`notebook_parameters`)."""
+    ``images`` replaces the presets' image lists (:func:`notebook_parameters`). The run holds the lock of
+    ``results_dir`` (module docstring): :class:`~smoe_core.studies.results.ResultsInUse` when another run holds
+    it, unless ``wait``."""
+    if preset not in ("smoke", "quick", "paper"):
+        raise ValueError(f"unknown preset {preset!r} (known: smoke, quick, paper)")
+    if images:
+        images = [notebook_image(i) for i in images]  # a clear error before any notebook starts
     names = available_notebooks()
     if only:
         only = [only] if isinstance(only, str) else list(only)
@@ -174,10 +277,40 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
         names = [n for n in names if n in only]
     if not names:
         raise FileNotFoundError(f"no notebooks to run in {notebook_dir()}")
-    for name in names:
-        t0 = time.perf_counter()
-        run_notebook(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler, progress=progress,
-                     images=images)
-        if progress:
-            print(f"{name} ({preset}): {time.perf_counter() - t0:.0f} s")
-    return build_report(results_dir)
+
+    def waiting(holder):
+        print(f"waiting for results folder {results_dir}, in use by another run ({holder})", file=sys.stderr,
+              flush=True)
+
+    with results_lock(results_dir, wait=wait, on_wait=waiting):
+        for name in names:
+            t0 = time.perf_counter()
+            before = _duplicate_counts(Path(results_dir) / preset / name)
+            run_notebook(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler,
+                         progress=progress, images=images)
+            _report_repairs(Path(results_dir) / preset / name, before)
+            if progress:
+                print(f"{name} ({preset}): {time.perf_counter() - t0:.0f} s")
+        return build_report(results_dir)
+
+
+def _duplicate_counts(folder: Path) -> dict[Path, int]:
+    """Rows in each ``*.duplicates.csv`` of a notebook's folder (the rows its tables have set aside)."""
+    out = {}
+    for p in folder.glob("*.duplicates.csv"):
+        try:
+            with open(p) as f:
+                out[p] = max(0, sum(1 for _ in f) - 1)
+        except OSError:
+            pass
+    return out
+
+
+def _report_repairs(folder: Path, before: dict[Path, int]) -> None:
+    """Warns about the duplicate rows the notebook's run removed from its tables (kept in the .duplicates.csv)."""
+    for p, n in sorted(_duplicate_counts(folder).items()):
+        moved = n - before.get(p, 0)
+        if moved > 0:
+            table = p.with_name(p.name[:-len(".duplicates.csv")] + ".csv")
+            warnings.warn(f"{table}: {moved} duplicate row(s) removed (the latest row of each configuration kept; "
+                          f"the removed rows are in {p.name})", stacklevel=2)

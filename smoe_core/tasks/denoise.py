@@ -90,6 +90,7 @@ import numpy as np
 
 from ..init import initializer_info
 from ..io import TEST_IMAGES, check_image, image_key
+from ..limits import check_count, check_kernels
 from ..parallel import run_tasks
 from ..render import render
 from ..training import fit
@@ -108,7 +109,7 @@ NLM_H_PER_SIGMA = 0.8
 # ---------------------------------------------------------------------- noise
 def image_number(name) -> int:
     """The number of an image in the noise seeds: a test image's position in ``TEST_IMAGES`` (0-3), any other
-    name (a path counts by its file stem, lower case) 4 + crc32(name) mod 1e6. It depends on the image alone,
+    image 4 + crc32(its key) mod 1e6 (:func:`smoe_core.io.image_key`: a file's stem and content hash). It depends on the image alone,
     not on which other images run with it, so a run split into pieces draws the same noise as a whole one."""
     import zlib
 
@@ -249,17 +250,13 @@ def fit_shifted_models(noisy, S: int, *, n_kernels: int, iters: int, init, seed:
 def check_denoise_inputs(noisy, n_kernels, iters, border):
     """(image, n_kernels, iters): ``noisy`` validated, the defaults filled in (:func:`default_kernels`,
     ``DEFAULT_ITERS``); ValueError naming the argument otherwise."""
-    img = check_image(noisy)
+    img = check_image(noisy, name="noisy", bounded=True)
     if border not in BORDERS:
         raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
     if n_kernels is None:
         n_kernels = default_kernels(img.shape)
-    n_kernels = int(n_kernels)
-    if n_kernels < 1:
-        raise ValueError(f"n_kernels must be >= 1, got {n_kernels}")
-    iters = DEFAULT_ITERS if iters is None else int(iters)
-    if iters < 0:
-        raise ValueError(f"iters must be >= 0, got {iters}")
+    n_kernels = check_kernels(n_kernels, img.shape)
+    iters = DEFAULT_ITERS if iters is None else check_count(iters, "iters", minimum=0)
     return img, n_kernels, iters
 
 
@@ -267,7 +264,8 @@ def check_denoise_inputs(noisy, n_kernels, iters, border):
 def denoise(noisy, *, models: int = 8, n_kernels: int | None = None, iters: int | None = None, init="grid",
             seed: int = 0, border: str = "reflect", workers: int | None = None, scheduler=None,
             progress: bool = True, **fit_kwargs):
-    """Denoises ``noisy`` ((H, W) or (H, W, C) float, any range) by fusing ``models`` shifted SMoE fits.
+    """Denoises ``noisy`` ((H, W) or (H, W, C): floats in [0, 1] plus noise, within
+    :data:`smoe_core.io.IMAGE_RANGE`, or a uint8 / uint16 array) by fusing ``models`` shifted SMoE fits.
 
     ``n_kernels`` (per model, for the whole image; default :func:`default_kernels`), ``iters`` (Adam steps;
     default 300), ``init`` (a name in ``smoe_core.init.INITIALIZERS`` or a function), ``seed`` (model s uses

@@ -37,7 +37,8 @@ import numpy as np
 
 from ..init import initializer_info
 from ..io import check_image
-from ..render import output_shape, render
+from ..limits import check_count, check_kernels, check_memory
+from ..render import output_shape, render, render_bytes
 from ..training import fit
 
 PIXELS_PER_KERNEL = 4
@@ -108,16 +109,14 @@ def upscale(image, scale, *, n_kernels: int | None = None, iters: int | None = N
     one); other keyword arguments go to :func:`smoe_core.fit`. The record holds the method, scale, shapes,
     kernels, iterations, the fit's PSNR on the input and seconds; ``record["model"]`` is the fitted model.
     """
-    img = check_image(image)
+    img = check_image(image, bounded=True)
     s = _check_scale(scale)
     H, W = img.shape[:2]
     out_hw = output_shape((H, W), s)
-    K = default_kernels((H, W)) if n_kernels is None else int(n_kernels)
-    if K < 1:
-        raise ValueError(f"n_kernels must be >= 1, got {n_kernels}")
-    iters = DEFAULT_ITERS if iters is None else int(iters)
-    if iters < 0:
-        raise ValueError(f"iters must be >= 0, got {iters}")
+    K = default_kernels((H, W)) if n_kernels is None else check_kernels(n_kernels, (H, W))
+    iters = DEFAULT_ITERS if iters is None else check_count(iters, "iters", minimum=0)
+    C = 1 if img.ndim == 2 else img.shape[2]
+    check_memory(render_bytes((H, W), C, K, scale=s), f"rendering {out_hw[0]} x {out_hw[1]} pixels")
     t0 = time.perf_counter()
     info = initializer_info(init)
     model0, _ = info.fn(img, K, **info.seed_kwargs(seed))

@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..init import get_initializer
 from ..io import check_image
+from ..limits import check_kernels
 from ..model import SMoE
 from ..parallel import run_tasks
 from ..training import fit
@@ -105,10 +106,11 @@ def fit_tilewise(image, n_kernels: int, *, initializer="grid", init_kwargs: dict
     InitResult``. Returns ``(model, record)``: the fine-tuned model and a record with the per-tile table
     (``record["tiles"]``, a DataFrame), the merged kernel count, seconds per stage and the fine-tuning history.
     """
-    img = check_image(image)
+    img = check_image(image, bounded=True)
     H, W = img.shape[:2]
+    n_kernels = check_kernels(n_kernels, (H, W))
     rects = tile_rectangles((H, W), tiles, tile_size)
-    budgets = split_budget(int(n_kernels), [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in rects])
+    budgets = split_budget(n_kernels, [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in rects])
     fit_kwargs = dict(iters=tile_iters, sparsity=sparsity, regularizer="l1_squared", prune_below=prune_below,
                       lr=lr, backend=backend, tol=tol)
     tasks = [_TileTask(i, np.ascontiguousarray(img[y0:y1, x0:x1]), k, initializer, dict(init_kwargs or {}),
