@@ -40,7 +40,8 @@ the network learns its kernels in whichever frame it is given).
 
 Export: :func:`block_model` (one block's kernels) and :func:`image_model` (all blocks of an image merged into
 one image-space SMoE, centres offset by their block's origin) give :class:`~smoe_core.model.SMoE` models that
-``smoe render MODEL.npz --scale s`` renders. A block model renders exactly as its block decodes (our gating).
+``smoe render MODEL.npz --scale s`` renders. A block model renders as its block decodes (our gating; within
+1e-4, the tiled renderer's truncation at 5 sigma per tile).
 The merged model is one global SMoE over the union of the blocks' kernels: its gating mixes neighbouring
 blocks' kernels where the stitched decode averages separately gated blocks, so the two agree only
 approximately (exactly where a single block covers the pixel and kernels of other blocks carry no weight).
