@@ -6,7 +6,6 @@ import types
 
 import numpy as np
 import pytest
-import torch
 
 from smoe_core import SMoE, metrics, render
 from smoe_core.init.as_smoe import (LocalModels, adaptive_kernel_adjustment, as_smoe, cbb_to_image, crop_cbbs,

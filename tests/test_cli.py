@@ -3,7 +3,6 @@ no traceback, nothing clobbered)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 

@@ -19,11 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
-import smoe_core
-from smoe_core import SMoE, fit, init, load_image, render
+from smoe_core import SMoE, fit, init, render
 from smoe_core.cli import main
 from smoe_core.io import TEST_IMAGES, data_dir, image_key
-from smoe_core.studies.results import (LOCK_NAME, ResultsInUse, ResultsStore, duplicates_path, repair_table,
+from smoe_core.studies.results import (LOCK_NAME, ResultsStore, duplicates_path, repair_table,
                                        results_lock)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,272 @@
+"""From the network's numbers to per-block SMoE kernels, and their decoding ([N-SMoE]: "an implicit
+probabilistic SMoE decoder ... two-dimensional edge-aware kernels").
+
+Per block the encoder gives ``k * (6 + C)`` numbers (:func:`raw_size`; 7k for gray), read per kernel as
+
+    [cx, cy, r1, r2, angle, gate, e_1 .. e_C]
+
+and mapped to an SMoE of ``k`` kernels over the block (coordinates in LR pixels of the block, x = column,
+y = row, pixel centres at 0 .. block - 1, as in :class:`smoe_core.model.SMoE`):
+
+- centre: ``mu = block * sigmoid(c) - 0.5``, inside the block's area (-0.5, block - 0.5);
+- two scales (inverse standard deviations along the kernel's axes, 1 / LR px), log-uniform between
+  ``1 / std_max`` and ``1 / std_min``: ``log s = log(1 / std_max) + log(std_max / std_min) sigmoid(r)``
+  (defaults 0.1 and ``block / 2`` LR px);
+- angle ``theta`` (radians, unconstrained: the precision is periodic in it);
+- precision ``P = (R S)(R S)^T`` with R the rotation by theta and S = diag(s1, s2) (the authors' form), and its
+  Cholesky factor in closed form (no decomposition): ``a11 = sqrt(P11)``, ``a21 = P12 / a11``,
+  ``a22 = s1 s2 / a11`` (since det P = s1^2 s2^2), the ``chol`` field of :class:`~smoe_core.model.SMoE`;
+- experts: constant, ``e`` plus (``residual_experts=True``, default) the LR block's bilinear value at the
+  centre, so an untrained head already interpolates the block (our choice; the authors' experts are the raw
+  numbers);
+- gate: ``pi = softmax(gate)`` over the block's kernels (used by our gating only).
+
+Gating (:func:`decode`):
+
+- ``"smoe"`` (default): our SMoE, ``w_j = pi_j K_j / sum_i pi_i K_i`` in the log domain, all blocks of a batch
+  rendered by ONE :func:`smoe_core.render.render_many` call at scale s (each block its own model, so the
+  gating is normalized within the block). Differentiable in every field.
+- ``"authors"``: the authors' decoder in plain torch, dense: ``w_j = softmax_j(K_j)``, a softmax over the
+  Gaussian *values* ``K_j = exp(-q_j / 2)`` (not their logs), with no pi: since 0 < K_j <= 1 any two gates
+  differ by a factor of at most e. Same kernels, same sampling grid.
+
+The 7k numbers: the authors' later decoders spend ``2k`` on centres, ``4k`` on a 2 x 2 matrix and ``k`` on
+experts (``z = 2k + 4k + k``); their scale-and-angle decoder reads centres, experts, two scales and an angle (6k)
+from it. We read the same six and give the seventh to the gate weight our gating uses.
+
+Sampling: output pixel (r', c') at scale s samples ((c' + 0.5) / s - 0.5, (r' + 0.5) / s - 0.5) in block
+pixels, the renderer's convention (the authors use a [0, 1] grid per block; the map between them is affine and
+the network learns its kernels in whichever frame it is given).
+
+Export: :func:`block_model` (one block's kernels) and :func:`image_model` (all blocks of an image merged into
+one image-space SMoE, centres offset by their block's origin) give :class:`~smoe_core.model.SMoE` models that
+``smoe render MODEL.npz --scale s`` renders. A block model renders as its block decodes (our gating; within
+1e-4, the tiled renderer's truncation at 5 sigma per tile).
+The merged model is one global SMoE over the union of the blocks' kernels: its gating mixes neighbouring
+blocks' kernels where the stitched decode averages separately gated blocks, so the two agree only
+approximately (exactly where a single block covers the pixel and kernels of other blocks carry no weight).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...model import SMoE
+from ...render import output_shape, render_many
+
+GATINGS = ("smoe", "authors")
+#: numbers per kernel before the experts: centre (2), two scales, angle, gate
+N_GEOMETRY = 6
+DEFAULT_KERNELS = 16
+VARIANT_KERNELS = {"I": 16, "II": 16, "III": 32}
+
+
+def raw_size(n_kernels: int, channels: int = 1) -> int:
+    """Numbers per block the encoder must give: ``k * (6 + C)`` (7k for gray)."""
+    return int(n_kernels) * (N_GEOMETRY + int(channels))
+
+
+def grid_shape(n_kernels: int) -> tuple[int, int]:
+    """Rows and columns of the initial kernel grid: the most nearly square factorization (16 -> 4 x 4, 32 -> 4 x 8)."""
+    k = int(n_kernels)
+    rows = int(math.isqrt(k))
+    while k % rows:
+        rows -= 1
+    return rows, k // rows
+
+
+def chol_from_scales(s1: torch.Tensor, s2: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """(..., 3) = (a11, a21, a22), the lower Cholesky factor of P = (R S)(R S)^T, S = diag(s1, s2), in closed form."""
+    c, s = torch.cos(theta), torch.sin(theta)
+    q1, q2 = s1 * s1, s2 * s2
+    p11 = c * c * q1 + s * s * q2
+    p12 = c * s * (q1 - q2)
+    a11 = torch.sqrt(p11)
+    return torch.stack([a11, p12 / a11, s1 * s2 / a11], -1)
+
+
+def precision_from_scales(s1: torch.Tensor, s2: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """(..., 2, 2) precision P = (R S)(R S)^T, R = [[cos, -sin], [sin, cos]], S = diag(s1, s2)."""
+    c, s = torch.cos(theta), torch.sin(theta)
+    RS = torch.stack([torch.stack([c * s1, -s * s2], -1), torch.stack([s * s1, c * s2], -1)], -2)
+    return RS @ RS.transpose(-1, -2)
+
+
+@dataclass
+class BlockKernels:
+    """The SMoE kernels of N blocks, k each, in block pixel coordinates (torch, differentiable)."""
+
+    mu: torch.Tensor  # (N, k, 2) centres (x, y)
+    chol: torch.Tensor  # (N, k, 3) (a11, a21, a22), P = A A^T
+    pi: torch.Tensor  # (N, k) gate weights (softmax over the block; our gating only)
+    experts: torch.Tensor  # (N, k, C) constant experts
+    scales: torch.Tensor  # (N, k, 2) inverse standard deviations along the kernel's axes
+    theta: torch.Tensor  # (N, k) angles
+    block: int
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.mu.shape[0])
+
+    @property
+    def n_kernels(self) -> int:
+        return int(self.mu.shape[1])
+
+    def precision(self) -> torch.Tensor:
+        """(N, k, 2, 2) precision matrices."""
+        return precision_from_scales(self.scales[..., 0], self.scales[..., 1], self.theta)
+
+
+class KernelHead(torch.nn.Module):
+    """Maps (N, k * (6 + C)) numbers to :class:`BlockKernels` (no learnable parameters of its own)."""
+
+    def __init__(self, n_kernels: int = DEFAULT_KERNELS, block: int = 16, channels: int = 1,
+                 std_min: float = 0.1, std_max: float | None = None, residual_experts: bool = True):
+        super().__init__()
+        self.n_kernels, self.block, self.channels = int(n_kernels), int(block), int(channels)
+        self.std_min = float(std_min)
+        self.std_max = float(std_max) if std_max is not None else self.block / 2.0
+        if not 0 < self.std_min < self.std_max:
+            raise ValueError(f"need 0 < std_min < std_max, got {self.std_min} and {self.std_max}")
+        self.residual_experts = bool(residual_experts)
+
+    @property
+    def raw_size(self) -> int:
+        return raw_size(self.n_kernels, self.channels)
+
+    def initial_raw(self) -> torch.Tensor:
+        """(k, 6 + C) numbers that decode to a grid of round kernels (std = half the grid spacing), equal gates,
+        zero expert offsets: the output layer's bias at initialization."""
+        k, b = self.n_kernels, self.block
+        rows, cols = grid_shape(k)
+        fy = (torch.arange(rows, dtype=torch.float64) + 0.5) / rows
+        fx = (torch.arange(cols, dtype=torch.float64) + 0.5) / cols
+        gy, gx = torch.meshgrid(fy, fx, indexing="ij")
+        logit = lambda p: torch.log(p) - torch.log1p(-p)  # noqa: E731
+        std = 0.5 * b / max(rows, cols)
+        u = (math.log(self.std_max / std) / math.log(self.std_max / self.std_min))
+        u = min(max(u, 1e-3), 1 - 1e-3)
+        r = logit(torch.tensor(u, dtype=torch.float64))
+        raw = torch.zeros(k, N_GEOMETRY + self.channels, dtype=torch.float64)
+        raw[:, 0], raw[:, 1] = logit(gx.reshape(-1)), logit(gy.reshape(-1))
+        raw[:, 2] = raw[:, 3] = r
+        return raw.to(torch.float32)
+
+    def forward(self, raw: torch.Tensor, lr_blocks: torch.Tensor | None = None) -> BlockKernels:
+        """``raw`` (N, k * (6 + C)); ``lr_blocks`` (N, C, block, block), needed for residual experts."""
+        k, b, C = self.n_kernels, self.block, self.channels
+        p = raw.reshape(raw.shape[0], k, N_GEOMETRY + C)
+        mu = b * torch.sigmoid(p[..., 0:2]) - 0.5
+        lo, span = -math.log(self.std_max), math.log(self.std_max / self.std_min)
+        scales = torch.exp(lo + span * torch.sigmoid(p[..., 2:4]))
+        theta = p[..., 4]
+        pi = torch.softmax(p[..., 5], dim=-1)
+        experts = p[..., N_GEOMETRY:]
+        if self.residual_experts:
+            if lr_blocks is None:
+                raise ValueError("residual experts need the LR blocks")
+            experts = experts + sample_at(lr_blocks, mu)
+        chol = chol_from_scales(scales[..., 0], scales[..., 1], theta)
+        return BlockKernels(mu, chol, pi, experts, scales, theta, b)
+
+
+def sample_at(blocks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear values (N, k, C) of blocks (N, C, b, b) at points (N, k, 2) (x, y) in pixels (border-clamped)."""
+    b = blocks.shape[-1]
+    grid = (points + 0.5) * (2.0 / b) - 1.0  # pixel centre i -> (2i + 1) / b - 1, align_corners=False
+    out = F.grid_sample(blocks, grid[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=False)
+    return out[..., 0].transpose(1, 2)
+
+
+# ---------------------------------------------------------------------- decoding
+def decode(kernels: BlockKernels, scale: float, *, gating: str = "smoe", backend: str = "tiled",
+           tile: int | None = None) -> torch.Tensor:
+    """(N, C, b * s, b * s): every block's SMoE rendered at scale s (see the module docstring for the gatings)."""
+    if gating not in GATINGS:
+        raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+    if gating == "authors":
+        return decode_authors(kernels, scale)
+    b = kernels.block
+    Ho, Wo = output_shape((b, b), scale)
+    fields = zip(kernels.mu.unbind(0), kernels.chol.unbind(0), kernels.pi.unbind(0), kernels.experts.unbind(0))
+    models = [SMoE(m, c, p, e, image_shape=(b, b), validate=False) for m, c, p, e in fields]
+    out = render_many(models, scale=scale, backend=backend, tile=int(tile or max(Ho, Wo)))
+    if out.ndim == 3:
+        return out[:, None]
+    return out.permute(0, 3, 1, 2)
+
+
+def sample_points(block: int, scale: float, dtype=torch.float32, device=None) -> torch.Tensor:
+    """(P, 2) (x, y) block coordinates sampled by the output pixels of a block at scale s (row-major)."""
+    Ho, Wo = output_shape((block, block), scale)
+    ys = (torch.arange(Ho, dtype=dtype, device=device) + 0.5) / scale - 0.5
+    xs = (torch.arange(Wo, dtype=dtype, device=device) + 0.5) / scale - 0.5
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+
+
+def quadratic_forms(kernels: BlockKernels, points: torch.Tensor) -> torch.Tensor:
+    """(N, P, k) Mahalanobis forms q = (x - mu)^T P (x - mu) through the Cholesky factor."""
+    d = points[None, :, None, :] - kernels.mu[:, None, :, :]  # (N, P, k, 2)
+    a = kernels.chol[:, None, :, :]
+    u = a[..., 0] * d[..., 0] + a[..., 1] * d[..., 1]
+    v = a[..., 2] * d[..., 1]
+    return u * u + v * v
+
+
+def decode_authors(kernels: BlockKernels, scale: float, chunk: int = 256) -> torch.Tensor:
+    """The authors' gating, dense: y = sum_j softmax_j(exp(-q_j / 2)) e_j (no pi). (N, C, b * s, b * s)."""
+    b = kernels.block
+    Ho, Wo = output_shape((b, b), scale)
+    pts = sample_points(b, scale, kernels.mu.dtype, kernels.mu.device)
+    outs = []
+    for s in range(0, kernels.n_blocks, chunk):
+        part = BlockKernels(*(t[s:s + chunk] for t in (kernels.mu, kernels.chol, kernels.pi, kernels.experts,
+                                                       kernels.scales, kernels.theta)), b)
+        gate = torch.softmax(torch.exp(-0.5 * quadratic_forms(part, pts)), dim=-1)  # (n, P, k)
+        outs.append(gate @ part.experts)  # (n, P, C)
+    out = torch.cat(outs, 0)
+    return out.transpose(1, 2).reshape(kernels.n_blocks, -1, Ho, Wo)
+
+
+def decode_smoe_dense(kernels: BlockKernels, scale: float) -> torch.Tensor:
+    """Our gating evaluated densely in torch (every kernel of a block at every pixel): the reference of
+    :func:`decode` with ``gating="smoe"`` (which truncates kernels at 5 sigma per tile)."""
+    b = kernels.block
+    Ho, Wo = output_shape((b, b), scale)
+    pts = sample_points(b, scale, kernels.mu.dtype, kernels.mu.device)
+    lw = torch.log(kernels.pi)[:, None, :] - 0.5 * quadratic_forms(kernels, pts)
+    out = torch.softmax(lw, dim=-1) @ kernels.experts
+    return out.transpose(1, 2).reshape(kernels.n_blocks, -1, Ho, Wo)
+
+
+# ---------------------------------------------------------------------- export
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)
+
+
+def block_model(kernels: BlockKernels, index: int) -> SMoE:
+    """Block ``index``'s kernels as a numpy :class:`SMoE` over its (block, block) LR pixels: ``render(model,
+    scale=s)`` (or ``smoe render FILE --scale s``) reproduces the block's decode with our gating."""
+    i = int(index)
+    return SMoE(_np(kernels.mu[i]), _np(kernels.chol[i]), _np(kernels.pi[i]), _np(kernels.experts[i]),
+                image_shape=(kernels.block, kernels.block))
+
+
+def image_model(kernels: BlockKernels, origins, image_shape, image_index: int = 0) -> SMoE:
+    """All blocks of image ``image_index`` merged into one numpy :class:`SMoE` over the LR image: centres
+    offset by their block's origin, each block's pi kept (every block carries total weight 1). An approximation
+    of the stitched decode (see the module docstring)."""
+    origins = torch.as_tensor(origins)
+    n = int(origins.shape[0])
+    sl = slice(int(image_index) * n, (int(image_index) + 1) * n)
+    if sl.stop > kernels.n_blocks:
+        raise ValueError(f"image {image_index} is not in a batch of {kernels.n_blocks // n} images")
+    shift = origins.flip(-1).to(kernels.mu)[:, None, :]  # (row, col) -> (x, y)
+    mu = (kernels.mu[sl] + shift).reshape(-1, 2)
+    return SMoE(_np(mu), _np(kernels.chol[sl].reshape(-1, 3)), _np(kernels.pi[sl].reshape(-1)),
+                _np(kernels.experts[sl].reshape(mu.shape[0], -1)), image_shape=tuple(int(s) for s in image_shape[:2]))

@@ -1,0 +1,130 @@
+"""N-SMoE as one torch module: LR image -> blocks -> encoder -> per-block SMoE kernels -> decoder -> stitched
+SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE decoder"), and its losses.
+
+- :class:`NSMoE` (:class:`NSMoEConfig`): cuts the LR batch (B, C, H, W) into blocks
+  (:mod:`.blocks`), encodes every block (:mod:`.encoder`, in chunks of ``encode_chunk`` blocks), maps the
+  numbers to kernels (:mod:`.head`), decodes all blocks of the batch at scale s in one renderer call and
+  averages the overlaps: (B, C, H s, W s). ``stride`` defaults to the training stride (2); pass
+  ``stride=TEST_STRIDE`` (4) at test time, as the authors. An LR image of exactly one block is one block.
+- Variants: ``n_kernels`` 16 (the authors' variants I and II) or 32 (III) (:data:`~.head.VARIANT_KERNELS`);
+  what else tells I from II is not in our copy of the paper, so no other preset is offered.
+- Output: not clipped (the authors clamp to [0, 1], which stops the gradient of out-of-range pixels); clip for
+  display and metrics.
+- :func:`pixel_loss`: L1, or L2 (mean squared error) for x2, the authors' choice per scale (``kind`` forces
+  one). The perceptual (VGG) and adversarial (spectral-norm U-Net discriminator) terms of the authors' GAN
+  training are not built: a perceptual loss needs pretrained weights, which are not available here, and it is
+  never computed from random weights.
+- Cost: the encoder dominates (forward + backward of 16 blocks, 16 -> 32 px at x2, one CPU thread on a loaded
+  2-core machine: encoder 0.58 s, head and ``render_many`` 0.01 s). Each block is encoded on its own, so at
+  stride 2 every LR pixel is encoded by up to 64 blocks (a 32 x 32 crop has 81 blocks, a 512 x 512 image at the
+  test stride 4 has 15,625): train on one-block crops (16 LR px), infer under ``torch.no_grad()``.
+- :func:`train_steps`: plain Adam steps on given (LR, HR) pairs (a smoke-training loop; the full training
+  command, checkpoints and schedules belong to the CLI).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import blocks as blk
+from .encoder import Encoder, EncoderConfig, count_parameters
+from .head import DEFAULT_KERNELS, GATINGS, BlockKernels, KernelHead, decode, grid_shape, raw_size
+
+LOSSES = ("l1", "l2")
+
+
+@dataclass
+class NSMoEConfig:
+    scale: float = 2.0
+    n_kernels: int = DEFAULT_KERNELS
+    block: int = blk.BLOCK
+    stride: int = blk.TRAIN_STRIDE
+    channels: int = 1
+    gating: str = "smoe"
+    backend: str = "tiled"
+    std_min: float = 0.1
+    residual_experts: bool = True
+    width: int = 32
+    mults: tuple = (1, 2, 4)
+    res_blocks: int = 1
+    heads: int = 4
+    groups: int = 8
+    attention_res: tuple = field(default=(16, 8))
+    resizer_layers: int = 4
+    encode_chunk: int = 512
+
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig(scale=self.scale, block=self.block, channels=self.channels,
+                             per_kernel=raw_size(1, self.channels), width=self.width, mults=self.mults,
+                             res_blocks=self.res_blocks, heads=self.heads, groups=self.groups,
+                             attention_res=self.attention_res, resizer_layers=self.resizer_layers,
+                             grid=grid_shape(self.n_kernels))
+
+
+class NSMoE(nn.Module):
+    """LR (B, C, H, W) -> SR (B, C, H s, W s); see the module docstring."""
+
+    def __init__(self, config: NSMoEConfig | None = None, **kwargs):
+        super().__init__()
+        cfg = config or NSMoEConfig(**kwargs)
+        if cfg.gating not in GATINGS:
+            raise ValueError(f"gating must be one of {GATINGS}, got {cfg.gating!r}")
+        blk.out_size(cfg.block, cfg.scale)  # a block must be a whole number of output pixels
+        self.config = cfg
+        self.encoder = Encoder(cfg.encoder_config())
+        self.head = KernelHead(cfg.n_kernels, cfg.block, cfg.channels, std_min=cfg.std_min,
+                               residual_experts=cfg.residual_experts)
+        with torch.no_grad():
+            self.encoder.out_bias.copy_(self.head.initial_raw())
+
+    @property
+    def n_parameters(self) -> int:
+        return count_parameters(self)
+
+    def encode(self, lr_blocks: torch.Tensor) -> BlockKernels:
+        """Kernels of (N, C, b, b) LR blocks (encoded in chunks)."""
+        n = max(1, int(self.config.encode_chunk))
+        raw = torch.cat([self.encoder(lr_blocks[i:i + n]) for i in range(0, lr_blocks.shape[0], n)], 0)
+        return self.head(raw, lr_blocks)
+
+    def kernels(self, lr: torch.Tensor, stride: int | None = None) -> tuple[BlockKernels, torch.Tensor]:
+        """The kernels of every block of an LR batch and the blocks' (row, col) origins."""
+        b = self.config.block
+        lr_blocks, origins = blk.cut(lr, b, stride or self.config.stride)
+        return self.encode(lr_blocks), origins
+
+    def forward(self, lr: torch.Tensor, stride: int | None = None, gating: str | None = None) -> torch.Tensor:
+        cfg = self.config
+        kernels, origins = self.kernels(lr, stride)
+        out = decode(kernels, cfg.scale, gating=gating or cfg.gating, backend=cfg.backend)
+        return blk.stitch(out, origins, lr.shape[-2:], cfg.scale)
+
+
+def pixel_loss(pred: torch.Tensor, target: torch.Tensor, scale: float | None = None, kind: str | None = None):
+    """L1, or L2 (MSE) at x2 (``kind`` "l1" / "l2" overrides the rule)."""
+    if kind is None:
+        kind = "l2" if scale is not None and float(scale) == 2.0 else "l1"
+    if kind not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+    return F.l1_loss(pred, target) if kind == "l1" else F.mse_loss(pred, target)
+
+
+def train_steps(net: NSMoE, lr_images: torch.Tensor, hr_images: torch.Tensor, steps: int, *, batch: int = 16,
+                learning_rate: float = 2e-4, loss: str | None = None, seed: int = 0) -> list[float]:
+    """``steps`` Adam steps on random mini-batches of the (N, C, h, w) / (N, C, h s, w s) pairs; returns the
+    loss of every step. Deterministic under ``seed`` (mini-batch order; the weights are the caller's)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    net.train()
+    history = []
+    for _ in range(int(steps)):
+        idx = torch.randperm(lr_images.shape[0], generator=gen)[:batch]
+        opt.zero_grad(set_to_none=True)
+        value = pixel_loss(net(lr_images[idx]), hr_images[idx], net.config.scale, loss)
+        value.backward()
+        opt.step()
+        history.append(float(value.detach()))
+    return history
