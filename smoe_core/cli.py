@@ -20,6 +20,7 @@ an existing file.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -797,6 +798,9 @@ def main(argv=None) -> int:
             _silence_stdout()
             return 141
         except KeyboardInterrupt:
+            # a notebook cut short leaves nbclient tasks whose "exception was never retrieved" asyncio would
+            # log with a traceback when they are collected: the one line below says it all
+            logging.getLogger("asyncio").disabled = True
             _error("interrupted")
             return 130
         except ModuleNotFoundError as exc:  # an optional dependency (extras: studies, parallel, gpu)

@@ -156,7 +156,8 @@ def fit(
     - ``loss``: "mse" or "ssim" (1 - SSIM, channels weighted by ``channel_weights``).
     - ``sparsity``: lambda of the sparsity term: ``regularizer="l1"`` is lambda * sum(pi) ([AS-SMoE]
       eq. 6, [QSMoE] eq. 10); ``"l1_squared"`` is lambda * (sum |pi|)^2 ([EDGE], tile-wise
-      training). Kernels with pi <= ``prune_below`` (default 0) are removed after each step.
+      training). Kernels with pi <= ``prune_below`` (default 0) are removed after each step; ``-math.inf``
+      removes none (for a ``transform`` whose rows must stay aligned, e.g. the coding paper's fake quantizer).
     - ``transform``: maps the dict of parameter tensors to the dict rendered in the loss (fake quantization).
     - ``callback(iteration, model, stats)``: called after every iteration with the current (torch) model.
 
@@ -172,7 +173,8 @@ def fit(
     iters = check_count(iters, "iters", minimum=0)
     seconds = None if seconds is None else check_number(seconds, "seconds", positive=True)
     sparsity = check_number(sparsity, "sparsity", minimum=0.0)
-    prune_below = check_number(prune_below, "prune_below", minimum=0.0)
+    if not (isinstance(prune_below, float) and prune_below == -math.inf):  # -inf: never remove a kernel
+        prune_below = check_number(prune_below, "prune_below", minimum=0.0)
     tol = check_number(tol, "tol", minimum=0.0)
     window = check_count(window, "window", minimum=1)
     lr = _check_lr(lr)
