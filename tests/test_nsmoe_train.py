@@ -111,9 +111,11 @@ def test_schedule_halves_at_the_milestones_and_configs_are_checked():
         tr.make_config("denoise", val_crops=4)
     # the quick preset's estimate (module docstring): at the measured one-thread CPU times of a step (data
     # included) and of a validation pass, each task fits in half the hour, leaving a factor of two
-    measured = {"sr2": (0.20, 1.1), "sr4": (0.47, 2.5), "denoise": (0.13, 0.6), "blind": (0.20, 1.1)}
+    measured = {"sr2": (0.17, 1.1), "sr4": (0.48, 3.3), "denoise": (0.073, 0.52), "blind": (0.227, 0.97)}
     for task, (step_s, val_s) in measured.items():
         assert tr.estimate_seconds(tr.make_config(task, "quick"), step_s, val_s) < 1800, task
+    step_s, val_s = tr.measure_step(tiny(), repeats=1)  # the measurement itself (smoke network)
+    assert 0 < step_s < 30 and 0 < val_s < 30
 
 
 def test_denoising_degradation_is_seeded_clipped_gaussian_at_scale_one():
@@ -300,3 +302,16 @@ def test_cli_train_refuses_to_overwrite_or_resume_nothing(tmp_path, runs, capsys
     assert rc == 2 and "is a file" in capsys.readouterr().err
     rc = main(["nsmoe"])
     assert rc == 2 and "give an nsmoe command" in capsys.readouterr().err
+
+
+def test_cli_resume_takes_the_runs_seed_and_matches_the_straight_run(tmp_path, runs, capsys):
+    """--stop-at 1, then --resume --stop-at 2 (no --seed: the run's): the fixture's two straight steps exactly."""
+    out = tmp_path / "run"
+    base = ["nsmoe", "train", "--preset", "smoke", "--task", "sr2", "--out", str(out), "--no-progress"]
+    assert main(base + ["--stop-at", "1"]) == 0
+    assert "continue with" in capsys.readouterr().out
+    assert main(base + ["--resume", "--stop-at", "2"]) == 0
+    a, b = ck.load(out / "sr2.ckpt"), ck.load(runs["sr2"])
+    assert a.step == b.step == 2 and _state_equal(a.model, b.model)
+    assert main(base + ["--resume", "--seed", "1"]) == 2
+    assert "seed 0" in capsys.readouterr().err

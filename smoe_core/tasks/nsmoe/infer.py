@@ -8,7 +8,8 @@ and ``smoe nsmoe denoise``).
   encoded and decoded ``chunk`` blocks at a time under ``torch.no_grad()``, each chunk added into the running
   sums of the output and of the coverage, then divided: memory is the image, the output and one chunk (the same
   average as :func:`~.blocks.stitch`, summed in another order: equal to ``net(image, stride=4)`` up to float
-  rounding). An image side shorter than one block (16 px) is padded by replicating its border and the output
+  rounding). Memory beyond the image: about 0.4 GB for a chunk of 64 blocks at x4 with the compact encoder (1 GB at
+  256), less at x2. An image side shorter than one block (16 px) is padded by replicating its border and the output
   cropped back. Gray images (the networks are trained on gray data); the output is not clipped (clip to save).
 - ``export=True`` also gives the kernels of every block merged into one image-space :class:`~smoe_core.model.SMoE`
   over the LR image (:func:`~.head.image_model`, chunk by chunk): ``smoe render MODEL.npz --scale s`` renders it.
@@ -30,7 +31,7 @@ from .head import decode, image_model
 from .model import NSMoE
 from .train import network_from_meta
 
-DEFAULT_CHUNK = 256
+DEFAULT_CHUNK = 64
 
 
 @dataclass

@@ -40,22 +40,23 @@ Presets (:data:`PRESETS`):
 
 - ``smoke``: a narrow network (width 8), 4 steps of 2 crops: seconds; for the tests.
 - ``quick``: the compact network (~1.1M parameters), batch 16, 2e-4, validation and checkpoints every 500 steps;
-  steps per task sized to finish within 60 minutes on an idle 2-core CPU: sr2 8,000, sr4 3,500, denoise 12,000,
-  blind 8,000. The estimate: one training step's CPU time measured on one thread (``time.process_time``, which a
-  loaded machine inflates only a little, unlike wall time), 0.19 s at x2, 0.46 s at x4, 0.12 s at scale 1, plus
-  the data (under 0.01 s a step, bicubic or the BSRGAN chain) and validation (48 crops, about 1 s at x2, every 500
-  steps); on an idle machine two threads take at most the one-thread CPU time, so each task is estimated at about
-  26 to 29 minutes, leaving a factor of two for a slower CPU (:func:`estimate_seconds` redoes the sum from a
-  measured step time).
+  steps per task sized to finish within 60 minutes on an idle 2-core CPU: sr2 8,000, sr4 3,500, denoise 20,000,
+  blind 7,500. The estimate (:func:`measure_step`, :func:`estimate_seconds`): the CPU time of one training step
+  (data, forward, backward, Adam) and of one validation pass, measured on one torch thread with
+  ``time.process_time`` (on a loaded machine wall time is inflated by the waiting, CPU time hardly), median of 6
+  steps after a warm-up: sr2 0.17 s a step / 1.1 s a validation, sr4 0.48 / 3.3 s, denoise 0.07 / 0.5 s, blind
+  0.23 / 1.0 s (0.07 s of it the BSRGAN chain on 16 crops). On an idle machine a run takes at most that CPU time
+  (two threads only shorten it), so sr2 ~23, sr4 ~29, denoise ~25 and blind ~29 minutes: within 60 minutes with a
+  factor of two to spare for a slower CPU.
 - ``paper``: the compact network, batch 16 (the authors'), 100,000 steps, validation and checkpoints every 5,000
-  steps (the authors': every 5,000); on this CPU about 3 (denoise), 5 (x2) and 13 (x4) hours.
+  steps (the authors': every 5,000), 192 validation crops; by the same measure about 2 (denoise), 5 (sr2), 6
+  (blind) and 13 (sr4) hours on an idle 2-core CPU.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -102,7 +103,7 @@ class Preset:
 PRESETS = {
     "smoke": Preset(steps={t: 4 for t in TASKS}, batch=2, learning_rate=1e-3, val_every=2, val_crops=3,
                     checkpoint_every=2, log_every=1, network=dict(width=8, heads=2, groups=4)),
-    "quick": Preset(steps={"sr2": 8000, "sr4": 3500, "denoise": 12000, "blind": 8000}, batch=16,
+    "quick": Preset(steps={"sr2": 8000, "sr4": 3500, "denoise": 20000, "blind": 7500}, batch=16,
                     learning_rate=2e-4, val_every=500, val_crops=48, checkpoint_every=500, log_every=10),
     "paper": Preset(steps={t: 100_000 for t in TASKS}, batch=16, learning_rate=2e-4, val_every=5000,
                     val_crops=192, checkpoint_every=5000, log_every=100),
@@ -191,6 +192,32 @@ def estimate_seconds(cfg: TrainConfig, step_seconds: float, val_seconds: float =
     return cfg.steps * step_seconds + n_val * val_seconds
 
 
+def measure_step(cfg: TrainConfig, repeats: int = 6) -> tuple[float, float]:
+    """(CPU seconds of one training step, of one validation pass) of ``cfg`` on one torch thread: the median of
+    ``repeats`` steps after a warm-up step, ``time.process_time`` (the quick preset's estimate; nothing is saved)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            net = build_network(cfg)
+            opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+            rng, degradation = np.random.default_rng(derived_seed(cfg.seed, STREAM_DATA)), training_degradation(cfg)
+            times = []
+            for _ in range(int(repeats) + 1):
+                t0 = time.process_time()
+                lr_b, hr_b = sample_batch(cfg, rng, degradation)
+                opt.zero_grad(set_to_none=True)
+                pixel_loss(net(lr_b), hr_b, cfg.scale).backward()
+                opt.step()
+                times.append(time.process_time() - t0)
+            val = validation_set(cfg)
+            t0 = time.process_time()
+            validate(net, val)
+            return float(np.median(times[1:])), time.process_time() - t0
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------- data
 def derived_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(stream)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
@@ -248,11 +275,14 @@ def validation_set(cfg: TrainConfig) -> Validation:
     return Validation(torch.from_numpy(lr)[:, None], hr, mean_psnr(baseline(lr, cfg.scale), hr))
 
 
-def validate(net: NSMoE, val: Validation) -> float:
+def validate(net: NSMoE, val: Validation, crops_at_once: int = 16) -> float:
+    """Mean PSNR of the network on the validation crops (test stride, no gradients, ``crops_at_once`` crops a pass
+    to bound memory)."""
     was = net.training
     net.eval()
     with torch.no_grad():
-        out = net(val.lr, stride=blk.TEST_STRIDE)[:, 0].numpy()
+        out = np.concatenate([net(val.lr[i:i + crops_at_once], stride=blk.TEST_STRIDE)[:, 0].numpy()
+                              for i in range(0, len(val.lr), crops_at_once)])
     net.train(was)
     return mean_psnr(out, val.hr)
 
@@ -355,10 +385,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, stop_at: int | Non
                     rng={"data": rng_state(data_rng), "degradation": rng_state(degradation.rng)},
                     versions={"smoe": __version__, "torch": torch.__version__, "numpy": np.__version__})
         ckpt.save(path, meta, net.state_dict(), opt.state_dict(), torch.get_rng_state())
-        frame = history_frame(history)
-        tmp = out_dir / f".history.{os.getpid()}.tmp.csv"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, out_dir / "history.csv")
+        ckpt.atomic_write(out_dir / "history.csv", history_frame(history).to_csv(index=False).encode())
 
     def last_val():
         return history["val"][-1]["val_psnr"] if history["val"] else None
