@@ -555,8 +555,6 @@ def cmd_nsmoe_train(args) -> int:
         state = ckpt.load(path)
         raise ValueError(f"{out} already holds a run of {args.task} (step {state.step} of "
                          f"{state.meta.get('total_steps')}): pass --resume to continue it, or choose another --out")
-    if args.stop_at is not None and args.stop_at < 1:
-        raise ValueError(f"--stop-at must be a step >= 1, got {args.stop_at}")
     cfg = make_config(args.task, args.preset, 0 if seed is None else seed)
     _nsmoe_data_installed()
     result = train(cfg, out, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress)
@@ -606,7 +604,7 @@ def _nsmoe_outputs(args):
 
 
 def _nsmoe_run(args, loaded, src: Path, out: Path, export) -> int:
-    from .io import bit_depth
+    from .io import bit_depth, save_image
     from .tasks.nsmoe.infer import restore
 
     image = _load_image(args.image, color=False)
@@ -619,8 +617,6 @@ def _nsmoe_run(args, loaded, src: Path, out: Path, export) -> int:
     result, model = restore(loaded.net, image, chunk=args.chunk, export=export is not None,
                             progress=not args.no_progress)
     seconds = time.perf_counter() - t0
-    from .io import save_image
-
     staged = _Staged()
     try:
         save_image(staged.tmp(out), np.clip(result, 0.0, 1.0), bits=bits)
