@@ -7,6 +7,9 @@
 - ``smoe bench``: forward + backward timings of the tiled and dense renderers (:mod:`smoe_core.studies.bench`).
 - ``smoe denoise NOISY.png --out clean.png``: multi-model fusion denoising (:mod:`smoe_core.tasks.denoise`).
 - ``smoe upscale IMAGE.png --scale S --out big.png``: fit and render at S (:mod:`smoe_core.tasks.superres`).
+- ``smoe nsmoe train | upscale | denoise``: N-SMoE ([N-SMoE]): train the network with checkpoints and
+  ``--resume`` (:mod:`smoe_core.tasks.nsmoe.train`), and super-resolve or denoise with a trained checkpoint
+  (:mod:`smoe_core.tasks.nsmoe.infer`; 16-bit in, 16-bit out).
 
 Errors from bad input (missing or unreadable files, invalid models, bad options, sizes beyond the bounds of
 :mod:`smoe_core.limits`: more kernels than pixels, more memory than is available) print one line
@@ -492,6 +495,175 @@ def cmd_upscale(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- N-SMoE ([N-SMoE])
+NSMOE_COMMANDS = ("train", "upscale", "denoise")
+
+
+def _check_output_dir(path, what: str) -> Path:
+    """Validates an output folder before any work: not a file, creatable and writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot create {what} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {what} {path}: {parent} is not writable")
+    return path
+
+
+def _nsmoe_data_installed() -> None:
+    """N-SMoE trains on pydicom-data's images: a missing package is a failure to run (status 1), with the fix."""
+    try:
+        import data_store  # noqa: F401  (pydicom-data)
+        import pydicom  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(f"N-SMoE training needs its data packages ({exc.name} is missing): "
+                           "pip install 'smoe-core[nsmoe]' (pydicom==3.0.2, pydicom-data==1.0.0)") from None
+
+
+def _train_command(task: str) -> str:
+    return f"smoe nsmoe train --preset quick --task {task}"
+
+
+def cmd_nsmoe(args) -> int:
+    raise ValueError(f"give an nsmoe command: {', '.join(NSMOE_COMMANDS)} (smoe nsmoe --help)")
+
+
+def cmd_nsmoe_train(args) -> int:
+    from .tasks.nsmoe import checkpoint as ckpt
+    from .tasks.nsmoe.train import make_config, train
+
+    out = Path(args.out) if args.out else Path("results") / "nsmoe" / f"{args.task}_{args.preset}"
+    out = _check_output_dir(out, "--out")
+    path = out / f"{args.task}.ckpt"
+    seed = args.seed
+    if args.resume:
+        if not path.is_file():
+            raise FileNotFoundError(f"nothing to resume: {path} does not exist (start the run without --resume)")
+        state = ckpt.load(path)
+        old = state.meta.get("config", {})
+        if seed is None:
+            seed = int(old.get("seed", 0))
+        for name, value in (("--preset", args.preset), ("--seed", seed)):
+            key = name.lstrip("-")
+            if old.get(key) != value:
+                raise ValueError(f"{path} is a run of {key} {old.get(key)}, not {value}: resume it with "
+                                 f"{name} {old.get(key)}")
+    elif path.exists():
+        state = ckpt.load(path)
+        raise ValueError(f"{out} already holds a run of {args.task} (step {state.step} of "
+                         f"{state.meta.get('total_steps')}): pass --resume to continue it, or choose another --out")
+    cfg = make_config(args.task, args.preset, 0 if seed is None else seed)
+    _nsmoe_data_installed()
+    result = train(cfg, out, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress)
+    what = {"sr2": "x2, bicubic", "sr4": "x4, bicubic", "denoise": "scale 1, Gaussian noise sigma 5-50",
+            "blind": "x2, BSRGAN-plus degradations"}[cfg.task]
+    base = "bicubic" if cfg.scale > 1 else "noisy input"
+    print(f"task: {cfg.task} ({what}), preset {cfg.preset}, seed {cfg.seed}")
+    print(f"steps: {result.step} of {result.steps} (this session {result.seconds:.1f} s)")
+    if result.val_psnr is not None:
+        print(f"validation PSNR: {result.val_psnr:.2f} dB ({base} {result.baseline_psnr:.2f} dB; {cfg.val_crops} "
+              f"crops of the validation split)")
+    print(f"checkpoint: {result.checkpoint} ({result.checkpoint.stat().st_size / 2**20:.1f} MB)")
+    print(f"history: {out / 'history.csv'}")
+    if not result.finished:
+        print(f"stopped at step {result.step}: continue with smoe nsmoe train --preset {cfg.preset} --task "
+              f"{cfg.task} --out {out} --resume")
+    return 0
+
+
+def _nsmoe_checkpoint(args, task: str):
+    """The network of --checkpoint, or of the shipped checkpoint of ``task`` (absent: one line naming the training
+    command that writes it; untrained weights are never run)."""
+    from .tasks.nsmoe import checkpoint as ckpt
+    from .tasks.nsmoe.infer import load_network
+
+    if args.checkpoint is not None:
+        return load_network(args.checkpoint)
+    path = ckpt.default_path(task)
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained N-SMoE checkpoint for {task}: {path} is not there (none ships with "
+                                f"this smoe yet); train one with `{_train_command(task)}`, which writes "
+                                f"results/nsmoe/{task}_quick/{task}.ckpt, and pass it with --checkpoint")
+    return load_network(path)
+
+
+def _nsmoe_outputs(args):
+    """Validates IMAGE, --out (.png) and --export-kernels (.npz) before any work."""
+    src, out = _image_in_out(args)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out} must end in .png (8-bit in, 8-bit out; 16-bit in, 16-bit out)")
+    export = None
+    if args.export_kernels is not None:
+        export = _check_output_path(args.export_kernels, (".npz",), "--export-kernels")
+        if _same_file(export, src) or _same_file(export, out) or export.resolve() == out.resolve():
+            raise ValueError("--export-kernels must differ from the input image and --out")
+    return src, out, export
+
+
+def _nsmoe_run(args, loaded, src: Path, out: Path, export) -> int:
+    from .io import bit_depth, save_image
+    from .tasks.nsmoe.infer import restore
+
+    image = _load_image(args.image, color=False)
+    bits = bit_depth(src)
+    H, W = image.shape
+    s = loaded.scale
+    if H * s * W * s > MAX_OUTPUT_PIXELS:
+        raise ValueError(f"{args.image} at x{s} gives a {H * s} x {W * s} image, more than {MAX_OUTPUT_PIXELS} pixels")
+    t0 = time.perf_counter()
+    result, model = restore(loaded.net, image, chunk=args.chunk, export=export is not None,
+                            progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    staged = _Staged()
+    try:
+        save_image(staged.tmp(out), np.clip(result, 0.0, 1.0), bits=bits)
+        if model is not None:
+            model.save(staged.tmp(export))
+        staged.commit()
+    finally:
+        staged.discard()
+    meta = loaded.checkpoint.meta
+    print(f"image: {args.image} ({H} x {W}, gray, {bits}-bit)")
+    print(f"checkpoint: {loaded.checkpoint.path} ({meta['task']}, preset {meta.get('preset')}, step {meta['step']} of "
+          f"{meta.get('total_steps')})")
+    print(f"output: {result.shape[0]} x {result.shape[1]}, {bits}-bit -> {out}")
+    if model is not None:
+        print(f"kernels: {model.n_kernels} -> {export}")
+    print(f"seconds: {seconds:.1f}")
+    return 0
+
+
+def cmd_nsmoe_upscale(args) -> int:
+    src, out, export = _nsmoe_outputs(args)
+    task = "blind" if args.blind else f"sr{args.scale}"
+    loaded = _nsmoe_checkpoint(args, task)
+    where = loaded.checkpoint.path
+    if loaded.task == "denoise" or loaded.scale == 1:
+        raise ValueError(f"{where} is a denoising checkpoint; use smoe nsmoe denoise")
+    if loaded.scale != args.scale:
+        raise ValueError(f"{where} is a x{loaded.scale} checkpoint ({loaded.task}), not x{args.scale}")
+    if args.blind and loaded.task != "blind":
+        raise ValueError(f"--blind needs a checkpoint of the blind task; {where} is {loaded.task}")
+    return _nsmoe_run(args, loaded, src, out, export)
+
+
+def cmd_nsmoe_denoise(args) -> int:
+    src, out, export = _nsmoe_outputs(args)
+    loaded = _nsmoe_checkpoint(args, "denoise")
+    where = loaded.checkpoint.path
+    if loaded.scale != 1 or loaded.task != "denoise":
+        raise ValueError(f"{where} is a {loaded.task} checkpoint (x{loaded.scale}), not a denoising one")
+    lo, hi = loaded.checkpoint.meta.get("noise_range") or (0.0, 255.0)
+    if args.sigma is not None and not lo <= args.sigma <= hi:
+        raise ValueError(f"--sigma {args.sigma:g} is outside the noise levels {where} was trained on (sigma "
+                         f"{lo:g} to {hi:g}); give --blind to denoise the image anyway")
+    return _nsmoe_run(args, loaded, src, out, export)
+
+
 # ---------------------------------------------------------------------- coding ([QSMoE])
 def read_bitstream(path: Path) -> bytes:
     """The bytes of a ``.smoe`` file, bounded before reading (ValueError / FileNotFoundError naming it)."""
@@ -737,6 +909,56 @@ def build_parser() -> argparse.ArgumentParser:
                         "refuse at once)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("nsmoe", help="N-SMoE ([N-SMoE]): train the network; super-resolve or denoise with a "
+                                     "trained checkpoint")
+    p.set_defaults(func=cmd_nsmoe)
+    nsub = p.add_subparsers(dest="nsmoe_command", metavar="NSMOE_COMMAND")
+    from .tasks.nsmoe.train import PRESET_NAMES, TASKS
+
+    q = nsub.add_parser("train", help="train N-SMoE on the fixed training split, with checkpoints (--resume)")
+    q.add_argument("--preset", choices=PRESET_NAMES, required=True,
+                   help="smoke (seconds), quick (under an hour on 2 cores), paper (hours)")
+    q.add_argument("--task", choices=tuple(TASKS), default="sr2",
+                   help="sr2 / sr4 (bicubic), denoise (Gaussian sigma 5-50), blind (x2, BSRGAN-plus chain); "
+                        "default sr2")
+    q.add_argument("--out", default=None, metavar="DIR",
+                   help="run folder: <task>.ckpt and history.csv (default results/nsmoe/<task>_<preset>)")
+    q.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    q.add_argument("--seed", type=nonnegative_int, default=None, metavar="N",
+                   help="seed of the weights, crops and degradations (default 0; on --resume, the run's)")
+    q.add_argument("--stop-at", dest="stop_at", type=positive_int, default=None, metavar="STEP",
+                   help="write a checkpoint and stop after this step (continue with --resume)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_nsmoe_train)
+
+    for name in ("upscale", "denoise"):
+        if name == "upscale":
+            q = nsub.add_parser(name, help="super-resolve a gray image x2 / x4 with a trained N-SMoE checkpoint")
+        else:
+            q = nsub.add_parser(name, help="denoise a gray image with a trained N-SMoE checkpoint")
+        q.add_argument("image", metavar="IMAGE", help="an image file (read as gray; 8- or 16-bit)")
+        if name == "upscale":
+            q.add_argument("--scale", type=int, choices=(2, 4), required=True, help="2 or 4")
+            q.add_argument("--blind", action="store_true",
+                           help="the image has unknown degradations (blur, noise, JPEG): use the blind checkpoint "
+                                "(x2)")
+        else:
+            level = q.add_mutually_exclusive_group(required=True)
+            level.add_argument("--sigma", type=nonnegative_float, default=None, metavar="S",
+                               help="the image's noise level (0-255 scale), checked against the checkpoint's "
+                                    "training range")
+            level.add_argument("--blind", action="store_true", help="the noise level is unknown")
+        q.add_argument("--out", required=True, metavar="OUT.png", help="the result (16-bit if the input is)")
+        q.add_argument("--checkpoint", default=None, metavar="FILE",
+                       help="a checkpoint from smoe nsmoe train (default: the shipped one, "
+                            "smoe_core/data/nsmoe/<task>.ckpt)")
+        q.add_argument("--export-kernels", dest="export_kernels", default=None, metavar="MODEL.npz",
+                       help="also write the predicted kernels as an SMoE model file (smoe render MODEL.npz --scale S)")
+        q.add_argument("--chunk", type=positive_int, default=64, metavar="N",
+                       help="blocks encoded at a time (bounds memory: about 0.4 GB at x4; default 64)")
+        q.add_argument("--no-progress", action="store_true", help="no progress bar")
+        q.set_defaults(func=cmd_nsmoe_upscale if name == "upscale" else cmd_nsmoe_denoise)
     return parser
 
 
@@ -783,7 +1005,7 @@ def main(argv=None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
-        _error("give a command: fit, render, info, bench, denoise, upscale, encode, decode or reproduce")
+        _error("give a command: fit, render, info, bench, denoise, upscale, encode, decode, reproduce or nsmoe")
         return 2
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning

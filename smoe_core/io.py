@@ -511,15 +511,48 @@ def check_image(image, *, name: str = "image", bounded: bool = False) -> np.ndar
     return arr
 
 
-def save_image(path, image) -> Path:
-    """Writes a [0, 1] float image as 8-bit PNG (clipped, rounded); atomic (temporary file, then rename)."""
+def save_image(path, image, bits: int = 8) -> Path:
+    """Writes a [0, 1] float image (clipped, rounded) with 8 bits per sample, or with ``bits=16`` as a 16-bit gray
+    PNG or TIFF (x 65535; what :func:`load_image` reads back to within 0.5 / 65535); atomic (temporary file, then
+    rename)."""
     path = Path(path)
     arr = check_image(image)
-    u8 = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
-    if u8.ndim == 3 and u8.shape[2] == 1:
-        u8 = u8[..., 0]
-    tmp = path.with_name(f".{path.name}.tmp")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
     fmt = (path.suffix.lstrip(".") or "png").upper()
-    Image.fromarray(u8).save(tmp, format="JPEG" if fmt == "JPG" else fmt)
+    fmt = {"JPG": "JPEG", "TIF": "TIFF"}.get(fmt, fmt)
+    if bits == 8:
+        pil = Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8))
+    elif bits == 16:
+        if arr.ndim != 2 or fmt not in ("PNG", "TIFF"):
+            raise ValueError(f"16-bit output is written for gray PNG or TIFF files, not {path.name} "
+                             f"({'colour' if arr.ndim == 3 else fmt})")
+        pil = Image.fromarray(np.clip(np.round(arr * 65535.0), 0, 65535).astype(np.uint16))
+    else:
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    pil.save(tmp, format=fmt)
     tmp.replace(path)
     return path
+
+
+def bit_depth(name_or_path) -> int:
+    """8 if the image file stores at most 8 bits per sample, else 16 (16-bit or 32-bit integer samples, float
+    samples): the depth an image derived from it keeps (``save_image(..., bits=bit_depth(src))``). Read from the
+    header, without decoding the pixels; ValueError naming the file when it cannot be opened."""
+    path = resolve_image_path(name_or_path)
+    if _is_tiff(path):
+        try:
+            with open(path, "rb") as fp, Image.open(fp) as im:
+                return 16 if _tiff_is_deep(im) else 8
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            return 16  # float16/64 and float colour TIFFs, which PIL does not open
+    try:
+        with open(path, "rb") as fp, Image.open(fp) as im:
+            if im.mode in _DEEP_MODES:
+                return 16
+            if im.format == "PNG" and len(im.tile) == 1 and im.tile[0][3] in _PNG16_LOW:
+                return 16
+            return 8
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"cannot read {path} as an image ({exc})") from exc

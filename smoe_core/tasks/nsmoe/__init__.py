@@ -9,6 +9,11 @@ github.com/anatolicvs/n-smoe, read, not copied, as each module's docstring says)
 - :mod:`.model`: :class:`~.model.NSMoE`, encoder + head + decoder as one torch module; losses; smoke training.
 - :mod:`.degrade`: the stochastic degradation model (BSRGAN-plus chain, and bicubic + blur), seeded.
 - :mod:`.data`: the DICOM (pydicom, pydicom-data) and scikit-image images, normalization, fixed splits, pairs.
+- :mod:`.train`: the training loop of ``smoe nsmoe train`` (tasks sr2, sr4, denoise, blind; presets; schedule;
+  validation; checkpoints every N steps and a bit-identical resume).
+- :mod:`.checkpoint`: the checkpoint file (JSON header with a format version and sha256, then the torch state).
+- :mod:`.infer`: a trained checkpoint on a whole image in chunks of blocks (``smoe nsmoe upscale / denoise``), and
+  the predicted kernels as an SMoE model file.
 
 The submodules are imported on use (``from smoe_core.tasks.nsmoe import model``).
 """

@@ -35,6 +35,10 @@ numpy ``Generator`` for every random draw (seeded, reusable, no global state).
 :func:`smoe_core.tasks.superres.downsample`) followed by an isotropic Gaussian blur of sigma ``blur_sigma``
 (DPSR's "bicubic down + blur" order), no noise; the HR target is the cropped image itself.
 
+:func:`gaussian_noise` is the denoising mode (scale 1): ``clip(x + n, 0, 1)``, n white Gaussian of standard
+deviation ``sigma`` / 255 (sigma on the 0-255 scale, as denoising papers quote it; clipped, as a noisy image
+stored in a file is); the target is the clean image.
+
 :class:`Degradation` binds a mode, scale and seed: ``Degradation(2, seed=0)(hr)`` returns ``(lr, hr_target)``;
 successive calls continue one random stream (so a data pipeline draws a new degradation per sample), and two
 objects with one seed give one sequence. Every function returns float32 images.
@@ -52,7 +56,7 @@ from scipy import ndimage
 
 from ..superres import pil_resize
 
-MODES = ("bsrgan_plus", "bicubic_blur")
+MODES = ("bsrgan_plus", "bicubic_blur", "gaussian_noise")
 RESIZE_METHODS = ("bilinear", "bicubic", "area")
 STEPS = ("blur", "resize", "gaussian_noise", "poisson_noise", "speckle_noise", "isp", "jpeg",
          "blur", "resize", "gaussian_noise", "poisson_noise", "speckle_noise", "isp")
@@ -266,19 +270,32 @@ def bicubic_blur(hr, scale: float, blur_sigma: float = 0.0) -> tuple[np.ndarray,
     return np.clip(lr, 0.0, 1.0).astype(np.float32), x
 
 
+def gaussian_noise(hr, sigma: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean): white Gaussian noise of standard deviation ``sigma`` / 255 (0-255 scale), clipped to
+    [0, 1]; scale 1."""
+    if not float(sigma) >= 0:
+        raise ValueError(f"the noise sigma must be >= 0, got {sigma}")
+    x = _gray(hr).astype(np.float32)
+    return add_gaussian_noise(x, float(sigma) / 255.0, rng), x
+
+
 class Degradation:
     """A seeded, reusable degradation: ``Degradation(scale, mode, seed)(hr) -> (lr, hr_target)``.
 
-    ``mode`` "bsrgan_plus" (default; ``shuffle_prob``, ``sharpen``) or "bicubic_blur" (``blur_sigma``, a number
-    or a (low, high) range drawn uniformly per call).
+    ``mode`` "bsrgan_plus" (default; ``shuffle_prob``, ``sharpen``), "bicubic_blur" (``blur_sigma``, a number
+    or a (low, high) range drawn uniformly per call) or "gaussian_noise" (scale 1 only; ``noise_sigma`` on the
+    0-255 scale, a number or a (low, high) range drawn uniformly per call).
     """
 
     def __init__(self, scale: float = 2, mode: str = "bsrgan_plus", seed: int = 0, *, shuffle_prob: float = 0.5,
-                 sharpen: bool = True, blur_sigma=0.0):
+                 sharpen: bool = True, blur_sigma=0.0, noise_sigma=25.0):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.scale, self.mode, self.seed = _int_scale(scale), mode, int(seed)
+        if mode == "gaussian_noise" and self.scale != 1:
+            raise ValueError(f"the gaussian_noise mode is for denoising at scale 1, got scale {scale}")
         self.shuffle_prob, self.sharpen, self.blur_sigma = float(shuffle_prob), bool(sharpen), blur_sigma
+        self.noise_sigma = noise_sigma
         self.rng = np.random.default_rng(self.seed)
 
     def reset(self) -> None:
@@ -289,6 +306,11 @@ class Degradation:
         if self.mode == "bsrgan_plus":
             return bsrgan_plus(hr, self.scale, self.rng, shuffle_prob=self.shuffle_prob, sharpen=self.sharpen,
                                log=log)
+        if self.mode == "gaussian_noise":
+            sigma = self.noise_sigma
+            if isinstance(sigma, (tuple, list)):
+                sigma = float(self.rng.uniform(*sigma))
+            return gaussian_noise(hr, float(sigma), self.rng)
         sigma = self.blur_sigma
         if isinstance(sigma, (tuple, list)):
             sigma = float(self.rng.uniform(*sigma))

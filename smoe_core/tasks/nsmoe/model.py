@@ -18,8 +18,8 @@ SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE
   2-core machine: encoder 0.58 s, head and ``render_many`` 0.01 s). Each block is encoded on its own, so at
   stride 2 every LR pixel is encoded by up to 64 blocks (a 32 x 32 crop has 81 blocks, a 512 x 512 image at the
   test stride 4 has 15,625): train on one-block crops (16 LR px), infer under ``torch.no_grad()``.
-- :func:`train_steps`: plain Adam steps on given (LR, HR) pairs (a smoke-training loop; the full training
-  command, checkpoints and schedules belong to the CLI).
+- :func:`train_steps`: plain Adam steps on given (LR, HR) pairs (a smoke-training loop; the full training loop,
+  with data, schedule, validation and checkpoints, is :mod:`.train`, behind ``smoe nsmoe train``).
 """
 from __future__ import annotations
 

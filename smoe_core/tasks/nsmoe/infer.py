@@ -1,0 +1,121 @@
+"""Full-image N-SMoE inference from a trained checkpoint: super-resolution or denoising of an image of any size in
+bounded memory, and the predicted kernels as an SMoE model file ([N-SMoE]; the backend of ``smoe nsmoe upscale``
+and ``smoe nsmoe denoise``).
+
+- :func:`load_network`: a checkpoint (:mod:`.checkpoint`) -> the trained :class:`~.model.NSMoE` in eval mode.
+  A checkpoint of step 0 (untrained weights) is refused; training never writes one.
+- :func:`restore`: the image's blocks at the test stride (:data:`~.blocks.TEST_STRIDE` = 4, as the authors),
+  encoded and decoded ``chunk`` blocks at a time under ``torch.no_grad()``, each chunk added into the running
+  sums of the output and of the coverage, then divided: memory is the image, the output and one chunk (the same
+  average as :func:`~.blocks.stitch`, summed in another order: equal to ``net(image, stride=4)`` up to float
+  rounding). Memory beyond the image: about 0.4 GB for a chunk of 64 blocks at x4 with the compact encoder (1 GB at
+  256), less at x2. An image side shorter than one block (16 px) is padded by replicating its border and the output
+  cropped back. Gray images (the networks are trained on gray data); the output is not clipped (clip to save).
+- ``export=True`` also gives the kernels of every block merged into one image-space :class:`~smoe_core.model.SMoE`
+  over the LR image (:func:`~.head.image_model`, chunk by chunk): ``smoe render MODEL.npz --scale s`` renders it.
+  It is one global SMoE over all blocks' kernels, an approximation of the stitched decode (see :mod:`.head`);
+  16 kernels per block at stride 4 is one kernel per LR pixel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...model import SMoE
+from . import blocks as blk
+from . import checkpoint as ckpt
+from .head import decode, image_model
+from .model import NSMoE
+from .train import network_from_meta
+
+DEFAULT_CHUNK = 64
+
+
+@dataclass
+class Loaded:
+    net: NSMoE
+    checkpoint: ckpt.Checkpoint
+
+    @property
+    def task(self) -> str:
+        return self.checkpoint.meta["task"]
+
+    @property
+    def scale(self) -> int:
+        return int(self.checkpoint.meta["scale"])
+
+
+def load_network(path) -> Loaded:
+    """The trained network of a checkpoint file, in eval mode (CheckpointError for a bad or untrained file)."""
+    state = ckpt.load(path)
+    if state.step < 1:
+        raise ckpt.CheckpointError(f"{state.path} holds untrained weights (step 0)")
+    try:
+        net = network_from_meta(state.meta)
+        net.load_state_dict(state.model)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ckpt.CheckpointError(f"{state.path} does not match the N-SMoE network of this smoe "
+                                   f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    net.eval()
+    return Loaded(net, state)
+
+
+def block_pixels(x: torch.Tensor, origins: torch.Tensor, block: int) -> torch.Tensor:
+    """(n, C, block, block) blocks of one image (C, H, W) at (n, 2) (row, col) origins."""
+    off = torch.arange(block)
+    rows = (origins[:, 0, None] + off[None, :])[:, :, None]  # (n, b, 1)
+    cols = (origins[:, 1, None] + off[None, :])[:, None, :]  # (n, 1, b)
+    return x[:, rows, cols].permute(1, 0, 2, 3)
+
+
+def restore(net: NSMoE, image, *, stride: int = blk.TEST_STRIDE, chunk: int = DEFAULT_CHUNK, export: bool = False,
+            progress: bool = False):
+    """(output (H s, W s) float32 numpy, exported SMoE or None) for a gray (H, W) image in [0, 1] (module
+    docstring)."""
+    cfg = net.config
+    b, s = cfg.block, cfg.scale
+    img = torch.as_tensor(np.asarray(image, dtype=np.float32))
+    if img.ndim != 2:
+        raise ValueError(f"N-SMoE inference takes a gray (H, W) image, got shape {tuple(img.shape)}")
+    if not 1 <= int(stride) <= b:
+        raise ValueError(f"the stride must be from 1 to the block size {b}, got {stride}")
+    H, W = img.shape
+    x = img[None, None]
+    if H < b or W < b:
+        x = F.pad(x, (0, max(0, b - W), 0, max(0, b - H)), mode="replicate")
+    x = x[0]  # (1, Hp, Wp)
+    Hp, Wp = x.shape[-2:]
+    origins = blk.block_origins((Hp, Wp), b, stride)
+    Ho, Wo = blk.out_size(Hp, s), blk.out_size(Wp, s)
+    bo = blk.out_size(b, s)
+    total = torch.zeros(Ho * Wo, dtype=torch.float32)
+    weight = torch.zeros(Ho * Wo, dtype=torch.float32)
+    off = torch.arange(bo)
+    parts: list[SMoE] = []
+    n = int(origins.shape[0])
+    step = max(1, int(chunk))
+    from tqdm.auto import tqdm
+
+    with torch.no_grad(), tqdm(total=n, desc="nsmoe", unit="block", disable=not progress, dynamic_ncols=True) as bar:
+        for i in range(0, n, step):
+            o = origins[i:i + step]
+            kernels = net.encode(block_pixels(x, o, b))
+            out = decode(kernels, s, gating=cfg.gating, backend=cfg.backend)  # (m, 1, bo, bo)
+            r0 = torch.tensor([blk.out_size(int(r), s) for r in o[:, 0]])
+            c0 = torch.tensor([blk.out_size(int(c), s) for c in o[:, 1]])
+            flat = ((r0[:, None, None] + off[None, :, None]) * Wo + (c0[:, None, None] + off[None, None, :])).reshape(-1)
+            total.index_add_(0, flat, out[:, 0].reshape(-1))
+            weight.index_add_(0, flat, torch.ones(flat.numel()))
+            if export:
+                parts.append(image_model(kernels, o, (Hp, Wp)))
+            bar.update(len(o))
+    result = (total / weight.clamp_min(1)).reshape(Ho, Wo)[:blk.out_size(H, s), :blk.out_size(W, s)]
+    model = None
+    if export:
+        model = SMoE(np.concatenate([m.mu for m in parts]), np.concatenate([m.chol for m in parts]),
+                     np.concatenate([m.pi for m in parts]), np.concatenate([m.experts for m in parts]),
+                     image_shape=(H, W))
+    return result.numpy().astype(np.float32), model
