@@ -82,17 +82,33 @@ void forward_impl(const T* mu, const T* chol, const T* logpi, const T* experts, 
           for (int p = 0; p < np; ++p) mx[p] = std::max(mx[p], Lj[p]);
         }
       std::fill(S.begin(), S.begin() + np, T(0));
-      std::fill(acc.begin(), acc.begin() + C * np, T(0));
+      std::fill(acc.begin(), acc.end(), T(0));
+      // The kernel's parameters are copied to locals and the buffers are accessed through restrict pointers,
+      // so the compiler sees no aliasing and vectorizes the pixel loop (with the vector exp) for every C:
+      // without this, the C > 1 loop stayed scalar (one libm expf call per pixel-kernel pair).
+      T* __restrict Sp = S.data();
+      T* __restrict accp = acc.data();
+      const T* __restrict mxp = mx.data();
+      const T* __restrict pxp = px.data();
+      const T* __restrict pyp = py.data();
       for (int j = 0; j < n; ++j) {
         const int k = tile_ids[s + j];
-        const T* Lj = L.data() + (size_t)j * np;
-        const T* e = experts + (size_t)C * k;
-        const T* sl = LIN ? slopes + (size_t)2 * C * k : nullptr;
+        const T* __restrict Lj = L.data() + (size_t)j * np;
+        const T mux = mu[2 * k], muy = mu[2 * k + 1];
+        T e[C], sl[2 * C];
+        for (int c = 0; c < C; ++c) {
+          e[c] = experts[(size_t)C * k + c];
+          if (LIN) {
+            sl[2 * c] = slopes[(size_t)2 * C * k + 2 * c];
+            sl[2 * c + 1] = slopes[(size_t)2 * C * k + 2 * c + 1];
+          }
+        }
+#pragma omp simd
         for (int p = 0; p < np; ++p) {
-          const T w = (mx[p] < below) ? T(0) : std::exp(Lj[p] - mx[p]);
-          S[p] += w;
-          const T dx = px[p] - mu[2 * k], dy = py[p] - mu[2 * k + 1];
-          for (int c = 0; c < C; ++c) acc[c * np + p] += w * smoe::expert_value<T, LIN>(e, sl, c, dx, dy);
+          const T w = (mxp[p] < below) ? T(0) : std::exp(Lj[p] - mxp[p]);
+          Sp[p] += w;
+          const T dx = pxp[p] - mux, dy = pyp[p] - muy;
+          for (int c = 0; c < C; ++c) accp[c * tp + p] += w * smoe::expert_value<T, LIN>(e, sl, c, dx, dy);
         }
       }
       int p = 0;
@@ -102,10 +118,10 @@ void forward_impl(const T* mu, const T* chol, const T* logpi, const T* experts, 
           if (mode == smoe::MODE_SMOE) {
             const bool none = !(S[p] > T(0));
             lse[pix] = none ? no_weight : mx[p] + std::log(S[p]);
-            for (int ch = 0; ch < C; ++ch) out[pix * C + ch] = none ? T(0) : acc[ch * np + p] / S[p];
+            for (int ch = 0; ch < C; ++ch) out[pix * C + ch] = none ? T(0) : acc[ch * tp + p] / S[p];
           } else {
             lse[pix] = T(0);
-            for (int ch = 0; ch < C; ++ch) out[pix * C + ch] = acc[ch * np + p];
+            for (int ch = 0; ch < C; ++ch) out[pix * C + ch] = acc[ch * tp + p];
           }
         }
     }
