@@ -40,6 +40,30 @@ inline TileGeom tile_geometry(int t, int H, int W, int tile) {
   return g;
 }
 
+// exp(x) of a gate's log-domain argument, exactly 0 where the result is below TINY (2e-38 in float, 4e-308 in
+// double, just above the smallest normal numbers; the dropped mass is below TINY per pair). Not a semantic cut
+// but a speed one: glibc's vector exp (libmvec, what -ffast-math vectorizes std::exp into) computes every lane
+// whose result underflows (x < -87.3 in float) with a call of the scalar exp (errno included), and such lanes
+// are common (a kernel is evaluated over every pixel of each tile its box touches; kernels with pi <= 0 have
+// log-weights near NO_WEIGHT). The argument is clamped at CUT (exp(CUT) < TINY) so every lane stays on the
+// fast path; the test is on the result, since a test on x lets the compiler drop the clamp.
+template <typename T>
+struct ExpLimits;
+template <>
+struct ExpLimits<float> {
+  static constexpr float cut = -87.0f, tiny = 2e-38f;
+};
+template <>
+struct ExpLimits<double> {
+  static constexpr double cut = -708.0, tiny = 4e-308;
+};
+
+template <typename T>
+inline T exp_gate(T x) {
+  const T e = std::exp(x < ExpLimits<T>::cut ? ExpLimits<T>::cut : x);
+  return e < ExpLimits<T>::tiny ? T(0) : e;
+}
+
 template <typename T>
 void fill_coords(const TileGeom& g, T inv_scale, T* px, T* py) {
   int p = 0;
@@ -105,7 +129,7 @@ void forward_impl(const T* mu, const T* chol, const T* logpi, const T* experts, 
         }
 #pragma omp simd
         for (int p = 0; p < np; ++p) {
-          const T w = (mxp[p] < below) ? T(0) : std::exp(Lj[p] - mxp[p]);
+          const T w = (mxp[p] < below) ? T(0) : exp_gate<T>(Lj[p] - mxp[p]);
           Sp[p] += w;
           const T dx = pxp[p] - mux, dy = pyp[p] - muy;
           for (int c = 0; c < C; ++c) accp[c * tp + p] += w * smoe::expert_value<T, LIN>(e, sl, c, dx, dy);
@@ -167,7 +191,7 @@ void backward_impl(const T* mu, const T* chol, const T* logpi, const T* experts,
         for (int p = 0; p < np; ++p) {
           T dx, dy, u, v;
           const T l = smoe::log_weight<T>(px[p], py[p], m, a, logpi[k], dx, dy, u, v);
-          const T gate = (ls[p] < below) ? T(0) : std::exp(l - ls[p]);
+          const T gate = (ls[p] < below) ? T(0) : exp_gate<T>(l - ls[p]);
           T mv[C], yv[C], gv[C];
           for (int ch = 0; ch < C; ++ch) {
             mv[ch] = smoe::expert_value<T, LIN>(e, sl, ch, dx, dy);
