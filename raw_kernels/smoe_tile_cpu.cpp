@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 #include <algorithm>
+#include <type_traits>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -38,6 +39,30 @@ inline TileGeom tile_geometry(int t, int H, int W, int tile) {
   g.c1 = std::min(W, g.c0 + tile);
   g.npix = (g.r1 - g.r0) * (g.c1 - g.c0);
   return g;
+}
+
+// exp(x) of a gate's log-domain argument, exactly 0 where the result is below TINY (2e-38 in float, 4e-308 in
+// double, just above the smallest normal numbers; the dropped mass is below TINY per pair). Not a semantic cut
+// but a speed one: glibc's vector exp (libmvec, what -ffast-math vectorizes std::exp into) computes every lane
+// whose result underflows (x < -87.3 in float) with a call of the scalar exp (errno included), and such lanes
+// are common (a kernel is evaluated over every pixel of each tile its box touches; kernels with pi <= 0 have
+// log-weights near NO_WEIGHT). The argument is clamped at CUT (exp(CUT) < TINY) so every lane stays on the
+// fast path; the test is on the result, since a test on x lets the compiler drop the clamp.
+template <typename T>
+struct ExpLimits;
+template <>
+struct ExpLimits<float> {
+  static constexpr float cut = -87.0f, tiny = 2e-38f;
+};
+template <>
+struct ExpLimits<double> {
+  static constexpr double cut = -708.0, tiny = 4e-308;
+};
+
+template <typename T>
+inline T exp_gate(T x) {
+  const T e = std::exp(x < ExpLimits<T>::cut ? ExpLimits<T>::cut : x);
+  return e < ExpLimits<T>::tiny ? T(0) : e;
 }
 
 template <typename T>
@@ -82,32 +107,58 @@ void forward_impl(const T* mu, const T* chol, const T* logpi, const T* experts, 
           for (int p = 0; p < np; ++p) mx[p] = std::max(mx[p], Lj[p]);
         }
       std::fill(S.begin(), S.begin() + np, T(0));
-      std::fill(acc.begin(), acc.begin() + C * np, T(0));
+      std::fill(acc.begin(), acc.end(), T(0));
+      // The kernel's parameters are copied to locals and the buffers are accessed through restrict pointers,
+      // so the compiler sees no aliasing and vectorizes the pixel loop (with the vector exp) for every C:
+      // without this, the C > 1 loop stayed scalar (one libm expf call per pixel-kernel pair).
+      T* __restrict Sp = S.data();
+      T* __restrict accp = acc.data();
+      const T* mxp = mx.data();
+      const T* __restrict pxp = px.data();
+      const T* __restrict pyp = py.data();
       for (int j = 0; j < n; ++j) {
         const int k = tile_ids[s + j];
-        const T* Lj = L.data() + (size_t)j * np;
-        const T* e = experts + (size_t)C * k;
-        const T* sl = LIN ? slopes + (size_t)2 * C * k : nullptr;
-        for (int p = 0; p < np; ++p) {
-          const T w = (mx[p] < below) ? T(0) : std::exp(Lj[p] - mx[p]);
-          S[p] += w;
-          const T dx = px[p] - mu[2 * k], dy = py[p] - mu[2 * k + 1];
-          for (int c = 0; c < C; ++c) acc[c * np + p] += w * smoe::expert_value<T, LIN>(e, sl, c, dx, dy);
-        }
-      }
-      int p = 0;
-      for (int r = g.r0; r < g.r1; ++r)
-        for (int c = g.c0; c < g.c1; ++c, ++p) {
-          const size_t pix = ((size_t)g.b * H + r) * W + c;
-          if (mode == smoe::MODE_SMOE) {
-            const bool none = !(S[p] > T(0));
-            lse[pix] = none ? no_weight : mx[p] + std::log(S[p]);
-            for (int ch = 0; ch < C; ++ch) out[pix * C + ch] = none ? T(0) : acc[ch * np + p] / S[p];
-          } else {
-            lse[pix] = T(0);
-            for (int ch = 0; ch < C; ++ch) out[pix * C + ch] = acc[ch * np + p];
+        const T* __restrict Lj = L.data() + (size_t)j * np;
+        const T mux = mu[2 * k], muy = mu[2 * k + 1];
+        T e[C], sl[2 * C];
+        for (int c = 0; c < C; ++c) {
+          e[c] = experts[(size_t)C * k + c];
+          if (LIN) {
+            sl[2 * c] = slopes[(size_t)2 * C * k + 2 * c];
+            sl[2 * c + 1] = slopes[(size_t)2 * C * k + 2 * c + 1];
           }
         }
+#pragma omp simd
+        for (int p = 0; p < np; ++p) {
+          const T w = (mxp[p] < below) ? T(0) : exp_gate<T>(Lj[p] - mxp[p]);
+          Sp[p] += w;
+          const T dx = pxp[p] - mux, dy = pyp[p] - muy;
+          for (int c = 0; c < C; ++c) accp[c * tp + p] += w * smoe::expert_value<T, LIN>(e, sl, c, dx, dy);
+        }
+      }
+      {
+        // Per-pixel results, vectorized over the tile's pixels (in place: lse in mx, out in acc), then written
+        // to the (B, H, W[, C]) layout.
+        T* __restrict lsep = mx.data();
+        if (mode == smoe::MODE_SMOE) {
+#pragma omp simd
+          for (int p = 0; p < np; ++p) {
+            const bool none = !(Sp[p] > T(0));
+            const T Sd = none ? T(1) : Sp[p];
+            lsep[p] = none ? no_weight : lsep[p] + std::log(Sd);
+            for (int c = 0; c < C; ++c) accp[c * tp + p] = none ? T(0) : accp[c * tp + p] / Sd;
+          }
+        } else {
+          for (int p = 0; p < np; ++p) lsep[p] = T(0);
+        }
+        int p = 0;
+        for (int r = g.r0; r < g.r1; ++r)
+          for (int c = g.c0; c < g.c1; ++c, ++p) {
+            const size_t pix = ((size_t)g.b * H + r) * W + c;
+            lse[pix] = lsep[p];
+            for (int ch = 0; ch < C; ++ch) out[pix * C + ch] = accp[ch * tp + p];
+          }
+      }
     }
   }
 }
@@ -140,30 +191,59 @@ void backward_impl(const T* mu, const T* chol, const T* logpi, const T* experts,
             go[ch * tp + p] = grad_out[pix * C + ch];
           }
         }
-      for (int j = 0; j < n; ++j) {
-        const int k = tile_ids[s + j];
-        const T* m = mu + 2 * k;
-        const T* a = chol + 3 * k;
-        const T* e = experts + (size_t)C * k;
-        const T* sl = LIN ? slopes + (size_t)2 * C * k : nullptr;
-        T acc[NS];
-        for (int i = 0; i < NS; ++i) acc[i] = T(0);
-        for (int p = 0; p < np; ++p) {
-          T dx, dy, u, v;
-          const T l = smoe::log_weight<T>(px[p], py[p], m, a, logpi[k], dx, dy, u, v);
-          const T gate = (ls[p] < below) ? T(0) : std::exp(l - ls[p]);
-          T mv[C], yv[C], gv[C];
-          for (int ch = 0; ch < C; ++ch) {
-            mv[ch] = smoe::expert_value<T, LIN>(e, sl, ch, dx, dy);
-            yv[ch] = y[ch * tp + p];
-            gv[ch] = go[ch * tp + p];
+      // Per kernel two pixel loops: the gates (the only call, the vector exp, which clobbers every vector
+      // register), then the gradient sums with all accumulators in registers; one loop with the call inside
+      // spilled and reloaded every accumulator around each call. The mode is a compile-time constant in the
+      // loops (no per-pixel select, no masked loads of y in RBF mode).
+      auto kernels = [&](auto mode_c) {
+        constexpr int MODE = decltype(mode_c)::value;
+        T* __restrict G = gl.data();
+        const T* __restrict pxp = px.data();
+        const T* __restrict pyp = py.data();
+        const T* __restrict lsp = ls.data();
+        const T* __restrict yp = y.data();
+        const T* __restrict gop = go.data();
+        for (int j = 0; j < n; ++j) {
+          const int k = tile_ids[s + j];
+          T m[2] = {mu[2 * k], mu[2 * k + 1]}, a[3] = {chol[3 * k], chol[3 * k + 1], chol[3 * k + 2]};
+          const T lp = logpi[k];
+          T e[C], sl[2 * C];
+          for (int c = 0; c < C; ++c) {
+            e[c] = experts[(size_t)C * k + c];
+            if (LIN) {
+              sl[2 * c] = slopes[(size_t)2 * C * k + 2 * c];
+              sl[2 * c + 1] = slopes[(size_t)2 * C * k + 2 * c + 1];
+            }
           }
-          const T dl = smoe::dlogweight<T, C>(mode, gate, gv, yv, mv);
-          smoe::accumulate_grad<T, C, LIN>(acc, dl, gate, gv, a, sl, dx, dy, u, v);
+#pragma omp simd
+          for (int p = 0; p < np; ++p) {
+            T dx, dy, u, v;
+            const T l = smoe::log_weight<T>(pxp[p], pyp[p], m, a, lp, dx, dy, u, v);
+            G[p] = (lsp[p] < below) ? T(0) : exp_gate<T>(l - lsp[p]);
+          }
+          T acc[NS];
+          for (int i = 0; i < NS; ++i) acc[i] = T(0);
+          for (int p = 0; p < np; ++p) {
+            T dx, dy, u, v;
+            smoe::log_weight<T>(pxp[p], pyp[p], m, a, lp, dx, dy, u, v);  // the offsets again (l unused)
+            const T gate = G[p];
+            T mv[C], yv[C], gv[C];
+            for (int ch = 0; ch < C; ++ch) {
+              mv[ch] = smoe::expert_value<T, LIN>(e, sl, ch, dx, dy);
+              yv[ch] = MODE == smoe::MODE_SMOE ? yp[ch * tp + p] : T(0);
+              gv[ch] = gop[ch * tp + p];
+            }
+            const T dl = smoe::dlogweight<T, C>(MODE, gate, gv, yv, mv);
+            smoe::accumulate_grad<T, C, LIN>(acc, dl, gate, gv, a, sl, dx, dy, u, v);
+          }
+          T* ge = grad_entry + (size_t)(s + j) * NS;
+          for (int i = 0; i < NS; ++i) ge[i] = acc[i];
         }
-        T* ge = grad_entry + (size_t)(s + j) * NS;
-        for (int i = 0; i < NS; ++i) ge[i] = acc[i];
-      }
+      };
+      if (mode == smoe::MODE_SMOE)
+        kernels(std::integral_constant<int, smoe::MODE_SMOE>());
+      else
+        kernels(std::integral_constant<int, smoe::MODE_RBF>());
     }
   }
 }
