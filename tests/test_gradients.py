@@ -104,8 +104,8 @@ def test_underflowing_gates_match_torch_reference(C, linear, rbf, dtype):
     """Narrow kernels (sigma 0.25-0.5 px) evaluated over whole tiles plus a kernel with pi = 0: most gates
     underflow (the CPU build clamps their exp argument and sets them to exactly 0, smoe_tile_cpu.cpp exp_gate);
     forward and all gradients still equal the PyTorch reference, in float32 and float64."""
-    from smoe_core._tiled_torch import tile_log_weights
-    from smoe_core.rendering import log_pi, tile_lists
+    from smoe_core.render.reference import tile_log_weights
+    from smoe_core.render import log_pi, tile_lists
 
     m = random_model(K=60, H=30, W=37, C=C, linear=linear, rbf=rbf, seed=5, bandwidth=(2.0, 4.0))
     pi = m.pi.copy()
