@@ -52,10 +52,15 @@ TEST_IMAGES = list(IO_TEST_IMAGES)
 
 #: notebook -> preset -> papermill parameters (merged over the notebook's own defaults).
 PRESETS: dict[str, dict[str, dict]] = {}
+#: notebook -> image names it knows besides the test images (``--images`` passes them on by name)
+NOTEBOOK_IMAGES: dict[str, tuple[str, ...]] = {}
 
 
-def register_notebook(name: str, presets: dict[str, dict]) -> None:
+def register_notebook(name: str, presets: dict[str, dict], *, images=()) -> None:
+    """Registers a notebook's presets; ``images``: names of its own images (e.g. the coding paper's ``lena``)
+    that ``--images`` accepts for it besides the test images and paths."""
     PRESETS[name] = presets
+    NOTEBOOK_IMAGES[name] = tuple(str(i).lower() for i in images)
 
 
 register_notebook("compare_initializers", {
@@ -109,13 +114,40 @@ register_notebook("edge_aligned", {
 })
 
 
+#: the coding paper's images (smoe_core/data/coding; the keys of smoe_core.studies.coding_paper.CODING_IMAGES,
+#: not imported here to keep `smoe reproduce` from loading the codec at start)
+CODING_IMAGES = ["lena", "barbara", "peppers", "baboon"]
+
+register_notebook("coding", {
+    # one 48 x 48 crop, the codec's smoke schedule with two more and steeper sparsification steps (so that the
+    # snapshots after steps 2, 3, 4 and the final model lie at different rates), a few JPEG qualities: checks
+    # that every cell runs (part of the test suite)
+    "smoke": dict(images=["lena"], crop=48, prefilter_full_image=False, schedule="smoke",
+                  schedule_overrides=dict(sparsify_steps=6, x_range=[0.3, 1.5], sparsify_pi_rate=0.05),
+                  snapshots=[2, 3, 4], jpeg_qualities=[2, 5, 10, 20, 50, 90], fig2_window=48),
+    # the four images on 128 x 128 centre crops (each filtered alone), the codec's quick schedule; snapshots
+    # after steps 15-28 (the quick path removes most kernels between steps 15 and 23 on Lena; the path stops at
+    # 3% of the grid, so later snapshots are only taken where an image keeps its kernels longer); QAT and PTQ
+    # trainings on two Dask workers (about 10 minutes on an idle 2-core machine)
+    "quick": dict(images=CODING_IMAGES, crop=128, prefilter_full_image=False, schedule="quick",
+                  snapshots=list(range(15, 29)), grid_workers=2),
+    # the full images filtered whole, the paper's schedule (10k + 50 x 1000 + 500 iterations per point); hours
+    # per image: run image by image (--images lena), QAT and PTQ on two workers
+    "paper": dict(images=CODING_IMAGES, crop=None, prefilter_full_image=True, schedule="paper",
+                  snapshots=list(range(50)), grid_workers=2),
+}, images=CODING_IMAGES)
+
+
 def available_notebooks() -> list[str]:
     return [n for n in PRESETS if (notebook_dir() / f"{n}.ipynb").is_file()]
 
 
-def notebook_image(name_or_path) -> str:
+def notebook_image(name_or_path, known=()) -> str:
     """How an image is handed to a notebook: a test image by its name (also when given by the path of its
-    packaged file), any other image by its absolute path (the notebook may run in another folder)."""
+    packaged file), a name in ``known`` (the notebook's own images, :data:`NOTEBOOK_IMAGES`) as it is, any
+    other image by its absolute path (the notebook may run in another folder)."""
+    if str(name_or_path).lower() in known and not Path(str(name_or_path)).is_file():
+        return str(name_or_path).lower()
     path = resolve_image_path(name_or_path)  # FileNotFoundError for neither
     key = image_key(path)
     return key if key in IO_TEST_IMAGES else str(path.resolve())
@@ -133,7 +165,7 @@ def notebook_parameters(name: str, preset: str, *, results_dir, workers=None, sc
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS[name])})")
     params = dict(PRESETS[name][preset])
     if images:
-        params["images"] = [notebook_image(i) for i in images]
+        params["images"] = [notebook_image(i, NOTEBOOK_IMAGES.get(name, ())) for i in images]
     params.update(preset=preset, results_dir=str(Path(results_dir).resolve()), workers=workers or 0,
                   scheduler=scheduler or "")
     return params
@@ -266,8 +298,6 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
     it, unless ``wait``."""
     if preset not in ("smoke", "quick", "paper"):
         raise ValueError(f"unknown preset {preset!r} (known: smoke, quick, paper)")
-    if images:
-        images = [notebook_image(i) for i in images]  # a clear error before any notebook starts
     names = available_notebooks()
     if only:
         only = [only] if isinstance(only, str) else list(only)
@@ -277,6 +307,15 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
         names = [n for n in names if n in only]
     if not names:
         raise FileNotFoundError(f"no notebooks to run in {notebook_dir()}")
+    if images:  # a clear error before any notebook starts; relative paths made absolute here
+        known = {i for n in names for i in NOTEBOOK_IMAGES.get(n, ())}
+        images = [notebook_image(i, known) for i in images]
+        for n in names:
+            foreign = [i for i in images if i in known and i not in NOTEBOOK_IMAGES.get(n, ()) and i not in TEST_IMAGES]
+            if foreign:
+                raise FileNotFoundError(f"notebook {n} does not know the image(s) {foreign} (they belong to "
+                                        f"{', '.join(m for m in names if set(foreign) & set(NOTEBOOK_IMAGES.get(m, ())))}"
+                                        "; run them with --only)")
 
     def waiting(holder):
         print(f"waiting for results folder {results_dir}, in use by another run ({holder})", file=sys.stderr,
