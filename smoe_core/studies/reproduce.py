@@ -119,12 +119,14 @@ register_notebook("edge_aligned", {
 CODING_IMAGES = ["lena", "barbara", "peppers", "baboon"]
 
 register_notebook("coding", {
-    # one 48 x 48 crop, the codec's smoke schedule with two more and steeper sparsification steps (so that the
-    # snapshots after steps 2, 3, 4 and the final model lie at different rates), a few JPEG qualities: checks
-    # that every cell runs (part of the test suite)
+    # one 48 x 48 crop, the codec's smoke schedule with 8 steeper sparsification steps, stopped at 10% of the
+    # grid (on Lena and Peppers: 141, ~40 and ~12 kernels after steps 4, 5, 6, so the snapshots after steps 3, 4,
+    # 5 and the final model lie at about 4.9, 4.8, 1.9 and 0.9 bpp; the codec's own 4 gentle steps remove no
+    # kernel), a few JPEG qualities, one thread: checks that every cell runs (part of the test suite)
     "smoke": dict(images=["lena"], crop=48, prefilter_full_image=False, schedule="smoke",
-                  schedule_overrides=dict(sparsify_steps=6, x_range=[0.3, 1.5], sparsify_pi_rate=0.05),
-                  snapshots=[2, 3, 4], jpeg_qualities=[2, 5, 10, 20, 50, 90], fig2_window=48),
+                  schedule_overrides=dict(sparsify_steps=8, x_range=[0.3, 1.2], sparsify_pi_rate=0.03),
+                  snapshots=[3, 4, 5], min_kernel_fraction=0.1, jpeg_qualities=[2, 5, 10, 20, 50, 90],
+                  fig2_window=48, threads=1),
     # the four images on 128 x 128 centre crops (each filtered alone), the codec's quick schedule; snapshots
     # after steps 15-28 (the quick path removes most kernels between steps 15 and 23 on Lena; the path stops at
     # 3% of the grid, so later snapshots are only taken where an image keeps its kernels longer); QAT and PTQ
