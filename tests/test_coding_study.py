@@ -247,3 +247,19 @@ def test_max_gate_map_is_the_largest_gate():
         d = np.stack([xs - m.mu[k, 0], ys - m.mu[k, 1]], -1)
         score.append(np.log(m.pi[k]) - 0.5 * np.einsum("...i,ij,...j->...", d, P[k], d))
     assert np.array_equal(lab, np.argmax(np.stack(score), 0))
+
+
+def test_presets():
+    from smoe_core.tasks.coding.schedule import sparsity_schedule
+
+    presets = reproduce.PRESETS["coding"]
+    assert set(presets) == {"smoke", "quick", "paper"}
+    assert presets["quick"]["images"] == presets["paper"]["images"] == list(cp.CODING_IMAGES)
+    paper = presets["paper"]
+    assert paper["schedule"] == "paper" and paper["crop"] is None and paper["prefilter_full_image"]
+    # the paper preset continues the paper's x ramp: its first 50 lambdas are the paper's
+    kw = cp.smoe_schedule("paper", (512, 512), overrides=paper["schedule_overrides"])
+    lam = sparsity_schedule((128, 128), kw["sparsify_steps"], kw["x_range"])
+    assert np.allclose(lam[:50], sparsity_schedule((128, 128), 50, (0.1, 15.0)), rtol=1e-12)
+    assert kw["sparsify_iters"] == 1000 and kw["pretrain_iters"] == 10_000 and kw["target_kernels"] == 492
+    assert max(paper["snapshots"]) < kw["sparsify_steps"]

@@ -117,6 +117,8 @@ register_notebook("edge_aligned", {
 #: the coding paper's images (smoe_core/data/coding; the keys of smoe_core.studies.coding_paper.CODING_IMAGES,
 #: not imported here to keep `smoe reproduce` from loading the codec at start)
 CODING_IMAGES = ["lena", "barbara", "peppers", "baboon"]
+#: sparsification steps of the coding notebook's paper preset: the paper's 50, continued at the same x spacing
+PAPER_CONTINUED_STEPS = 60
 
 register_notebook("coding", {
     # one 48 x 48 crop, the codec's smoke schedule with 8 steeper sparsification steps, stopped at 10% of the
@@ -133,10 +135,17 @@ register_notebook("coding", {
     # trainings on two Dask workers (about 10 minutes on an idle 2-core machine)
     "quick": dict(images=CODING_IMAGES, crop=128, prefilter_full_image=False, schedule="quick",
                   snapshots=list(range(15, 29)), grid_workers=2),
-    # the full images filtered whole, the paper's schedule (10k + 50 x 1000 + 500 iterations per point); hours
-    # per image: run image by image (--images lena), QAT and PTQ on two workers
+    # the full images filtered whole, the codec's paper schedule (10k pre-training iterations, steps of 1000 at
+    # the pi rate 2e-5, 500 fine-tuning iterations per point) with its x ramp continued past the paper's 50 steps
+    # at the same spacing (x_k = 0.1 + k 14.9 / 49: the first 50 steps are the paper's) until the path stops at 3%
+    # of the grid: on a 64 x 64 Lena crop the paper's 50 steps left 91% of the kernels after step 29, 49% after
+    # step 40 and 12% after step 49 (about 0.4 bpp at 512 x 512), so the rates below need the continuation;
+    # snapshots after every step from 34 on (only those before the stop are taken). Days in all on 2 cores:
+    # run image by image (--images lena); QAT and PTQ run side by side on two workers
     "paper": dict(images=CODING_IMAGES, crop=None, prefilter_full_image=True, schedule="paper",
-                  snapshots=list(range(50)), grid_workers=2),
+                  schedule_overrides=dict(sparsify_steps=PAPER_CONTINUED_STEPS,
+                                          x_range=[0.1, 0.1 + (PAPER_CONTINUED_STEPS - 1) * 14.9 / 49]),
+                  snapshots=list(range(34, PAPER_CONTINUED_STEPS)), grid_workers=2),
 }, images=CODING_IMAGES)
 
 
