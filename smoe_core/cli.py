@@ -900,7 +900,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("smoke", "quick", "paper"), default="quick")
     p.add_argument("--only", nargs="+", default=None, metavar="NOTEBOOK", help="run only these notebooks")
     p.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
-                   help="replace the preset's images (test-image names or paths): run a long preset in pieces")
+                   help="replace the preset's images (test-image names, a notebook's own image names such as the "
+                        "coding notebook's lena, barbara, peppers, baboon, or paths): run a long preset in pieces")
     p.add_argument("--workers", type=positive_int, default=None, metavar="N", help="Dask workers (local cluster)")
     p.add_argument("--scheduler", default=None, metavar="ADDR", help="address of a running Dask scheduler")
     p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results)")

@@ -5,6 +5,8 @@
 - :mod:`.edge_paper`: [EDGE] Figs. 2, 3, 5, 6 and the paper's claims beside ours.
 - :mod:`.r_smoe_paper`: [R-SMoE] Figs. 4 and 5, FLOPs, tiled vs dense speed and memory.
 - :mod:`.r_smoe_restoration`: [R-SMoE] denoising by fusion and native super-resolution, with crop figures.
+- :mod:`.coding_paper`: [QSMoE] rate-distortion against JPEG / JPEG 2000 (Fig. 1), BD-rates, claims, QAT vs PTQ,
+  Figs. 2 and 3.
 - :mod:`.common` (items, published tables, side-by-side tables, report fragments), :mod:`.results`
   (:class:`~.results.ResultsStore`), :mod:`.reproduce` (``smoe reproduce``), :mod:`.bench` (``smoe bench``),
   :mod:`.plotting`, :mod:`.perceptual` (LPIPS, ST-LPIPS, attention PSNR), :mod:`.profiling` (memory, load).

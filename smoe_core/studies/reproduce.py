@@ -52,10 +52,15 @@ TEST_IMAGES = list(IO_TEST_IMAGES)
 
 #: notebook -> preset -> papermill parameters (merged over the notebook's own defaults).
 PRESETS: dict[str, dict[str, dict]] = {}
+#: notebook -> image names it knows besides the test images (``--images`` passes them on by name)
+NOTEBOOK_IMAGES: dict[str, tuple[str, ...]] = {}
 
 
-def register_notebook(name: str, presets: dict[str, dict]) -> None:
+def register_notebook(name: str, presets: dict[str, dict], *, images=()) -> None:
+    """Registers a notebook's presets; ``images``: names of its own images (e.g. the coding paper's ``lena``)
+    that ``--images`` accepts for it besides the test images and paths."""
     PRESETS[name] = presets
+    NOTEBOOK_IMAGES[name] = tuple(str(i).lower() for i in images)
 
 
 register_notebook("compare_initializers", {
@@ -109,13 +114,54 @@ register_notebook("edge_aligned", {
 })
 
 
+#: the coding paper's images (smoe_core/data/coding; the keys of smoe_core.studies.coding_paper.CODING_IMAGES,
+#: not imported here to keep `smoe reproduce` from loading the codec at start)
+CODING_IMAGES = ["lena", "barbara", "peppers", "baboon"]
+#: sparsification steps of the coding notebook's paper preset: the paper's 50, continued at the same x spacing
+PAPER_CONTINUED_STEPS = 60
+
+register_notebook("coding", {
+    # one 48 x 48 crop, the codec's smoke schedule with 8 steeper sparsification steps, stopped at 10% of the
+    # grid (on Lena and Peppers: 141, ~40 and ~12 kernels after steps 4, 5, 6, so the snapshots after steps 3, 4,
+    # 5 and the final model lie at about 4.9, 4.8, 1.9 and 0.9 bpp; the codec's own 4 gentle steps remove no
+    # kernel), a few JPEG qualities, one thread: checks that every cell runs (part of the test suite)
+    "smoke": dict(images=["lena"], crop=48, prefilter_full_image=False, schedule="smoke",
+                  schedule_overrides=dict(sparsify_steps=8, x_range=[0.3, 1.2], sparsify_pi_rate=0.03),
+                  snapshots=[3, 4, 5], min_kernel_fraction=0.1, jpeg_qualities=[2, 5, 10, 20, 50, 90],
+                  fig2_window=48, threads=1),
+    # the four images on 128 x 128 centre crops (each filtered alone), the codec's quick schedule; snapshots
+    # after steps 15-28 (the quick path removes most kernels between steps 15 and 23 on Lena; the path stops at
+    # 3% of the grid, so later snapshots are only taken where an image keeps its kernels longer; Baboon: 803 to
+    # 29 kernels over steps 15-23, 3.2 to 0.21 bpp, 6 points in 0.15-1.5 bpp); QAT and PTQ trainings on two Dask
+    # workers (a training: about 4800 iterations at up to 20 ms on one core; about 8-10 minutes in all on an idle
+    # 2-core machine)
+    "quick": dict(images=CODING_IMAGES, crop=128, prefilter_full_image=False, schedule="quick",
+                  snapshots=list(range(15, 29)), grid_workers=2),
+    # the full images filtered whole, the codec's paper schedule (10k pre-training iterations, steps of 1000 at
+    # the pi rate 2e-5, 500 fine-tuning iterations per point) with its x ramp continued past the paper's 50 steps
+    # at the same spacing (x_k = 0.1 + k 14.9 / 49: the first 50 steps are the paper's) until the path stops at 3%
+    # of the grid: on a 64 x 64 Lena crop the paper's 50 steps left 91% of the kernels after step 29, 49% after
+    # step 40 and 12% after step 49 (about 0.4 bpp at 512 x 512), so the rates below need the continuation;
+    # snapshots after every step from 34 on (only those before the stop are taken). One iteration at 512 x 512
+    # takes about 0.95 s on one core (16384 kernels), so a training is about 16 hours and the preset days on 2
+    # cores: run image by image (--images lena); QAT and PTQ run side by side on two workers
+    "paper": dict(images=CODING_IMAGES, crop=None, prefilter_full_image=True, schedule="paper",
+                  schedule_overrides=dict(sparsify_steps=PAPER_CONTINUED_STEPS,
+                                          x_range=[0.1, 0.1 + (PAPER_CONTINUED_STEPS - 1) * 14.9 / 49]),
+                  snapshots=list(range(34, PAPER_CONTINUED_STEPS)), grid_workers=2),
+}, images=CODING_IMAGES)
+
+
 def available_notebooks() -> list[str]:
     return [n for n in PRESETS if (notebook_dir() / f"{n}.ipynb").is_file()]
 
 
-def notebook_image(name_or_path) -> str:
+def notebook_image(name_or_path, known=()) -> str:
     """How an image is handed to a notebook: a test image by its name (also when given by the path of its
-    packaged file), any other image by its absolute path (the notebook may run in another folder)."""
+    packaged file), a name in ``known`` (the notebook's own images, :data:`NOTEBOOK_IMAGES`) as it is, any
+    other image by its absolute path (the notebook may run in another folder)."""
+    if str(name_or_path).lower() in known and not Path(str(name_or_path)).is_file():
+        return str(name_or_path).lower()
     path = resolve_image_path(name_or_path)  # FileNotFoundError for neither
     key = image_key(path)
     return key if key in IO_TEST_IMAGES else str(path.resolve())
@@ -133,7 +179,7 @@ def notebook_parameters(name: str, preset: str, *, results_dir, workers=None, sc
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS[name])})")
     params = dict(PRESETS[name][preset])
     if images:
-        params["images"] = [notebook_image(i) for i in images]
+        params["images"] = [notebook_image(i, NOTEBOOK_IMAGES.get(name, ())) for i in images]
     params.update(preset=preset, results_dir=str(Path(results_dir).resolve()), workers=workers or 0,
                   scheduler=scheduler or "")
     return params
@@ -266,8 +312,6 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
     it, unless ``wait``."""
     if preset not in ("smoke", "quick", "paper"):
         raise ValueError(f"unknown preset {preset!r} (known: smoke, quick, paper)")
-    if images:
-        images = [notebook_image(i) for i in images]  # a clear error before any notebook starts
     names = available_notebooks()
     if only:
         only = [only] if isinstance(only, str) else list(only)
@@ -277,6 +321,15 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
         names = [n for n in names if n in only]
     if not names:
         raise FileNotFoundError(f"no notebooks to run in {notebook_dir()}")
+    if images:  # a clear error before any notebook starts; relative paths made absolute here
+        known = {i for n in names for i in NOTEBOOK_IMAGES.get(n, ())}
+        images = [notebook_image(i, known) for i in images]
+        for n in names:
+            foreign = [i for i in images if i in known and i not in NOTEBOOK_IMAGES.get(n, ()) and i not in TEST_IMAGES]
+            if foreign:
+                raise FileNotFoundError(f"notebook {n} does not know the image(s) {foreign} (they belong to "
+                                        f"{', '.join(m for m in names if set(foreign) & set(NOTEBOOK_IMAGES.get(m, ())))}"
+                                        "; run them with --only)")
 
     def waiting(holder):
         print(f"waiting for results folder {results_dir}, in use by another run ({holder})", file=sys.stderr,
