@@ -179,10 +179,11 @@ def test_log_weight_op_count_matches_the_header():
     assert ops == rs.LOG_WEIGHT_OPS == 12
     cpu = (ROOT / "raw_kernels" / "smoe_tile_cpu.cpp").read_text()
     for line in ("mx[p] = std::max(mx[p], Lj[p]);",
-                 "const T w = (mx[p] < below) ? T(0) : std::exp(Lj[p] - mx[p]);",
-                 "S[p] += w;",
-                 "const T dx = px[p] - mu[2 * k], dy = py[p] - mu[2 * k + 1];",
-                 "acc[c * np + p] += w * smoe::expert_value<T, LIN>(e, sl, c, dx, dy);"):
+                 # exp_gate is the exp: its clamp only keeps the vector exp off its slow path (the source's comment)
+                 "const T w = (mxp[p] < below) ? T(0) : exp_gate<T>(Lj[p] - mxp[p]);",
+                 "Sp[p] += w;",
+                 "const T dx = pxp[p] - mux, dy = pyp[p] - muy;",
+                 "accp[c * tp + p] += w * smoe::expert_value<T, LIN>(e, sl, c, dx, dy);"):
         assert line in cpu, line
 
 

@@ -50,7 +50,8 @@ per-(pixel, kernel) work of the forward pass as written in ``raw_kernels/smoe_ti
   (2 mul, 1 add), the clamp q < MAX_Q (1 compare), logpi - 0.5 q (1 mul, 1 sub): **12**
   (:data:`LOG_WEIGHT_OPS`; the test counts the operators in the header's function body);
 - SMoE only: the running maximum over the list for the log-domain softmax, max(mx, l): **1**;
-- the accumulation: the no-weight test (1 compare), exp(l - mx) (1 sub, 1 exp), S += w (1 add), dx, dy
+- the accumulation: the no-weight test (1 compare), exp(l - mx) (1 sub, 1 exp; the CPU build's ``exp_gate``
+  clamps the argument so the vector exp stays on its fast path, not counted), S += w (1 add), dx, dy
   recomputed for the expert (2 sub): **6** (the RBF mode runs the same code with mx = 0);
 - per channel: acc += w m (1 mul, 1 add): **2 C**; linear experts add m = e + s0 dx + s1 dy (2 mul, 2 add):
   **6 C** in all.
