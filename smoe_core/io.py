@@ -73,13 +73,8 @@ def image_key(name_or_path) -> str:
         return text.lower()
     p = Path(text)
     if p.is_file():
-        digest = _file_hash(p)
-        for name in TEST_IMAGES:
-            for folder in (data_dir(), PACKAGE_DATA):
-                test = folder / f"{name}.png"
-                if test.is_file() and (_same_file(p, test) or _file_hash(test) == digest):
-                    return name
-        return f"{p.stem.lower()}-{digest[:8]}"
+        known = [(name, folder / f"{name}.png") for name in TEST_IMAGES for folder in (data_dir(), PACKAGE_DATA)]
+        return identical_file_key(p, known) or f"{p.stem.lower()}-{file_sha256(p)[:8]}"
     if os.sep in text or "/" in text or p.suffix.lower() in _IMAGE_SUFFIXES:
         import hashlib
 
@@ -95,7 +90,23 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _file_hash(path: Path) -> str:
+def identical_file_key(path, candidates) -> str | None:
+    """The key of the first ``(key, file)`` of ``candidates`` that is ``path`` itself or holds the same bytes
+    (SHA-256; files of another size are skipped unread); None if none does."""
+    path = Path(path)
+    size = path.stat().st_size
+    for key, candidate in candidates:
+        candidate = Path(candidate)
+        if not candidate.is_file():
+            continue
+        if _same_file(path, candidate):
+            return key
+        if candidate.stat().st_size == size and file_sha256(candidate) == file_sha256(path):
+            return key
+    return None
+
+
+def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes (hex), cached by path, size and modification time."""
     import hashlib
 

@@ -28,5 +28,15 @@ def random_model(K=30, H=20, W=28, C=1, linear=False, rbf=False, seed=0, spread=
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (restored after): small tensors on a busy 2-core machine run far faster on
+    one thread than on two contending ones. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def make_model():
     return random_model

@@ -12,12 +12,7 @@ from smoe_core.io import load_image
 from smoe_core.tasks.coding.codec import decode_image, encode_image, preset_schedule
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def errors(err: str) -> list[str]:

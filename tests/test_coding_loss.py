@@ -10,13 +10,7 @@ from smoe_core.tasks.coding.color import rgb_to_yuv
 from smoe_core.tasks.coding.loss import YUV_WEIGHTS, ssim611, ssim611_loss, weighted_ssim
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: far faster than two contending threads on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def skimage_ssim(a, b):

@@ -15,13 +15,7 @@ H, W = 20, 28
 GRID = (7, 5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: far faster than two contending threads on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def grid_model(seed=0, jitter=0.6, pi_low=0.0, color_space="yuv", C=3):

@@ -16,13 +16,7 @@ from smoe_core.tasks.coding.schedule import (PAPER_LR, grid_init, pixel_learning
                                              train)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: far faster than two contending threads on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def crop(h=32, w=40):

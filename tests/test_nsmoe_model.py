@@ -12,13 +12,7 @@ from smoe_core.tasks.nsmoe.encoder import MAX_PARAMETERS, Encoder, LaplacianResi
 from smoe_core.tasks.nsmoe.head import raw_size
 from smoe_core.tasks.nsmoe.model import NSMoE, pixel_loss, train_steps
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread (on a loaded machine two threads' OpenMP waits cost more than the work)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = dict(n_kernels=4, block=4, width=8, mults=(1, 2, 4), heads=2, groups=4, attention_res=(4, 2),

@@ -24,12 +24,7 @@ from smoe_core.tasks.nsmoe import train as tr  # noqa: E402
 from smoe_core.tasks.nsmoe.degrade import Degradation  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(task="sr2", **kw):

@@ -80,7 +80,6 @@ they are an indication, not the paper's experiment; ``paper`` runs the full imag
 """
 from __future__ import annotations
 
-import hashlib
 from io import BytesIO
 import math
 import os
@@ -92,7 +91,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..io import PACKAGE_DATA, image_key, load_image
+from ..io import PACKAGE_DATA, identical_file_key, image_key, load_image
 from ..metrics import psnr
 from ..render import render
 from ..tasks.coding import codec, schedule
@@ -101,7 +100,7 @@ from ..tasks.coding.color import rgb_to_yuv, yuv_to_rgb
 from ..tasks.coding.loss import ssim611
 from ..tasks.coding.quantize import grid_shape
 from ..tasks.denoise import denoise_baseline
-from .common import markdown_table
+from .common import centre_crop, markdown_table
 from .plotting import kernel_ellipses, pyplot, show_image
 
 PAPER = "QSMoE"
@@ -130,10 +129,6 @@ def coding_data_dir() -> Path:
     return PACKAGE_DATA / "coding"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def coding_image_path(name_or_path) -> Path:
     """The file of a coding image by key ("lena", ...), or the given path (FileNotFoundError for neither)."""
     text = str(name_or_path)
@@ -156,22 +151,10 @@ def coding_image_key(name_or_path) -> str:
         return text.lower()
     p = Path(text)
     if p.is_file():
-        digest = _sha256(p)
-        for key, fname in CODING_IMAGES.items():
-            q = coding_data_dir() / fname
-            if q.is_file() and q.stat().st_size == p.stat().st_size and _sha256(q) == digest:
-                return key
+        key = identical_file_key(p, [(k, coding_data_dir() / f) for k, f in CODING_IMAGES.items()])
+        if key is not None:
+            return key
     return image_key(text)
-
-
-def centre_crop(image: np.ndarray, crop: int | None) -> np.ndarray:
-    """The centred ``crop`` x ``crop`` window (the whole image for None)."""
-    if not crop:
-        return image
-    H, W = image.shape[:2]
-    c = min(int(crop), H, W)
-    y0, x0 = (H - c) // 2, (W - c) // 2
-    return np.ascontiguousarray(image[y0:y0 + c, x0:x0 + c])
 
 
 def load_original(name_or_path, crop: int | None = None) -> np.ndarray:

@@ -51,13 +51,17 @@ def default_budget(image_name: str) -> int:
 def load_case(name_or_path, crop: int | None = None, color: bool = False) -> np.ndarray:
     """The image of an experiment: a test image's name or a path; ``crop`` takes the centred crop of that side
     (the ``smoke`` preset)."""
-    img = load_image(name_or_path, color=color)
-    if crop:
-        H, W = img.shape[:2]
-        c = min(int(crop), H, W)
-        y0, x0 = (H - c) // 2, (W - c) // 2
-        img = np.ascontiguousarray(img[y0:y0 + c, x0:x0 + c])
-    return img
+    return centre_crop(load_image(name_or_path, color=color), crop)
+
+
+def centre_crop(image: np.ndarray, crop: int | None) -> np.ndarray:
+    """The centred ``crop`` x ``crop`` window (the whole image for None or 0)."""
+    if not crop:
+        return image
+    H, W = image.shape[:2]
+    c = min(int(crop), H, W)
+    y0, x0 = (H - c) // 2, (W - c) // 2
+    return np.ascontiguousarray(image[y0:y0 + c, x0:x0 + c])
 
 
 def segmentation_labels(name_or_path, d_th: float, crop: int | None = None) -> np.ndarray:
