@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ...model import SMoE
 from . import blocks as blk
 from . import checkpoint as ckpt
-from .head import decode, image_model
+from .head import GATINGS, decode, image_model
 from .model import NSMoE
 from .train import network_from_meta
 
@@ -72,14 +72,17 @@ def block_pixels(x: torch.Tensor, origins: torch.Tensor, block: int) -> torch.Te
 
 
 def restore(net: NSMoE, image, *, stride: int = blk.TEST_STRIDE, chunk: int = DEFAULT_CHUNK, export: bool = False,
-            progress: bool = False):
+            progress: bool = False, gating: str | None = None):
     """(output (H s, W s) float32 numpy, exported SMoE or None) for a gray (H, W) image in [0, 1] (module
-    docstring)."""
+    docstring). ``gating`` decodes with another gating than the network's (``"authors"`` / ``"smoe"``; the
+    exported model is always our SMoE of the same kernels)."""
     cfg = net.config
     b, s = cfg.block, cfg.scale
     img = torch.as_tensor(np.asarray(image, dtype=np.float32))
     if img.ndim != 2:
         raise ValueError(f"N-SMoE inference takes a gray (H, W) image, got shape {tuple(img.shape)}")
+    if gating is not None and gating not in GATINGS:
+        raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
     if not 1 <= int(stride) <= b:
         raise ValueError(f"the stride must be from 1 to the block size {b}, got {stride}")
     H, W = img.shape
@@ -103,7 +106,7 @@ def restore(net: NSMoE, image, *, stride: int = blk.TEST_STRIDE, chunk: int = DE
         for i in range(0, n, step):
             o = origins[i:i + step]
             kernels = net.encode(block_pixels(x, o, b))
-            out = decode(kernels, s, gating=cfg.gating, backend=cfg.backend)  # (m, 1, bo, bo)
+            out = decode(kernels, s, gating=gating or cfg.gating, backend=cfg.backend)  # (m, 1, bo, bo)
             r0 = torch.tensor([blk.out_size(int(r), s) for r in o[:, 0]])
             c0 = torch.tensor([blk.out_size(int(c), s) for c in o[:, 1]])
             flat = ((r0[:, None, None] + off[None, :, None]) * Wo + (c0[:, None, None] + off[None, None, :])).reshape(-1)

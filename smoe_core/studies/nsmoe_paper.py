@@ -1,0 +1,385 @@
+"""The N-SMoE study: super-resolution (x2, x4), denoising (sigma 15 / 25 / 50) and blind restoration of the
+held-out medical test images by the trained N-SMoE networks, beside bicubic, our per-image fitted SMoE and BM3D
+([N-SMoE]: "Neural Steered Mixture of Experts for Medical Image Denoising, and Super-Resolution", preprint,
+abstract only in our copy; code github.com/anatolicvs/n-smoe). The networks and their training are
+:mod:`smoe_core.tasks.nsmoe`; this module holds the evaluation grid, its tables and figures (the notebook
+``notebooks/n_smoe.ipynb`` calls it).
+
+Test data: the test split of :mod:`smoe_core.tasks.nsmoe.data` (five images, one per modality that has two or
+more: never seen in training), each cut to its ``crop`` x ``crop`` HR window of most detail (largest gradient energy) (:func:`test_crop`;
+a multiple of 4 so that x2 and x4 share the crop); ``crop=None`` keeps the whole image.
+
+Degradations (deterministic):
+
+- super-resolution: PIL's antialiased bicubic downsampling by s (:func:`smoe_core.tasks.superres.downsample`,
+  the training degradation of ``sr2`` / ``sr4``);
+- denoising: white Gaussian noise of sigma / 255, clipped to [0, 1], from the seed :func:`noise_seed` (the seed,
+  the image name and sigma: one noise field per pair, the same for every method);
+- blind: the seeded BSRGAN-plus chain at x2 (:class:`~smoe_core.tasks.nsmoe.degrade.Degradation`, seed from
+  :func:`noise_seed` with sigma 0) applied to the crop **without** the USM sharpening of the training target:
+  every method is measured against the crop itself (the clean image, not a sharpened one; our choice).
+
+Methods per task: ``bicubic`` (PIL bicubic of the LR input; for denoising ``noisy``, the input itself),
+``nsmoe`` (the checkpoint as trained, our gating, test stride 4), ``nsmoe_authors_gating`` (the same kernels
+decoded with the authors' softmax over Gaussian values: an inference-time swap, not a network trained with that
+gating; it shows how much the trained kernels depend on the gating), ``smoe`` (per image fitted SMoE:
+:func:`smoe_core.tasks.superres.upscale` of the LR input, or :func:`smoe_core.tasks.denoise.denoise` with
+``smoe_models`` shifted models, the ``smoe upscale`` / ``smoe denoise --models 8`` of the CLI) and ``bm3d``
+(denoising, the true sigma).
+
+Metrics (:func:`quality`, on the output clipped to [0, 1]): PSNR and SSIM of scikit-image with data range 1;
+the authors' convention (data range = max - min of the pair, no border shave) as ``psnr_pair`` / ``ssim_pair``;
+LPIPS and ST-LPIPS (AlexNet) where their weights are on this machine, else "n/a (reason)"
+(:func:`smoe_core.studies.perceptual.perceptual_columns`: never from random weights).
+"""
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import file_sha256
+from ..metrics import psnr
+from ..tasks import denoise as dn
+from ..tasks import superres as sr
+from ..tasks.nsmoe import blocks as blk
+from ..tasks.nsmoe import checkpoint as ckpt
+from ..tasks.nsmoe import data
+from ..tasks.nsmoe.degrade import Degradation
+from ..tasks.nsmoe.head import block_model
+from ..tasks.nsmoe.infer import load_network, restore
+from .plotting import kernel_ellipses, pyplot, show_image
+
+TASKS = ("sr2", "sr4", "denoise", "blind")
+SIGMAS = (15, 25, 50)
+#: the columns that name one grid item
+KEYS = ["task", "image", "sigma", "method"]
+#: the issue's targets: (task, sigma) -> (baseline method, required mean PSNR gain in dB)
+TARGETS = {("sr2", 0): ("bicubic", 1.5), ("sr4", 0): ("bicubic", 0.7), ("denoise", 25): ("noisy", 6.0),
+           ("blind", 0): ("bicubic", 1.0)}
+
+
+# ---------------------------------------------------------------------- data
+def test_images(names=None) -> list[str]:
+    """The held-out test images (``names`` a subset of them; anything else is refused)."""
+    test = list(data.SPLITS["test"])
+    if names is None:
+        return test
+    names = [str(n) for n in names]
+    bad = [n for n in names if n not in test]
+    if bad:
+        raise ValueError(f"images must be test images of the N-SMoE split ({', '.join(test)}), got {bad}")
+    return names
+
+
+def test_crop(name: str, crop: int | None) -> np.ndarray:
+    """The ``crop`` x ``crop`` HR crop of test image ``name`` (rounded down to a multiple of 4) of largest mean
+    squared gradient (``numpy.gradient``, the detail super-resolution has to restore) among the windows whose
+    corners lie on a grid of ``crop // 4`` px (ties: the first in row-major order); the whole image (cut to a
+    multiple of 4) when ``crop`` is None. Medical images have large flat backgrounds (a centred 64 px crop of the
+    CT ``693_UNCR`` is nearly constant, bicubic 70 dB), so a fixed centre would measure the background; the
+    rule is deterministic and uses the clean image only."""
+    img = np.asarray(data.load(name), dtype=np.float32)
+    H, W = img.shape
+    if crop is None:
+        return np.ascontiguousarray(img[:H - H % 4, :W - W % 4])
+    c = int(crop)
+    if c < 32:
+        raise ValueError(f"crop must be at least 32 px (one LR block at x2), got {crop}")
+    side = min(c, H, W) // 4 * 4
+    step = max(1, side // 4)
+    gy, gx = np.gradient(img.astype(np.float64))
+    s1 = np.pad(np.cumsum(np.cumsum(gy * gy + gx * gx, 0), 1), ((1, 0), (1, 0)))
+    rows, cols = np.arange(0, H - side + 1, step), np.arange(0, W - side + 1, step)
+    r0, c0 = rows[:, None], cols[None, :]
+
+    def box(t):
+        return t[r0 + side, c0 + side] - t[r0, c0 + side] - t[r0 + side, c0] + t[r0, c0]
+
+    energy = box(s1)
+    i, j = np.unravel_index(int(np.argmax(energy)), energy.shape)
+    r, q = int(rows[i]), int(cols[j])
+    return np.ascontiguousarray(img[r:r + side, q:q + side])
+
+
+def noise_seed(seed: int, name: str, sigma: float) -> int:
+    """The seed of the noise (or of the blind degradation, sigma 0) of one (image, sigma) pair."""
+    return int(np.random.SeedSequence([int(seed), zlib.crc32(name.encode()), int(round(float(sigma) * 10))])
+               .generate_state(1)[0])
+
+
+def degraded_input(task: str, hr: np.ndarray, name: str, sigma: float = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(input, reference) of one item (module docstring)."""
+    if task in ("sr2", "sr4"):
+        ref, lr = sr.downsample(hr, 2 if task == "sr2" else 4)
+        return lr.astype(np.float32), ref.astype(np.float32)
+    if task == "denoise":
+        rng = np.random.default_rng(noise_seed(seed, name, sigma))
+        noisy = np.clip(hr + rng.normal(0.0, float(sigma) / 255.0, hr.shape), 0.0, 1.0)
+        return noisy.astype(np.float32), hr
+    if task == "blind":
+        lr, ref = Degradation(2, "bsrgan_plus", seed=noise_seed(seed, name, 0), sharpen=False)(hr)
+        return lr.astype(np.float32), ref.astype(np.float32)
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def task_scale(task: str) -> int:
+    return {"sr2": 2, "sr4": 4, "denoise": 1, "blind": 2}[task]
+
+
+# ---------------------------------------------------------------------- metrics
+def quality(pred, ref, perceptual: bool = True) -> dict:
+    """PSNR / SSIM (data range 1), the authors' pair-range PSNR / SSIM and LPIPS / ST-LPIPS (module docstring)."""
+    from skimage.metrics import structural_similarity
+
+    p = np.clip(np.asarray(pred, dtype=np.float64), 0.0, 1.0)
+    t = np.asarray(ref, dtype=np.float64)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and reference {t.shape} differ in shape")
+    rng = float(max(p.max(), t.max()) - min(p.min(), t.min())) or 1.0
+    mse = float(np.mean((p - t) ** 2))
+    out = dict(psnr=psnr(p, t), ssim=float(structural_similarity(p, t, data_range=1.0)),
+               psnr_pair=math.inf if mse == 0 else 10 * math.log10(rng * rng / mse),
+               ssim_pair=float(structural_similarity(p, t, data_range=rng)))
+    if perceptual:
+        from .perceptual import perceptual_columns
+
+        cols = perceptual_columns(p.astype(np.float32), t.astype(np.float32))
+        out.update(lpips=cols["lpips"], st_lpips=cols["st_lpips"])
+    return out
+
+
+# ---------------------------------------------------------------------- checkpoints
+def checkpoint_for(task: str, checkpoint_dir=None) -> Path:
+    """``<checkpoint_dir>/<task>.ckpt`` (default: the shipped one, :func:`~smoe_core.tasks.nsmoe.checkpoint.default_path`);
+    FileNotFoundError naming the training command when it is missing (untrained weights are never evaluated)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    path = ckpt.default_path(task) if checkpoint_dir is None else Path(checkpoint_dir) / f"{task}.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained N-SMoE checkpoint for {task} at {path}: train one with `smoe nsmoe "
+                                f"train --preset quick --task {task}`")
+    return path
+
+
+def checkpoint_summary(paths: dict) -> pd.DataFrame:
+    """One row per checkpoint: task, preset, steps, parameters, training seconds, last validation PSNR and its
+    baseline, the file's size and sha256 prefix."""
+    rows = []
+    for task, path in paths.items():
+        state = ckpt.load(path)
+        m = state.meta
+        val = (m.get("history") or {}).get("val") or [{}]
+        rows.append(dict(task=task, preset=m.get("preset"), step=m.get("step"), total_steps=m.get("total_steps"),
+                         parameters=m.get("n_parameters"), train_seconds=round(float(m.get("seconds", 0.0)), 1),
+                         val_psnr=val[-1].get("val_psnr"), val_psnr_baseline=val[-1].get("val_psnr_baseline"),
+                         megabytes=round(Path(path).stat().st_size / 2**20, 2),
+                         sha256=file_sha256(path)[:12]))
+    return pd.DataFrame(rows)
+
+
+def training_history(paths: dict) -> pd.DataFrame:
+    """The validation history of every checkpoint: task, step, val_psnr, val_psnr_baseline."""
+    frames = []
+    for task, path in paths.items():
+        val = pd.DataFrame((ckpt.load(path).meta.get("history") or {}).get("val") or [])
+        if len(val):
+            frames.append(val.assign(task=task))
+    cols = ["task", "step", "val_psnr", "val_psnr_baseline"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+# ---------------------------------------------------------------------- grid items
+def items(tasks, images, *, crop, checkpoint_dir, sigmas=SIGMAS, seed=0, smoe=True, bm3d=True, authors_gating=True,
+          smoe_iters=None, smoe_models=8, output_dir=None) -> list[dict]:
+    """The grid: one item per (task, image, sigma, method) (sigma 0 outside denoising)."""
+    out = []
+    for task in tasks:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        methods = ["noisy" if task == "denoise" else "bicubic", "nsmoe"]
+        methods += ["nsmoe_authors_gating"] if authors_gating else []
+        methods += ["smoe"] if smoe else []
+        methods += ["bm3d"] if bm3d and task == "denoise" else []
+        for name in test_images(images):
+            for sigma in (sigmas if task == "denoise" else (0,)):
+                for method in methods:
+                    out.append(dict(task=task, image=name, sigma=int(sigma), method=method, crop=crop, seed=int(seed),
+                                    checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+                                    smoe_iters=smoe_iters, smoe_models=int(smoe_models),
+                                    output_dir=None if output_dir is None else str(output_dir)))
+    return out
+
+
+def output_path(output_dir, item: dict) -> Path:
+    return Path(output_dir) / f"{item['task']}_{item['image'].replace('.', '_')}_s{item['sigma']}_{item['method']}.npy"
+
+
+def run_item(item: dict) -> dict:
+    """Computes one grid item: the method's output for the degraded input, its metrics and time; the output is
+    kept as ``.npy`` in ``output_dir`` (for the crop figures) when given."""
+    task, name, sigma, method = item["task"], item["image"], float(item["sigma"]), item["method"]
+    hr = test_crop(name, item["crop"])
+    x, ref = degraded_input(task, hr, name, sigma, item["seed"])
+    s = task_scale(task)
+    t0 = time.perf_counter()
+    note = ""
+    if method in ("bicubic", "noisy"):
+        out = x if s == 1 else sr.pil_resize(x, ref.shape, "bicubic")
+    elif method in ("nsmoe", "nsmoe_authors_gating"):
+        loaded = load_network(checkpoint_for(task, item["checkpoint_dir"]))
+        out, _ = restore(loaded.net, x, gating="authors" if method == "nsmoe_authors_gating" else None)
+        note = f"checkpoint step {loaded.checkpoint.step}"
+    elif method == "smoe":
+        if s == 1:
+            out, rec = dn.denoise(x, models=item["smoe_models"], iters=item["smoe_iters"], progress=False)
+            note = f"{rec['models']} models, {rec['n_kernels']} kernels, {rec['iters']} iterations"
+        else:
+            out, rec = sr.upscale(x, s, iters=item["smoe_iters"])
+            note = f"{rec['kernels']} kernels, {rec['iterations']} iterations"
+    elif method == "bm3d":
+        out = dn.denoise_baseline(x, sigma, "bm3d")
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    seconds = time.perf_counter() - t0
+    out = np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+    if item.get("output_dir"):
+        p = output_path(item["output_dir"], item)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        np.save(p, out)
+    return dict(quality(out, ref), seconds=seconds, height=ref.shape[0], width=ref.shape[1], note=note)
+
+
+# ---------------------------------------------------------------------- tables
+def summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per task, sigma and method: mean PSNR / SSIM (and the pair-range ones), the mean PSNR gain over the task's
+    baseline (bicubic or the noisy input), and on how many images the method beats it in PSNR."""
+    df = rows.copy()
+    base_name = df["task"].map(lambda t: "noisy" if t == "denoise" else "bicubic")
+    base = df[df["method"] == base_name].set_index(["task", "image", "sigma"])
+    key = pd.MultiIndex.from_frame(df[["task", "image", "sigma"]])
+    df["gain_db"] = df["psnr"].to_numpy() - base["psnr"].reindex(key).to_numpy()
+    df["ssim_gain"] = df["ssim"].to_numpy() - base["ssim"].reindex(key).to_numpy()
+    g = df.groupby(["task", "sigma", "method"], sort=False)
+    out = g.agg(images=("image", "size"), psnr=("psnr", "mean"), ssim=("ssim", "mean"), psnr_pair=("psnr_pair", "mean"),
+                ssim_pair=("ssim_pair", "mean"), gain_db=("gain_db", "mean"), ssim_gain=("ssim_gain", "mean"),
+                wins=("gain_db", lambda v: int((v > 0).sum())), seconds=("seconds", "mean")).reset_index()
+    return out
+
+
+def targets(table: pd.DataFrame) -> pd.DataFrame:
+    """The issue's done-when criteria beside our numbers (from :func:`summary`): one row per criterion with the
+    measured value and whether it holds (NaN where the rows are missing)."""
+    rows = []
+
+    def get(task, sigma, method, col):
+        sel = table[(table["task"] == task) & (table["sigma"] == sigma) & (table["method"] == method)]
+        return float(sel[col].iloc[0]) if len(sel) else math.nan
+
+    def add(criterion, value, holds):
+        rows.append(dict(criterion=criterion, measured=value, holds=holds if not math.isnan(value) else math.nan))
+
+    for (task, sigma), (base, need) in TARGETS.items():
+        gain = get(task, sigma, "nsmoe", "gain_db")
+        add(f"{task}{f' sigma {sigma}' if sigma else ''}: mean PSNR >= {base} + {need} dB", gain, gain >= need)
+        if task in ("sr2", "sr4"):
+            n = get(task, sigma, "nsmoe", "images")
+            wins = get(task, sigma, "nsmoe", "wins")
+            add(f"{task}: better than bicubic on all but at most one image ({n:.0f})", wins, wins >= n - 1)
+            dssim = get(task, sigma, "nsmoe", "ssim_gain")
+            add(f"{task}: mean SSIM not below bicubic", dssim, dssim >= 0)
+            d = get(task, sigma, "nsmoe", "psnr") - get(task, sigma, "smoe", "psnr")
+            add(f"{task}: better than smoe upscale (PSNR difference)", d, d > 0)
+    d = get("denoise", 25, "nsmoe", "psnr") - get("denoise", 25, "bm3d", "psnr")
+    add("denoise sigma 25: mean PSNR within 0.5 dB of BM3D (difference)", d, d >= -0.5)
+    d = get("denoise", 25, "nsmoe", "psnr") - get("denoise", 25, "smoe", "psnr")
+    add("denoise sigma 25: better than smoe denoise --models 8 (difference)", d, d > 0)
+    return pd.DataFrame(rows, columns=["criterion", "measured", "holds"])
+
+
+# ---------------------------------------------------------------------- figures
+def training_figure(history: pd.DataFrame):
+    """Validation PSNR against training step, one panel per task, the baseline (bicubic / noisy) dashed."""
+    plt = pyplot()
+    tasks = list(dict.fromkeys(history["task"]))
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(3.6 * max(1, len(tasks)), 3.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        h = history[history["task"] == task]
+        ax.plot(h["step"], h["val_psnr"], "o-", ms=3, label="N-SMoE")
+        ax.axhline(float(h["val_psnr_baseline"].iloc[-1]), ls="--", color="k",
+                   label="noisy input" if task == "denoise" else "bicubic")
+        ax.set_title(task)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("validation PSNR (dB)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def crops_figure(panels: dict, reference: np.ndarray, window: int = 64, title: str | None = None):
+    """The same ``window`` x ``window`` crop (the reference's most textured window: largest gradient energy) of
+    every panel (label -> image at the reference's size), with its PSNR to the reference in the title."""
+    plt = pyplot()
+    ref = np.asarray(reference, dtype=np.float32)
+    w = int(min(window, *ref.shape))
+    gy, gx = np.gradient(ref)
+    energy = gy * gy + gx * gx
+    c = np.cumsum(np.cumsum(np.pad(energy, ((1, 0), (1, 0))), 0), 1)
+    box = c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]
+    r, q = np.unravel_index(int(np.argmax(box)), box.shape)
+    sl = (slice(r, r + w), slice(q, q + w))
+    items_ = [("reference", ref)] + list(panels.items())
+    fig, axes = plt.subplots(1, len(items_), figsize=(2.3 * len(items_), 2.6), squeeze=False)
+    for ax, (label, img) in zip(axes[0], items_):
+        img = np.asarray(img, dtype=np.float32)
+        sub = f"\n{psnr(np.clip(img, 0, 1), ref):.2f} dB" if label != "reference" else f"\n{w} px window"
+        show_image(ax, img[sl], label + sub)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def kernels_figure(checkpoint_path, lr_image: np.ndarray, origin=None, title: str | None = None):
+    """One LR block with the network's kernels drawn over it (one-sigma ellipses) and the block decoded at the
+    network's scale: what the encoder predicts for one block. ``origin`` (row, col) of the block (default: the
+    block of largest variance on the test-stride grid)."""
+    import torch
+
+    plt = pyplot()
+    loaded = load_network(checkpoint_path)
+    net = loaded.net
+    b = net.config.block
+    x = torch.as_tensor(np.asarray(lr_image, dtype=np.float32))[None, None]
+    blocks_, origins = blk.cut(x, b, blk.TEST_STRIDE)
+    if origin is None:
+        i = int(torch.argmax(blocks_.flatten(1).var(1)))
+    else:
+        match = ((origins[:, 0] == int(origin[0])) & (origins[:, 1] == int(origin[1]))).nonzero()
+        if not len(match):
+            raise ValueError(f"origin {origin} is not on the block grid")
+        i = int(match[0, 0])
+    with torch.no_grad():
+        k = net.encode(blocks_[i:i + 1])
+    model = block_model(k, 0)
+    from ..render import render
+
+    dec = np.clip(render(model, (b, b), scale=net.config.scale), 0, 1)
+    fig, axes = plt.subplots(1, 2, figsize=(6.0, 3.2))
+    show_image(axes[0], blocks_[i, 0].numpy(), f"LR block at {tuple(int(v) for v in origins[i])}, "
+                                               f"{model.n_kernels} kernels")
+    kernel_ellipses(axes[0], model, color="yellow", linewidth=0.8)
+    show_image(axes[1], dec, f"decoded at x{net.config.scale:g}" if net.config.scale != 1 else "decoded")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["TASKS", "SIGMAS", "KEYS", "TARGETS", "test_images", "test_crop", "noise_seed", "degraded_input",
+           "task_scale", "quality", "checkpoint_for", "checkpoint_summary", "training_history", "items",
+           "output_path", "run_item", "summary", "targets", "training_figure", "crops_figure", "kernels_figure"]
