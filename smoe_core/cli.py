@@ -7,7 +7,7 @@
 - ``smoe bench``: forward + backward timings of the tiled and dense renderers (:mod:`smoe_core.studies.bench`).
 - ``smoe denoise NOISY.png --out clean.png``: multi-model fusion denoising (:mod:`smoe_core.tasks.denoise`).
 - ``smoe upscale IMAGE.png --scale S --out big.png``: fit and render at S (:mod:`smoe_core.tasks.superres`).
-- ``smoe nsmoe train | upscale | denoise``: N-SMoE ([N-SMoE]): train the network with checkpoints and
+- ``smoe nsmoe train | export | upscale | denoise``: N-SMoE ([N-SMoE]): train the network with checkpoints and
   ``--resume`` (:mod:`smoe_core.tasks.nsmoe.train`), and super-resolve or denoise with a trained checkpoint
   (:mod:`smoe_core.tasks.nsmoe.infer`; 16-bit in, 16-bit out).
 
@@ -496,7 +496,7 @@ def cmd_upscale(args) -> int:
 
 
 # ---------------------------------------------------------------------- N-SMoE ([N-SMoE])
-NSMOE_COMMANDS = ("train", "upscale", "denoise")
+NSMOE_COMMANDS = ("train", "export", "upscale", "denoise")
 
 
 def _check_output_dir(path, what: str) -> Path:
@@ -572,6 +572,18 @@ def cmd_nsmoe_train(args) -> int:
     if not result.finished:
         print(f"stopped at step {result.step}: continue with smoe nsmoe train --preset {cfg.preset} --task "
               f"{cfg.task} --out {out} --resume")
+    return 0
+
+
+def cmd_nsmoe_export(args) -> int:
+    from .tasks.nsmoe import checkpoint as ckpt
+
+    src = Path(args.checkpoint)
+    out = _check_output_path(args.out, (".ckpt",), "--out")
+    path = ckpt.export_weights(src, out)
+    state = ckpt.load(path)
+    print(f"exported: {src} ({src.stat().st_size / 2**20:.1f} MB) -> {path} ({path.stat().st_size / 2**20:.1f} MB, "
+          f"{state.meta['task']}, step {state.step} of {state.meta.get('total_steps')}, weights only)")
     return 0
 
 
@@ -932,6 +944,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a checkpoint and stop after this step (continue with --resume)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_nsmoe_train)
+
+    q = nsub.add_parser("export", help="write a run's checkpoint without its optimizer state (the shipped form: "
+                                       "inference only, about a third of the size)")
+    q.add_argument("checkpoint", metavar="RUN.ckpt", help="a checkpoint written by smoe nsmoe train")
+    q.add_argument("--out", required=True, metavar="FILE.ckpt",
+                   help="the weights-only checkpoint to write (e.g. smoe_core/data/nsmoe/sr2.ckpt)")
+    q.set_defaults(func=cmd_nsmoe_export)
 
     for name in ("upscale", "denoise"):
         if name == "upscale":

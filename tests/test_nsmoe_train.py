@@ -310,3 +310,29 @@ def test_cli_resume_takes_the_runs_seed_and_matches_the_straight_run(tmp_path, r
     assert a.step == b.step == 2 and _state_equal(a.model, b.model)
     assert main(base + ["--resume", "--seed", "1"]) == 2
     assert "seed 0" in capsys.readouterr().err
+
+
+def test_export_writes_a_weights_only_checkpoint_that_infers_and_never_resumes(tmp_path, runs, capsys):
+    src = runs["sr2"]
+    out = tmp_path / "ship" / "sr2.ckpt"
+    assert main(["nsmoe", "export", str(src), "--out", str(out)]) == 0
+    shipped = ck.load(out)
+    full = ck.load(src)
+    assert shipped.optimizer is None and shipped.torch_rng is None and shipped.meta["weights_only"] is True
+    assert shipped.meta["exported_from"] == full.header["sha256"] and "rng" not in shipped.meta
+    assert all(torch.equal(shipped.model[k], full.model[k]) for k in full.model)
+    assert out.stat().st_size < 0.5 * src.stat().st_size
+    x = np.random.default_rng(0).random((20, 20)).astype(np.float32)
+    a, _ = infer.restore(infer.load_network(out).net, x)
+    b, _ = infer.restore(infer.load_network(src).net, x)
+    assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="weights-only"):
+        tr.train(tiny(), out.parent, resume=True, progress=False)
+    capsys.readouterr()
+    for argv in (["nsmoe", "export", str(out), "--out", str(tmp_path / "again.ckpt")],
+                 ["nsmoe", "export", str(src), "--out", str(src)],
+                 ["nsmoe", "export", str(src), "--out", str(tmp_path / "x.pt")]):
+        assert main(argv) == 2
+        assert len(_errors(capsys.readouterr().err)) == 1
+    assert not (tmp_path / "again.ckpt").exists() and not (tmp_path / "x.pt").exists()
+    assert ck.load(src).optimizer is not None  # the source is untouched

@@ -23,6 +23,10 @@ Size: the compact encoder (about 1.1M float32 parameters, :mod:`.encoder`) is 4.
 moments: about 13 MB a file, under :data:`SIZE_BUDGET` (20 MB; the tests check it). Writes are atomic: a
 temporary file in the target folder, flushed and fsynced, then renamed over the target.
 
+Shipped checkpoints are **weights only** (:func:`export_weights`, ``smoe nsmoe export``): the same format with the
+optimizer and generator states left out (``meta["weights_only"]`` true; about 4.4 MB), so inference loads them and
+a training run refuses to resume from them.
+
 Where the shipped checkpoints live: ``smoe_core/data/nsmoe/<task>.ckpt`` (package data), or the folder
 ``$SMOE_NSMOE_CHECKPOINTS`` (:func:`default_path`).
 """
@@ -175,3 +179,20 @@ def load(path) -> Checkpoint:
         raise CheckpointError(f"{path} is not a readable N-SMoE checkpoint ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:200]})") from None
     return Checkpoint(path, header, meta, model, state.get("optimizer"), state.get("torch_rng"))
+
+
+def export_weights(src, dst) -> Path:
+    """Writes ``dst``: the checkpoint ``src`` without Adam's moments and the generators' states (inference only;
+    ``meta["weights_only"] = True``, a resume refuses it). Refuses an untrained (step 0) or a weights-only source
+    and ``dst`` equal to ``src``."""
+    state = load(src)
+    dst = Path(dst)
+    if dst.exists() and dst.resolve() == state.path.resolve():
+        raise ValueError(f"the export must not overwrite its source {state.path}")
+    if state.step < 1:
+        raise CheckpointError(f"{state.path} holds untrained weights (step 0): nothing to export")
+    if state.meta.get("weights_only"):
+        raise CheckpointError(f"{state.path} is already a weights-only checkpoint")
+    meta = dict(state.meta, weights_only=True, exported_from=state.header.get("sha256"))
+    meta.pop("rng", None)
+    return save(dst, meta, state.model)

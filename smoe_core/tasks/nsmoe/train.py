@@ -355,6 +355,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, stop_at: int | Non
     if resume:
         state = ckpt.load(path)
         meta = state.meta
+        if meta.get("weights_only"):
+            raise ValueError(f"{path} is a weights-only checkpoint (for inference): it cannot be resumed")
         if meta.get("config") != cfg.to_json():
             old, new = meta.get("config") or {}, cfg.to_json()
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
