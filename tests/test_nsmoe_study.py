@@ -157,3 +157,14 @@ def test_run_item_and_figures(smoke_ckpt, tmp_path, monkeypatch):
     assert len(fig.axes) == 2 and len(fig.axes[0].collections) == 1  # the ellipses
     summary = ns.checkpoint_summary({"sr2": smoke_ckpt})
     assert summary.loc[0, "step"] == 2 and len(summary.loc[0, "sha256"]) == 12
+
+
+def test_block_ceiling_starts_at_the_grid_and_improves():
+    pytest.importorskip("pydicom")
+    start = ns.block_ceiling("sr2", 16, crops=2, iters=0)
+    fit = ns.block_ceiling("sr2", 16, crops=2, iters=40)
+    assert start["baseline_psnr"] == fit["baseline_psnr"] and start["crops"] == 2
+    assert fit["per_block_psnr"] > start["per_block_psnr"] + 1.0
+    assert fit["stitched_psnr"] > start["stitched_psnr"] + 1.0
+    with pytest.raises(ValueError, match="task"):
+        ns.block_ceiling("sr3")

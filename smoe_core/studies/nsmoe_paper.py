@@ -254,6 +254,51 @@ def run_item(item: dict) -> dict:
     return dict(quality(out, ref), seconds=seconds, height=ref.shape[0], width=ref.shape[1], note=note)
 
 
+# ---------------------------------------------------------------------- the representation's ceiling
+def block_ceiling(task: str, n_kernels: int = 16, *, crops: int = 16, iters: int = 400, rate: float = 0.05,
+                  seed: int = 0) -> dict:
+    """What a perfect encoder could reach: every block's kernels fitted directly (no network) to its own HR block.
+
+    The first ``crops`` validation crops of the task's quick run (:func:`~smoe_core.tasks.nsmoe.train.validation_set`,
+    not the test images) are cut into blocks at the test stride; each block's raw numbers (the head's
+    parametrization, :class:`~smoe_core.tasks.nsmoe.head.KernelHead`, ``n_kernels`` per block, starting from its
+    initial grid) take ``iters`` Adam steps of ``rate`` on the mean squared error of the block's own decode against
+    its HR block, blocks independent of each other, as the network decodes them. Returns the mean per-block PSNR,
+    the PSNR of the stitched (averaged) crops, and the baseline's (bicubic / noisy) on the same crops. A network
+    that encodes each block alone and is trained on block losses cannot, in the limit, do better than this fit
+    (up to the fit's own convergence)."""
+    import torch
+
+    from ..tasks.nsmoe import train as nt
+    from ..tasks.nsmoe.head import KernelHead, decode
+
+    cfg = nt.make_config(task, "quick", seed)
+    val = nt.validation_set(cfg)
+    n = min(int(crops), len(val.lr))
+    lr = val.lr[:n]
+    hr = torch.from_numpy(val.hr[:n])[:, None]
+    s, b = cfg.scale, cfg.network_config().block
+    head = KernelHead(int(n_kernels), b, 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lr_blocks, origins = blk.cut(lr, b, blk.TEST_STRIDE)
+        hr_blocks, _ = blk.cut(hr, b * s, blk.TEST_STRIDE * s)
+        raw = head.initial_raw().reshape(1, -1).repeat(lr_blocks.shape[0], 1).requires_grad_(True)
+        opt = torch.optim.Adam([raw], lr=float(rate))
+        for _ in range(int(iters)):
+            opt.zero_grad()
+            ((decode(head(raw, lr_blocks), s) - hr_blocks) ** 2).mean().backward()
+            opt.step()
+        with torch.no_grad():
+            out = decode(head(raw, lr_blocks), s)
+            per_block = float(torch.mean(10 * torch.log10(1.0 / ((out - hr_blocks) ** 2).flatten(1).mean(1)
+                                                            .clamp_min(1e-20))))
+            stitched = blk.stitch(out, origins, lr.shape[-2:], s)[:, 0].numpy()
+    base = nt.baseline(lr[:, 0].numpy(), s)
+    return dict(task=task, n_kernels=int(n_kernels), crops=n, iters=int(iters), per_block_psnr=per_block,
+                stitched_psnr=nt.mean_psnr(stitched, val.hr[:n]), baseline_psnr=nt.mean_psnr(base, val.hr[:n]))
+
+
 # ---------------------------------------------------------------------- tables
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Per task, sigma and method: mean PSNR / SSIM (and the pair-range ones), the mean PSNR gain over the task's
@@ -381,5 +426,5 @@ def kernels_figure(checkpoint_path, lr_image: np.ndarray, origin=None, title: st
 
 
 __all__ = ["TASKS", "SIGMAS", "KEYS", "TARGETS", "test_images", "test_crop", "noise_seed", "degraded_input",
-           "task_scale", "quality", "checkpoint_for", "checkpoint_summary", "training_history", "items",
+           "task_scale", "quality", "block_ceiling", "checkpoint_for", "checkpoint_summary", "training_history", "items",
            "output_path", "run_item", "summary", "targets", "training_figure", "crops_figure", "kernels_figure"]
