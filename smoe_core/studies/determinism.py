@@ -177,7 +177,7 @@ def default_configs() -> dict[str, tuple[dict, str | None, int]]:
                                                 GLIBC_TUNABLES=NO_FMA_LIBM), None, 1)
     for march in ("x86-64-v3", "skylake-avx512"):
         out[f"fast(-march={march})/{top}"] = (dict(SMOE_BUILD="fast", ATEN_CPU_CAPABILITY=top), march, 1)
-    out["reproducible env, compiled -march=native"] = (dict(REPRODUCIBLE_ENV), "native", 1)
+    out["reproducible env/compiled -march=native"] = (dict(REPRODUCIBLE_ENV), "native", 1)
     return out
 
 

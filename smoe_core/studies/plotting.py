@@ -109,8 +109,8 @@ def finish(fig, title: str | None = None, *, legend=None, caption: str | None = 
     that."""
     top = 1.0
     if title:
-        fig.suptitle(title, fontsize=10)
         top = 1.0 - 0.25 / fig.get_figheight()
+        fig.suptitle(title, fontsize=10, y=top, va="bottom")
     fig.tight_layout(rect=(0, 0, 1, top), h_pad=1.8)
     y = 0.0
     if legend is not None and legend[0]:
