@@ -1,7 +1,9 @@
 """Kernel sources of the tiled SMoE renderer (R-SMoE), shipped as package data.
 
 - ``smoe_tile.h``: the per-pixel forward/backward math, compiled for host and device.
-- ``smoe_tile_cpu.cpp``: the CPU build (C++/OpenMP), compiled on first use by :mod:`smoe_core.render.cpu`.
+- ``smoe_tile_cpu.cpp``: the CPU build (C++/OpenMP), compiled on first use by :mod:`smoe_core.render.cpu`, in
+  one of two build modes (``$SMOE_BUILD``: fast, or reproducible with ``SMOE_REPRODUCIBLE`` defined; see
+  :mod:`smoe_core.render.build`).
 - ``smoe_tile_cuda.cu``: the GPU build, compiled by CuPy's RawModule in :mod:`smoe_core.render.cuda`.
 - ``mdbscan.cpp``: the sequential loops of the MDBSCAN segmentation (:mod:`smoe_core.segment`), compiled on
   first use by :mod:`smoe_core.segment.build`.

@@ -1,6 +1,12 @@
 // smoe_tile_cpu.cpp -- CPU build of the tiled SMoE renderer (R-SMoE, rasterized abstract Fig. 3):
 // C++ with OpenMP over tiles, the per-pixel math from smoe_tile.h. Compiled on first use by
-// smoe_core/_cpu_build.py and loaded with ctypes; exported for float (training) and double (gradcheck).
+// smoe_core/render/cpu.py and loaded with ctypes; exported for float (training) and double (gradcheck).
+//
+// Two builds (smoe_core/render/build.py): the fast one (-march=native -ffast-math) and the reproducible one
+// (SMOE_REPRODUCIBLE defined; the architecture's baseline, no fast-math, -ffp-contract=off), whose float results
+// are the same on every machine: every operation is rounded as written, in source order (the backward's
+// per-kernel sums over a tile's pixels run in pixel order, where fast-math lets the compiler reassociate them
+// for its vector width), and its exp is exp_portable below (IEEE operations only, no libm call).
 //
 // Layout (shared with the CUDA build and smoe_core/_tiled_torch.py, the pure-PyTorch reference):
 //   mu (N,2) [x, y]; chol (N,3) [a11, a21, a22]; logpi (N,); experts (N,C); slopes (N,C,2) or null
@@ -11,6 +17,7 @@
 //   the caller adds the rows of each kernel (deterministic: no atomics, fixed order within a tile).
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 #include <algorithm>
@@ -59,9 +66,43 @@ struct ExpLimits<double> {
   static constexpr double cut = -708.0, tiny = 4e-308;
 };
 
+#ifdef SMOE_REPRODUCIBLE
+// exp(x) in float from IEEE operations alone (no libm call, whose variants differ between CPUs with and without
+// FMA; no FMA contraction, -ffp-contract=off), so the same bits on every machine, and vectorizable: Cody-Waite
+// reduction x = n ln2 + r (n = round(x / ln2) by the 1.5 * 2^23 trick, ln2 split in two so n * C1 is exact), the
+// Cephes minimax polynomial for exp(r) (relative error about 1e-7), then 2^n written into the exponent bits
+// (read off the rounded sum's low bits: no float-to-int conversion). For x in [-87.5, 88.3]: the callers clamp
+// below at -87; above 88.3 it saturates at exp(88.3) = 2.2e38 (an RBF gate with pi > 1e38).
+inline float exp_portable(float x) {
+  x = x > 88.3f ? 88.3f : x;
+  const float t = x * 1.44269504088896341f + 12582912.0f;
+  const float n = t - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * (r * r) + r + 1.0f;
+  int32_t tb;
+  std::memcpy(&tb, &t, sizeof tb);
+  const int32_t bits = (tb - 0x4B400000 + 127) << 23;  // t = 1.5 * 2^23 + n: its low bits hold n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+inline float exp_any(float x) { return exp_portable(x); }
+inline double exp_any(double x) { return std::exp(x); }  // double (gradcheck only): libm
+#else
+template <typename T>
+inline T exp_any(T x) { return std::exp(x); }
+#endif
+
 template <typename T>
 inline T exp_gate(T x) {
-  const T e = std::exp(x < ExpLimits<T>::cut ? ExpLimits<T>::cut : x);
+  const T e = exp_any(x < ExpLimits<T>::cut ? ExpLimits<T>::cut : x);
   return e < ExpLimits<T>::tiny ? T(0) : e;
 }
 
@@ -130,7 +171,10 @@ void forward_impl(const T* mu, const T* chol, const T* logpi, const T* experts, 
         }
 #pragma omp simd
         for (int p = 0; p < np; ++p) {
-          const T w = (mxp[p] < below) ? T(0) : exp_gate<T>(Lj[p] - mxp[p]);
+          // both operands loaded unconditionally, so the select is if-converted (vectorized) also without
+          // fast-math (a load under the condition may not be speculated)
+          const T l = Lj[p], mxv = mxp[p];
+          const T w = (mxv < below) ? T(0) : exp_gate<T>(l - mxv);
           Sp[p] += w;
           const T dx = pxp[p] - mux, dy = pyp[p] - muy;
           for (int c = 0; c < C; ++c) accp[c * tp + p] += w * smoe::expert_value<T, LIN>(e, sl, c, dx, dy);

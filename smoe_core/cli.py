@@ -416,7 +416,8 @@ def cmd_reproduce(args) -> int:
         raise ValueError("give --workers or --scheduler, not both")
     # reproduce() resolves --images (relative paths made absolute) and refuses a missing one before any work
     report = reproduce(args.preset, only=args.only, results_dir=args.results, workers=args.workers or None,
-                       scheduler=args.scheduler, progress=not args.no_progress, images=args.images, wait=args.wait)
+                       scheduler=args.scheduler, progress=not args.no_progress, images=args.images, wait=args.wait,
+                       build=args.build)
     print(f"report: {report}")
     return 0
 
@@ -917,6 +918,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=None, metavar="N", help="Dask workers (local cluster)")
     p.add_argument("--scheduler", default=None, metavar="ADDR", help="address of a running Dask scheduler")
     p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results)")
+    p.add_argument("--build", choices=("fast", "reproducible"), default=None,
+                   help="reproducible: the same numbers on every x86-64 machine (the compiled kernels without "
+                        "-march=native and fast-math, PyTorch's baseline CPU kernels, one thread per process; "
+                        "slower); fast: this CPU's fastest build; default: $SMOE_BUILD (fast when unset)")
     p.add_argument("--wait", action="store_true",
                    help="if another smoe reproduce is using the results folder, wait for it to finish (default: "
                         "refuse at once)")

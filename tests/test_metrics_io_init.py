@@ -147,7 +147,7 @@ def test_fallback_without_compiler(monkeypatch):
     expected = render(m, backend="cpu")
     from smoe_core.render import build as native_build
 
-    monkeypatch.setattr(cpu_build, "_lib", None)
+    monkeypatch.setattr(cpu_build, "_libs", {})  # no library of either build loaded yet
     monkeypatch.setattr(native_build, "find_compiler", lambda: None)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         out = render(m)

@@ -180,7 +180,8 @@ def test_log_weight_op_count_matches_the_header():
     cpu = (ROOT / "raw_kernels" / "smoe_tile_cpu.cpp").read_text()
     for line in ("mx[p] = std::max(mx[p], Lj[p]);",
                  # exp_gate is the exp: its clamp only keeps the vector exp off its slow path (the source's comment)
-                 "const T w = (mxp[p] < below) ? T(0) : exp_gate<T>(Lj[p] - mxp[p]);",
+                 "const T l = Lj[p], mxv = mxp[p];",  # loads (not counted), then the test and the exp's argument
+                 "const T w = (mxv < below) ? T(0) : exp_gate<T>(l - mxv);",
                  "Sp[p] += w;",
                  "const T dx = pxp[p] - mux, dy = pyp[p] - muy;",
                  "accp[c * tp + p] += w * smoe::expert_value<T, LIN>(e, sl, c, dx, dy);"):

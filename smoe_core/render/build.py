@@ -1,10 +1,22 @@
 """One compile-and-cache helper for every C++ source in raw_kernels/ (the tiled renderer's CPU build,
-:mod:`smoe_core.render.cpu`, and the MDBSCAN loops, :mod:`smoe_core.segment.build`).
+:mod:`smoe_core.render.cpu`, and the MDBSCAN loops, :mod:`smoe_core.segment.build`), and the build mode.
 
 A source is compiled on first use with the system C++ compiler (``$CXX``, else ``g++``, ``c++`` or
 ``clang++``), cached under ``$SMOE_CACHE_DIR`` (default ``~/.cache/smoe_core``) by a hash of the sources,
 flags, compiler and machine, and loaded with :mod:`ctypes` by its caller. No build system is involved: one
 compiler call.
+
+**Build modes** (:func:`build_mode`, ``$SMOE_BUILD``): ``"fast"`` (the default) compiles the tiled renderer for
+this CPU with ``-march=native -ffast-math``: vector exp from libmvec, reassociated sums whose order depends on
+the vector width, fused multiply-adds where the CPU has them, so its last bits differ between CPUs.
+``"reproducible"`` compiles for the baseline of the architecture (``-march=x86-64 -mtune=generic`` on x86-64)
+with IEEE semantics (no fast-math, ``-ffp-contract=off``: every operation rounded as written, in source order,
+no FMA contraction), so the compiled code does the same arithmetic on every machine of the architecture. The
+two modes have different flags and library names, hence different cache keys: their libraries never mix. The
+mode is read from the environment each time a library is loaded (:func:`set_build_mode` sets it for this
+process and the processes it starts: Dask workers, notebook kernels). What the reproducible mode cannot fix is
+outside the compiled code: glibc's libm picks FMA variants of ``expf`` / ``logf`` per CPU and PyTorch picks its
+kernels per CPU (``ATEN_CPU_CAPABILITY``); README "Reproducible builds" gives the measured consequences.
 """
 from __future__ import annotations
 
@@ -17,6 +29,57 @@ import tempfile
 from pathlib import Path
 
 from raw_kernels import KERNEL_DIR
+
+
+#: the build modes (module docstring)
+BUILD_MODES = ("fast", "reproducible")
+#: the environment variable that selects the build mode
+BUILD_ENV = "SMOE_BUILD"
+
+
+#: the environment of a reproducible run (``smoe reproduce --build reproducible`` sets it for its notebooks):
+#: the reproducible build, PyTorch's baseline kernels (``ATEN_CPU_CAPABILITY=default``: the same code on every
+#: x86-64 CPU instead of the AVX2 / AVX-512 kernels picked per CPU), MKL's CPU-independent code path
+#: (``MKL_CBWR=COMPATIBLE``) and one thread per process (PyTorch splits its reductions by the thread count, so
+#: a machine with more cores would sum in another order; Dask workers still run in parallel). The variables
+#: are read when torch starts: set them before importing it.
+REPRODUCIBLE_ENV = {BUILD_ENV: "reproducible", "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE",
+                    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def build_mode() -> str:
+    """The build mode of the compiled kernels: ``$SMOE_BUILD`` ("fast" when unset or empty); ValueError for
+    any other value."""
+    mode = os.environ.get(BUILD_ENV, "").strip().lower() or "fast"
+    if mode not in BUILD_MODES:
+        raise ValueError(f"${BUILD_ENV} must be one of {', '.join(BUILD_MODES)}, got {os.environ[BUILD_ENV]!r}")
+    return mode
+
+
+def check_build_mode(mode: str | None) -> str:
+    """``mode`` checked (None: :func:`build_mode`)."""
+    if mode is None:
+        return build_mode()
+    if mode not in BUILD_MODES:
+        raise ValueError(f"build mode must be one of {', '.join(BUILD_MODES)}, got {mode!r}")
+    return mode
+
+
+def set_build_mode(mode: str) -> str:
+    """Selects the build mode for this process and the processes it starts (sets ``$SMOE_BUILD``); returns the
+    previous mode. Libraries already loaded stay loaded; the next load picks the library of the new mode."""
+    previous = build_mode()
+    os.environ[BUILD_ENV] = check_build_mode(mode)
+    return previous
+
+
+def portable_arch_flags() -> list[str]:
+    """The flags that pin code generation to the baseline of this architecture (empty where the compiler's
+    default target is already the baseline): on x86-64 ``-march=x86-64 -mtune=generic`` (SSE2, no FMA; a
+    compiler configured for a newer default, e.g. x86-64-v2, is overridden)."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return ["-march=x86-64", "-mtune=generic"]
+    return []
 
 
 def find_compiler() -> str | None:

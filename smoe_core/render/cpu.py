@@ -2,7 +2,19 @@
 :func:`smoe_core.render.build.compile_cached` on first use, loaded with :mod:`ctypes`, and called by
 :func:`forward` / :func:`backward` (rasterized R-SMoE; see :mod:`smoe_core.render.api`).
 
-``-march=native`` is safe because the cache key includes the CPU model and flags.
+Two builds, by :func:`smoe_core.render.build.build_mode` (``$SMOE_BUILD``):
+
+- ``"fast"`` (default, :data:`FAST_FLAGS`): ``-O3 -march=native -ffast-math``: the vector exp of libmvec, the
+  backward's per-kernel sums vectorized (their order follows the vector width), FMA contraction where the CPU
+  has FMA. Its cache key includes the CPU model and flags, so a library built on one CPU is never loaded on
+  another; but its results differ between CPUs in the last bits, and a training run amplifies those.
+- ``"reproducible"`` (:data:`REPRODUCIBLE_FLAGS`): ``-O3`` for the architecture's baseline
+  (:func:`smoe_core.render.build.portable_arch_flags`), no fast-math, ``-ffp-contract=off``: every operation
+  rounded as written, in source order (no reassociated sums, no FMA), scalar ``expf`` / ``logf`` from libm
+  (the ``exp_gate`` clamp is kept, so the two builds compute the same function). The same machine code runs on
+  every x86-64 CPU. It is slower (measured in README "Reproducible builds").
+
+Each mode's library is loaded once per process (:func:`load` picks the mode in force at the call).
 """
 from __future__ import annotations
 
@@ -13,9 +25,24 @@ from pathlib import Path
 import torch
 
 from .abi import MAX_CHANNELS, grad_slots
-from .build import compile_cached
+from .build import check_build_mode, compile_cached, portable_arch_flags
 
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
+#: flags of the fast build (this CPU's instruction set, fast-math)
+FAST_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
+#: flags of the reproducible build (the architecture's baseline, IEEE arithmetic as written); the
+#: architecture flags are added by :func:`flags`
+REPRODUCIBLE_FLAGS = ["-O3", "-fno-fast-math", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno",
+                      "-DSMOE_REPRODUCIBLE", "-fopenmp", "-fPIC",
+                      "-shared", "-std=c++17"]
+SOURCE = "smoe_tile_cpu.cpp"
+DEPENDS = ("smoe_tile.h",)
+
+
+def flags(mode: str | None = None) -> list[str]:
+    """The compiler flags of build ``mode`` (None: the mode in force, :func:`smoe_core.render.build.build_mode`)."""
+    if check_build_mode(mode) == "fast":
+        return list(FAST_FLAGS)
+    return REPRODUCIBLE_FLAGS[:1] + portable_arch_flags() + REPRODUCIBLE_FLAGS[1:]
 
 
 class CPUBuildError(RuntimeError):
@@ -23,13 +50,17 @@ class CPUBuildError(RuntimeError):
 
 
 _lock = threading.Lock()
-_lib = None
+_libs: dict[str, ctypes.CDLL] = {}
 
 
-def build() -> Path:
-    """Compiles the CPU build if it is not cached yet; returns the path of the shared library."""
-    return compile_cached("smoe_tile_cpu.cpp", FLAGS, depends=("smoe_tile.h",), stem="smoe_tile_cpu",
-                          error=CPUBuildError, cpu_specific=True)
+def build(mode: str | None = None) -> Path:
+    """Compiles the CPU build of ``mode`` (None: the mode in force) if it is not cached yet; returns the path of
+    the shared library (``smoe_tile_cpu_<key>.so`` for the fast build, ``smoe_tile_cpu_reproducible_<key>.so``
+    for the reproducible one). Only the fast build's key includes the CPU model and flags."""
+    mode = check_build_mode(mode)
+    stem = "smoe_tile_cpu" if mode == "fast" else f"smoe_tile_cpu_{mode}"
+    return compile_cached(SOURCE, flags(mode), depends=DEPENDS, stem=stem, error=CPUBuildError,
+                          cpu_specific=mode == "fast")
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -47,25 +78,26 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.smoe_bin_fill.restype = i32
 
 
-def load() -> ctypes.CDLL:
-    """Returns the loaded CPU library, building it on first use. Raises CPUBuildError."""
-    global _lib
+def load(mode: str | None = None) -> ctypes.CDLL:
+    """Returns the loaded CPU library of build ``mode`` (None: the mode in force), building it on first use.
+    Raises CPUBuildError (ValueError for an unknown mode)."""
+    mode = check_build_mode(mode)
     with _lock:
-        if _lib is None:
-            path = build()
+        if mode not in _libs:
+            path = build(mode)
             try:
                 lib = ctypes.CDLL(str(path))
             except OSError as exc:
                 raise CPUBuildError(f"loading {path} failed: {exc}") from exc
             _declare(lib)
-            _lib = lib
-        return _lib
+            _libs[mode] = lib
+        return _libs[mode]
 
 
-def available() -> bool:
-    """Whether the CPU build compiles and loads here."""
+def available(mode: str | None = None) -> bool:
+    """Whether the CPU build (of ``mode``; None: the mode in force) compiles and loads here."""
     try:
-        load()
+        load(mode)
         return True
     except CPUBuildError:
         return False

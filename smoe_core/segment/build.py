@@ -5,6 +5,8 @@ cached under ``$SMOE_CACHE_DIR`` (default ``~/.cache/smoe_core``) by a hash of t
 flags and compiler version, written to a temporary file and renamed atomically, loaded with :mod:`ctypes`.
 The flags are portable (no ``-march=native``, no ``-ffast-math``, ``-ffp-contract=off``) so the floating-point
 comparisons of the merge and strand steps are plain IEEE double, the same as the Python twin in :mod:`smoe_core.segment.mdbscan`.
+They are the reproducible build's rules already, so there is one MDBSCAN library for both build modes
+(:func:`smoe_core.render.build.build_mode` selects the tiled renderer's build only).
 """
 from __future__ import annotations
 

@@ -9,7 +9,9 @@
   Figs. 2 and 3.
 - :mod:`.common` (items, published tables, side-by-side tables, report fragments), :mod:`.results`
   (:class:`~.results.ResultsStore`), :mod:`.reproduce` (``smoe reproduce``), :mod:`.bench` (``smoe bench``),
-  :mod:`.plotting`, :mod:`.perceptual` (LPIPS, ST-LPIPS, attention PSNR), :mod:`.profiling` (memory, load).
+  :mod:`.plotting`, :mod:`.redraw` (a results folder's figures redrawn from its saved tables),
+  :mod:`.determinism` (what changes the last bits: builds, PyTorch's CPU kernels, libm; the reproducible build's
+  cost), :mod:`.perceptual` (LPIPS, ST-LPIPS, attention PSNR), :mod:`.profiling` (memory, load).
 
 Papers are cited by the keys of :mod:`smoe_core.papers`. The notebooks call these modules and hold no
 algorithm code; a study module holds no algorithm of its own (those are in the library layers below).

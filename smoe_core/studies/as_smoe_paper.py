@@ -25,8 +25,10 @@ import pandas as pd
 
 from ..init import INITIALIZERS
 from ..io import image_key
+from ..render import render
 from .common import (history, kernels_at_target, paper_table, run_global, run_init,
                      side_by_side)
+from .plotting import crops_with_kernels, curves, texture_window
 
 #: The radial baselines: the initializers with an expert rule (``experts="random"`` gives the paper protocol).
 RADIAL = tuple(n for n in INITIALIZERS if INITIALIZERS.info(n).expert_rules)
@@ -339,3 +341,28 @@ def claim_points(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = No
             rows.append(dict(image=image_key(r["image"]), series=f"{r['method']} ({label}, at AS-SMoE's L_init)",
                              L_opt=float(r["L_opt"]), psnr_db=float(r["psnr_db"])))
     return pd.DataFrame(rows, columns=["image", "series", "L_opt", "psnr_db"])
+
+
+# ---------------------------------------------------------------------- figures
+def history_figure(hist: pd.DataFrame, x: str = "seconds"):
+    """Fig. 9 (``x="seconds"``: PSNR against time) or Fig. 5 (``x="n_kernels"``: PSNR against the kernels left)
+    from the runs' histories (:func:`smoe_core.studies.common.histories`): one panel per image (the papers'
+    order), one series per initializer."""
+    xlabel = {"seconds": "seconds", "n_kernels": "kernels"}.get(x, x)
+    return curves(hist, x, "psnr", by="method", panel="image", xlabel=xlabel, ylabel="PSNR (dB)", markers=False)
+
+
+def claim_figure(points: pd.DataFrame):
+    """Table III's claim as a figure: final PSNR against final kernels (L_opt) of every run behind
+    :func:`table3_claim` (:func:`claim_points`), one panel per image, one legend under the panels."""
+    return curves(points, "L_opt", "psnr_db", by="series", panel="image", xlabel="kernels after optimization (L_opt)",
+                  ylabel="PSNR (dB)", legend_below=True)
+
+
+def fig6_crops_figure(image, models: dict, *, side: int = 96, window=None):
+    """Figs. 6 / 8: the most textured ``side`` x ``side`` window of ``image``
+    (:func:`smoe_core.studies.plotting.texture_window`; ``window`` = (y0, y1, x0, x1) overrides) of each model's
+    render, with its kernels, its PSNR (whole image) and its kernel count."""
+    window = texture_window(image, side) if window is None else window
+    renders = {m: render(model, image.shape[:2]) for m, model in models.items()}
+    return crops_with_kernels(image, models, renders, crop=window)

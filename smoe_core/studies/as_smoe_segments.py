@@ -1,6 +1,10 @@
 """The segmentation stage of [AS-SMoE]: Fig. 4 (MDBSCAN segment statistics), Table I (Segmentation
 Reconstruction PSNR and time against Algorithm 1's epochs) and Fig. 10 (initialization time, serial and on
-Dask workers), as table drivers the ``as_smoe_segments`` notebook calls.
+Dask workers), as table drivers and figures the ``as_smoe_segments`` notebook calls.
+
+Fig. 10's table has one row per (method, run): ``dask_workers`` is the number of Dask workers (0: the serial run,
+in the notebook's process, no Dask) and ``workers`` the processes that did the work (1 for the serial run); the
+figure (:func:`fig10_figure`) shows one point per run, the serial one apart from the Dask curve.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from ..parallel import run_tasks
 from ..render import render
 from ..segment import mdbscan, segment_stats
 from .common import grid_items, init_kwargs, item_budget, load_case
+from .plotting import curves, finish, pyplot, series_styles
 
 
 # ---------------------------------------------------------------------- Fig. 4
@@ -113,8 +118,9 @@ def initializer_timing(images, methods, *, workers_list=(0, 2), d_th=40, budgets
     """Each initializer's time on each image, serially and with the images spread over Dask workers.
 
     Returns (per_image, totals): per_image has one row per (image, method) of the serial run (seconds,
-    kernels, initial PSNR); totals one row per (method, workers) with the wall time for all images. The
-    segmentation is part of the time of S-SMoE and AS-SMoE.
+    kernels, initial PSNR); totals one row per (method, entry of ``workers_list``) with the wall time for all
+    images: ``dask_workers`` (0: serial, no Dask), ``workers`` (processes doing the work: 1 for the serial
+    run), wall_seconds, sum_task_seconds. The segmentation is part of the time of S-SMoE and AS-SMoE.
     """
     per_image, totals = [], []
     for method in methods:
@@ -125,8 +131,64 @@ def initializer_timing(images, methods, *, workers_list=(0, 2), d_th=40, budgets
                              desc=f"{method} ({w or 1} worker{'s' if w and w > 1 else ''})",
                              threads_per_task=None if not w else 1)
             wall = time.perf_counter() - t0
-            totals.append(dict(method=method, workers=max(int(w or 1), 1), wall_seconds=wall,
-                               sum_task_seconds=sum(r["seconds"] for r in rows)))
+            totals.append(dict(method=method, dask_workers=int(w or 0), workers=max(int(w or 1), 1),
+                               wall_seconds=wall, sum_task_seconds=sum(r["seconds"] for r in rows)))
             if not w:
                 per_image.extend(rows)
     return pd.DataFrame(per_image), pd.DataFrame(totals)
+
+
+# ---------------------------------------------------------------------- figures
+def fig4_figure(fig4: pd.DataFrame):
+    """Fig. 4 (rows of :func:`fig4_statistics`): the median segment box side against d_th, one series per image."""
+    return curves(fig4, "d_th", "side_median", by="image", xlabel="MDBSCAN threshold d_th",
+                  ylabel="median box side (px)")
+
+
+def with_dask_workers(totals: pd.DataFrame, workers_list) -> pd.DataFrame:
+    """A Fig. 10 table written before the ``dask_workers`` column existed, with that column: its rows of each
+    method were written in the order of the run's ``workers_list`` (the notebook's parameter, in its
+    manifest), so the k-th row of a method is the run of ``workers_list[k]``. ValueError when the counts do not
+    match."""
+    if "dask_workers" in totals.columns:
+        return totals
+    wl = [int(w or 0) for w in workers_list]
+    parts = []
+    for method, g in totals.groupby("method", sort=False):
+        if len(g) != len(wl) or any(max(w, 1) != int(k) for w, k in zip(wl, g["workers"])):
+            raise ValueError(f"Fig. 10 rows of {method} ({list(g['workers'])}) do not match workers_list {wl}")
+        parts.append(g.assign(dask_workers=wl))
+    return pd.concat(parts).sort_index()
+
+
+def fig10_figure(totals: pd.DataFrame):
+    """Fig. 10: wall time of the initialization of all images against the number of Dask workers, one curve per
+    method over its Dask runs (integer ticks), and the serial run (no Dask, in the notebook's process) as its own
+    point at "serial". One point per worker count: a count run more than once shows its latest run."""
+    if "dask_workers" not in totals.columns:
+        raise ValueError("the Fig. 10 table has no dask_workers column: add it with with_dask_workers()")
+    plt = pyplot()
+    d = totals.drop_duplicates(["method", "dask_workers"], keep="last")
+    methods = list(dict.fromkeys(d["method"]))
+    styles = series_styles(methods)
+    fig, ax = plt.subplots(figsize=(3.8, 3.0))
+    for m in methods:
+        g = d[d["method"] == m].sort_values("dask_workers")
+        dask = g[g["dask_workers"] > 0]
+        serial = g[g["dask_workers"] == 0]
+        st = styles[m]
+        if len(dask):
+            ax.plot(dask["dask_workers"], dask["wall_seconds"], label=f"{m} (Dask)", **st)
+        if len(serial):
+            ax.plot([0] * len(serial), serial["wall_seconds"], linestyle="none", marker="*", markersize=10,
+                    color=st["color"], label=f"{m} (serial, no Dask)")
+    xs = sorted(set(int(w) for w in d["dask_workers"]) | {0})
+    ax.set_xticks(xs)
+    ax.set_xticklabels(["serial" if w == 0 else str(w) for w in xs])
+    ax.set_xlim(-0.5, max(xs) + 0.5)
+    ax.set_xlabel("Dask workers")
+    ax.set_ylabel("wall time, all images (s)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return finish(fig)

@@ -241,15 +241,21 @@ def write_report(store, title: str, sections: list[tuple[str, object]]) -> Path:
     return atomic_write_text(store.dir / "report.md", "\n".join(parts))
 
 
+def rows_of_items(df: pd.DataFrame, items, keys) -> pd.DataFrame:
+    """The rows of a results table that belong to ``items`` (by the ``keys`` columns), not those of earlier,
+    other grids written to the same table."""
+    if df.empty:
+        return df
+    wanted = {tuple(str(it[k]) for k in keys) for it in items}
+    return df[[tuple(str(v) for v in r) in wanted for r in df[keys].itertuples(index=False)]].reset_index(drop=True)
+
+
 def run_items(name, items, fn, keys, store=None, *, workers=None, scheduler=None, progress=True) -> pd.DataFrame:
     """Runs grid items: resumable in ``store`` (table ``name``; returns the rows of these items only), or in
     memory without one."""
     if store is not None:
         df = store.run_grid(name, items, fn, keys, workers=workers, scheduler=scheduler, progress=progress)
-        if df.empty:
-            return df
-        wanted = {tuple(str(it[k]) for k in keys) for it in items}  # not the rows of earlier, other grids
-        return df[[tuple(str(v) for v in r) in wanted for r in df[keys].itertuples(index=False)]].reset_index(drop=True)
+        return rows_of_items(df, items, keys)
     rows = []
     for it, res in zip(items, run_tasks(fn, items, workers=workers, scheduler=scheduler, progress=progress, desc=name)):
         for r in ([res] if isinstance(res, dict) else res):

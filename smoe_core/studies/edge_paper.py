@@ -73,7 +73,7 @@ from ..render import render
 from ..tasks.tilewise import fit_tilewise
 from ..training import fit
 from .common import default_budget, load_case
-from .plotting import pyplot, show_image
+from .plotting import curves, finish, paper_order, pyplot, show_image
 
 #: The four initializers of the paper's Figs. 5 and 6, the proposed one first.
 PAPER_METHODS = ("edge", "grid", "s_smoe", "as_smoe")
@@ -209,6 +209,24 @@ def expert_iterations_table(images, iterations: int, *, budgets: dict | None = N
                                  n_kernels=rec["n_kernels"], best_iteration=rec["best_iteration"],
                                  seconds=rec["seconds"]))
     return pd.DataFrame(rows)
+
+
+#: what the two signs of Fig. 3 are (panel titles and the figure's caption)
+SIGN_TITLES = {"corrected": "corrected sign (what the initializer runs):\nm <- m + eta (L - L_hat)",
+               "printed": "printed sign (eq. 12 as the paper prints it):\nm <- m + eta (L_hat - L)"}
+FIG3_CAPTION = ("Expert iteration (eqs. 10-12), eta = 0.1. L: the image at the kernel centres; L_hat: the SMoE with "
+                "the current experts m evaluated there. Iteration 0 is eq. 10 (m = L). Corrected: the convergent sign "
+                "(the model at the centres approaches the image there); printed: eq. 12's sign, which moves each "
+                "expert away from the image value. PSNR over the whole image.")
+
+
+def fig3_figure(fig3: pd.DataFrame):
+    """Fig. 3 (rows of :func:`expert_iterations_table`): PSNR against the expert iteration, one panel per sign
+    (titled with its update rule), one series per image, and a caption saying what "corrected" and "printed"
+    mean."""
+    return curves(fig3, "iteration", "psnr_db", by="image", panel="sign", xlabel="expert iteration",
+                  ylabel="PSNR (dB)", markers=False, panel_titles=SIGN_TITLES, caption=FIG3_CAPTION,
+                  legend_below=True)
 
 
 def iteration0_psnr(image, model) -> float:
@@ -380,6 +398,12 @@ def kernels_vs_psnr_table(store, items, *, workers=None, scheduler=None, progres
     rows of these items (latest run of each key), image as its short name."""
     df = store.run_grid("fig5_psnr_vs_kernels", items, run_fig5_item, FIG5_KEYS, workers=workers,
                         scheduler=scheduler, progress=progress)
+    return fig5_rows(df, items)
+
+
+def fig5_rows(df: pd.DataFrame, items) -> pd.DataFrame:
+    """The rows of a Fig. 5 table that belong to ``items`` (latest run of each key; rows of other settings, e.g.
+    superseded AS-SMoE rows, left out), image as its short name."""
     df = df.assign(image=df["image"].map(image_key))
     wanted = {(image_key(it["image"]), it["method"], str(it["budget"]), str(it["d_th"]), it["config"])
               for it in items}
@@ -399,10 +423,18 @@ def convergence_times(fig5: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
+def fig5_figure(fig5: pd.DataFrame):
+    """Fig. 5 (rows of :func:`kernels_vs_psnr_table`): PSNR against the final kernel count, one panel per image
+    (the papers' order), one series per initializer (the proposed one first)."""
+    return curves(fig5, "kernels", "psnr_db", by="method", panel="image", xlabel="kernels (final)",
+                  ylabel="PSNR (dB)", order=PAPER_METHODS)
+
+
 def plot_times(times: pd.DataFrame):
-    """Fig. 6: grouped bars of the time to convergence per image and method (the initialization hatched)."""
+    """Fig. 6: grouped bars of the time to convergence per image (the papers' order) and method (the
+    initialization hatched)."""
     plt = pyplot()
-    images = list(dict.fromkeys(times["image"]))
+    images = paper_order(times["image"])
     methods = list(dict.fromkeys(times["method"]))
     fig, ax = plt.subplots(figsize=(1.9 * len(images) + 1.5, 3.2))
     width = 0.8 / max(len(methods), 1)
@@ -418,8 +450,7 @@ def plot_times(times: pd.DataFrame):
     ax.set_ylabel("time to convergence (s)\n(hatched: initialization)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return finish(fig)
 
 
 def psnr_at_kernels(curve: pd.DataFrame, kernels: float) -> float:
@@ -498,6 +529,6 @@ def paper_claims_table(fig5: pd.DataFrame, times: pd.DataFrame, fig3: pd.DataFra
 
 
 __all__ = ["PAPER_METHODS", "PAPER_CLAIMS", "FIG5_KEYS", "edge_parameters", "edge_stages", "stage_counts",
-           "plot_stages", "expert_iterations_table", "iteration0_psnr", "expert_iterations_summary", "fig5_items",
-           "run_fig5_item", "edge_tile", "warm_up", "kernels_vs_psnr_table", "convergence_times", "plot_times",
+           "plot_stages", "expert_iterations_table", "fig3_figure", "fig5_figure", "SIGN_TITLES", "iteration0_psnr", "expert_iterations_summary", "fig5_items",
+           "run_fig5_item", "edge_tile", "warm_up", "kernels_vs_psnr_table", "fig5_rows", "convergence_times", "plot_times",
            "psnr_at_kernels", "paper_claims_table", "as_smoe_tile", "AS_SMOE_CONFIG_SUFFIX"]

@@ -117,7 +117,7 @@ from ..training import fit
 from .bench import tiled_pairs
 from .common import load_case, run_items
 from .perceptual import perceptual_columns
-from .plotting import pyplot
+from .plotting import axis_label, curves, finish, pyplot, readable_log_axis, series_styles
 from .profiling import load_average, measure_peak_mb, saved_tensor_bytes
 
 VARIANTS = ("smoe", "global", "rbf", "gaussian_image")
@@ -519,9 +519,15 @@ def speed_memory_experiment(items, store=None, **kw) -> pd.DataFrame:
     return speed_memory_table(speed_memory_runs(items, store, **kw))
 
 
-def mean_curves(df: pd.DataFrame, x: str, metrics, *, by: str = "variant_label", logx: bool = False, title=None):
-    """One panel per metric: the metric (mean over images) against ``x``, one line per ``by`` value. Metrics
-    that are not numeric here (e.g. LPIPS without weights: "n/a ...") are left out."""
+VARIANT_ORDER = [VARIANT_LABELS[v] for v in VARIANTS]
+
+
+def mean_curves(df: pd.DataFrame, x: str, metrics, *, by: str = "variant_label", logx: bool = False, title=None,
+                order=None, xlabel: str | None = None):
+    """One panel per metric: the metric (mean over images) against ``x``, one line per ``by`` value (in
+    ``order``, default :data:`VARIANT_ORDER`; each with its own marker and line style, so series that coincide
+    still show: :func:`smoe_core.studies.plotting.series_styles`). Metrics that are not numeric here (e.g. LPIPS
+    without weights: "n/a ...") are left out; axis labels carry the unit (PSNR in dB)."""
     plt = pyplot()
     numeric = []
     for m in metrics:
@@ -530,25 +536,55 @@ def mean_curves(df: pd.DataFrame, x: str, metrics, *, by: str = "variant_label",
             if vals.notna().any():
                 numeric.append((m, vals))
     fig, axes = plt.subplots(1, max(len(numeric), 1), figsize=(3.6 * max(len(numeric), 1), 3.0), squeeze=False)
+    order = VARIANT_ORDER if order is None else list(order)
+    keys = [k for k in dict.fromkeys(list(order) + list(df[by])) if k in set(df[by])]
+    styles = series_styles(keys)
     for ax, (m, vals) in zip(axes[0], numeric):
         d = df.assign(_v=vals).groupby([by, x], sort=False)["_v"].mean().reset_index()
-        for key, g in d.groupby(by, sort=False):
-            g = g.sort_values(x)
-            ax.plot(g[x], g["_v"], marker="o", markersize=3, label=str(key))
-        ax.set_xlabel(x)
-        ax.set_ylabel(m + (" (mean over images)" if df["image"].nunique() > 1 else ""))
+        for i, key in enumerate(keys):
+            g = d[d[by] == key].sort_values(x)
+            if len(g):
+                ax.plot(g[x], g["_v"], label=str(key), zorder=2 + 0.01 * i, **styles[key])
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(axis_label(m) + (" (mean over images)" if df["image"].nunique() > 1 else ""))
         if logx:
-            ax.set_xscale("log")
+            readable_log_axis(ax, df[x], "x")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    if numeric:
+        axes[0][-1].legend(fontsize=7)
+    return finish(fig, title)
+
+
+def fig4_figure(fig4: pd.DataFrame, channels: str = "gray"):
+    """Fig. 4 for one channel setting (rows of :func:`fig4_table`): PSNR against the kernels evaluated per block
+    (log axis), one panel per image (the papers' order), one series per variant."""
+    sub = fig4[fig4["channels"] == channels]
+    return curves(sub, "kernels_per_block", "psnr", by="variant_label", panel="image", logx=True,
+                  xlabel="kernels evaluated per block", ylabel="PSNR (dB)", order=VARIANT_ORDER,
+                  title=f"Fig. 4 ({channels}): PSNR against kernels evaluated per 16 x 16 block")
+
+
+def fig5_figure(fig5: pd.DataFrame, channels: str = "gray"):
+    """Fig. 5 for one channel setting (rows of :func:`fig5_table`): PSNR, SSIM, LPIPS / ST-LPIPS (where numeric)
+    against the kernel pool size, mean over images, one series per variant."""
+    cols = [c for c in ("psnr", "ssim", "lpips", "st_lpips") if c in fig5.columns]
+    return mean_curves(fig5[fig5["channels"] == channels], "kernels", cols, by="variant_label", logx=True,
+                       xlabel="kernel pool size K", title=f"Fig. 5 ({channels}): quality against the kernel pool size")
+
+
+def speed_memory_figure(runs: pd.DataFrame, column: str = "best_ms"):
+    """Time (``best_ms``) or memory (``peak_mb``) of one training iteration against the model's kernel count, one
+    series per renderer (tiled, dense), one panel per channel setting; log axes (time) or log x (memory)."""
+    labels = {"best_ms": "ms per iteration (forward + backward)", "median_ms": "ms per iteration (median)",
+              "peak_mb": "peak memory growth (MiB)", "saved_mb": "saved for backward (MiB)"}
+    return curves(runs.assign(kernels=runs["kernels_model"]), "kernels", column, by="renderer", panel="channels",
+                  logx=True, logy=column.endswith("_ms"), xlabel="kernels", ylabel=labels.get(column, column),
+                  order=["tiled", "dense"])
 
 
 __all__ = ["VARIANTS", "VARIANT_LABELS", "backend_of", "variant_lr", "initial_model", "variant_model", "fit_variant",
            "ops_per_kernel", "kernel_stats", "kernels_per_block", "quality_items", "run_quality_item", "quality_runs",
            "fig4_table", "fig4_summary", "fig5_table", "fig4_experiment", "fig5_experiment", "speed_memory_items",
            "run_speed_memory_item", "speed_memory_runs", "speed_memory_table", "speed_memory_experiment",
-           "memory_per_iteration", "mean_curves", "check_channels", "channels_list", "load_item_image"]
+           "memory_per_iteration", "mean_curves", "fig4_figure", "fig5_figure", "speed_memory_figure", "VARIANT_ORDER",
+           "check_channels", "channels_list", "load_item_image"]

@@ -11,6 +11,13 @@ A notebook runs into a temporary file that is renamed into place when it finishe
 the previous executed notebook (if any) untouched; its result tables are appended item by item
 (:class:`smoe_core.studies.results.ResultsStore`), so a rerun resumes where it stopped.
 
+``build="reproducible"`` (``smoe reproduce --build reproducible``) runs the notebooks in the reproducible
+environment (:data:`smoe_core.render.build.REPRODUCIBLE_ENV`: the reproducible build of the compiled kernels,
+PyTorch's baseline CPU kernels, MKL's compatible code path, one thread per process), set in this process's
+environment for the run, so the notebook kernels and their Dask workers start in it; every row records its
+build and PyTorch CPU capability (:data:`smoe_core.studies.results.META_COLUMNS`). Rows already in a table are
+reused whatever build wrote them (their ``build`` column says which).
+
 A run holds the lock of its results folder from start to end (:func:`smoe_core.studies.results.results_lock`):
 a second run on the same folder refuses at once, naming the pid holding it, or with ``wait=True``
 (``smoe reproduce --wait``) waits for it. Images given as paths are passed to the notebooks as absolute paths
@@ -20,6 +27,7 @@ traceback of the interrupted cell) are not relayed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,6 +39,7 @@ from pathlib import Path
 
 from ..io import TEST_IMAGES as IO_TEST_IMAGES
 from ..io import image_key, resolve_image_path
+from ..render.build import BUILD_ENV, BUILD_MODES, REPRODUCIBLE_ENV
 from .results import atomic_write_text, results_lock
 
 
@@ -321,14 +330,44 @@ def build_report(results_dir="results", presets=("smoke", "quick", "paper")) -> 
     return atomic_write_text(results_dir / "REPORT.md", "\n".join(parts))
 
 
+def build_environment_variables(build: str | None) -> dict:
+    """The environment variables a run in build mode ``build`` sets: :data:`smoe_core.render.build.
+    REPRODUCIBLE_ENV` for "reproducible", ``SMOE_BUILD=fast`` for "fast", nothing for None (the environment as
+    it is)."""
+    if build is None:
+        return {}
+    if build not in BUILD_MODES:
+        raise ValueError(f"build must be one of {', '.join(BUILD_MODES)}, got {build!r}")
+    return dict(REPRODUCIBLE_ENV) if build == "reproducible" else {BUILD_ENV: "fast"}
+
+
+@contextlib.contextmanager
+def build_environment(build: str | None):
+    """Sets :func:`build_environment_variables` in this process's environment for the ``with`` block (the
+    processes started in it inherit them), then restores the previous values."""
+    env = build_environment_variables(build)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def reproduce(preset: str = "quick", *, only=None, results_dir="results", workers=None, scheduler=None,
-              progress: bool = True, images=None, wait: bool = False) -> Path:
+              progress: bool = True, images=None, wait: bool = False, build: str | None = None) -> Path:
     """Runs the notebooks (all, or ``only``) at ``preset`` and rebuilds results/REPORT.md; returns its path.
-    ``images`` replaces the presets' image lists (:func:`notebook_parameters`). The run holds the lock of
-    ``results_dir`` (module docstring): :class:`~smoe_core.studies.results.ResultsInUse` when another run holds
-    it, unless ``wait``."""
+    ``images`` replaces the presets' image lists (:func:`notebook_parameters`). ``build``: "reproducible" runs
+    the notebooks in the reproducible environment, "fast" in the fast build, None as the environment is
+    (module docstring). The run holds the lock of ``results_dir`` (module docstring):
+    :class:`~smoe_core.studies.results.ResultsInUse` when another run holds it, unless ``wait``."""
     if preset not in ("smoke", "quick", "paper"):
         raise ValueError(f"unknown preset {preset!r} (known: smoke, quick, paper)")
+    build_environment_variables(build)  # an unknown build refused before any work
     names = available_notebooks()
     if only:
         only = [only] if isinstance(only, str) else list(only)
@@ -352,7 +391,7 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
         print(f"waiting for results folder {results_dir}, in use by another run ({holder})", file=sys.stderr,
               flush=True)
 
-    with results_lock(results_dir, wait=wait, on_wait=waiting):
+    with results_lock(results_dir, wait=wait, on_wait=waiting), build_environment(build):
         for name in names:
             t0 = time.perf_counter()
             before = _duplicate_counts(Path(results_dir) / preset / name)

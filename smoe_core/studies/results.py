@@ -1,7 +1,8 @@
 """Versioned, resumable experiment results: CSV tables and PNG figures under ``results/<preset>/<notebook>/``.
 
-Every CSV row carries the package version, git commit, preset, seed, backend and date of the run that made
-it; ``manifest.json`` records the parameters. Grids of experiments are resumable: ``run_grid`` skips the
+Every CSV row carries the package version, git commit, preset, seed, backend, build mode of the compiled
+kernels, PyTorch's CPU capability and date of the run that made it (:data:`META_COLUMNS`); ``manifest.json``
+records the parameters. Grids of experiments are resumable: ``run_grid`` skips the
 items whose key columns are already in the table, and each finished item is appended at once, so an
 interrupted run loses at most the item it was working on. Every write goes to a temporary file first and is
 then renamed into place, so nothing half-written is ever left behind.
@@ -35,7 +36,20 @@ import pandas as pd
 
 from ..version import __version__
 
-META_COLUMNS = ("package_version", "git_commit", "preset", "seed", "backend", "date")
+#: provenance columns of every row: ``build`` is the build mode of the compiled kernels ("fast" or
+#: "reproducible", :func:`smoe_core.render.build.build_mode`) and ``cpu_capability`` the instruction set of
+#: PyTorch's CPU kernels ("AVX512", "AVX2", "DEFAULT"; ``ATEN_CPU_CAPABILITY``), the two things besides the code
+#: and the seed that change the last bits of a result (README "Reproducible builds")
+META_COLUMNS = ("package_version", "git_commit", "preset", "seed", "backend", "build", "cpu_capability", "date")
+
+
+def numeric_environment() -> dict:
+    """{build, cpu_capability} of this process (:data:`META_COLUMNS`)."""
+    import torch
+
+    from ..render.build import build_mode
+
+    return dict(build=build_mode(), cpu_capability=torch.backends.cpu.get_cpu_capability())
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -213,7 +227,7 @@ class ResultsStore:
         self.dir = Path(root) / preset / notebook
         self.dir.mkdir(parents=True, exist_ok=True)
         self.meta = dict(package_version=__version__, git_commit=git_commit(), preset=preset, seed=int(seed),
-                         backend=backend)
+                         backend=backend, **numeric_environment())
         self.parameters = dict(parameters or {})
         manifest = dict(self.meta, notebook=notebook, parameters=self.parameters,
                         written=_dt.datetime.now().isoformat(timespec="seconds"))
@@ -286,8 +300,17 @@ class ResultsStore:
         return self.table(name)
 
     def save_figure(self, fig, name: str, dpi: int = 120) -> Path:
-        p = self.path(name, ".png")
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp.png")
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, p)
-        return p
+        return save_figure(fig, self.path(name, ".png"), dpi)
+
+
+def save_figure(fig, path, dpi: int = 120) -> Path:
+    """Writes ``fig`` to the PNG ``path`` atomically (a temporary file renamed into place) and closes it."""
+    import matplotlib.pyplot as plt
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, p)
+    plt.close(fig)
+    return p
