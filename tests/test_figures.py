@@ -545,3 +545,67 @@ def test_redraw_writes_only_figures(tmp_path):
     assert not list(root.rglob(".*.tmp*"))
     with pytest.raises(ValueError, match="unknown notebook"):
         redraw(root, "quick", only=["coding"])
+
+
+# ---------------------------------------------------------------------- N-SMoE
+@pytest.fixture(scope="module")
+def nsmoe_ckpt(tmp_path_factory):
+    """An sr2 network after two smoke steps (drawn, not measured)."""
+    pytest.importorskip("pydicom")
+    import torch
+
+    from smoe_core.tasks.nsmoe import train as nt
+
+    d = tmp_path_factory.mktemp("nsmoe_fig")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        nt.train(nt.make_config("sr2", "smoke", steps=2, batch=2, val_crops=3, val_every=2, checkpoint_every=2), d,
+                 progress=False)
+    finally:
+        torch.set_num_threads(n)
+    return d / "sr2.ckpt"
+
+
+@covers("nsmoe_paper.training_figure")
+def test_nsmoe_training_figure():
+    from smoe_core.studies import nsmoe_paper
+
+    hist = pd.DataFrame(dict(task=["sr2"] * 3 + ["denoise"] * 3, step=[0, 500, 1000] * 2,
+                             val_psnr=[22, 24, 25, 23, 25, 26], val_psnr_baseline=[31] * 3 + [20] * 3))
+    fig = nsmoe_paper.training_figure(hist)
+    assert [ax.get_title() for ax in fig.axes] == ["sr2", "denoise"]
+    assert [len(lines(ax)) for ax in fig.axes] == [2, 2]  # the network and its baseline
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["N-SMoE", "noisy input"]
+    check_readable(fig)
+
+
+@covers("nsmoe_paper.crops_figure")
+def test_nsmoe_crops_figure():
+    from smoe_core.studies import nsmoe_paper
+
+    rng = np.random.default_rng(0)
+    ref = np.full((40, 40), 0.5, np.float32)
+    ref[20:36, 8:24] = rng.uniform(0, 1, (16, 16))  # the only texture: the crop
+    noisy = np.clip(ref + 0.1, 0, 1)
+    fig = nsmoe_paper.crops_figure({"bicubic": noisy, "same": ref}, ref, window=16, title="sr2: x")
+    assert len(fig.axes) == 3
+    assert np.array_equal(fig.axes[0].images[0].get_array(), ref[20:36, 8:24])
+    win = (slice(20, 36), slice(8, 24))
+    expected = 10 * math.log10(1 / np.mean((noisy[win] - ref[win]) ** 2))
+    assert f"{expected:.2f} dB" in fig.axes[1].get_title() and "inf dB" in fig.axes[2].get_title()
+    check_readable(fig)
+
+
+@covers("nsmoe_paper.kernels_figure")
+def test_nsmoe_kernels_figure(nsmoe_ckpt):
+    from smoe_core.studies import nsmoe_paper
+
+    lr = np.full((24, 24), 0.2, np.float32)
+    lr[4:20, 8:24] = np.random.default_rng(1).uniform(0, 1, (16, 16))  # the most varied block: origin (4, 8)
+    fig = nsmoe_paper.kernels_figure(nsmoe_ckpt, lr, title="sr2")
+    assert "(4, 8)" in fig.axes[0].get_title() and "16 kernels" in fig.axes[0].get_title()
+    segs = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)]
+    assert len(segs) == 1 and len(segs[0].get_segments()) == 16
+    assert fig.axes[1].images[0].get_array().shape == (32, 32)  # the block decoded at x2
+    check_readable(fig)

@@ -52,7 +52,7 @@ from ..tasks.nsmoe import data
 from ..tasks.nsmoe.degrade import Degradation
 from ..tasks.nsmoe.head import block_model
 from ..tasks.nsmoe.infer import load_network, restore
-from .plotting import kernel_ellipses, pyplot, show_image
+from .plotting import finish, kernel_ellipses, pyplot, show_image, texture_window
 
 TASKS = ("sr2", "sr4", "denoise", "blind")
 SIGMAS = (15, 25, 50)
@@ -77,33 +77,21 @@ def test_images(names=None) -> list[str]:
 
 
 def test_crop(name: str, crop: int | None) -> np.ndarray:
-    """The ``crop`` x ``crop`` HR crop of test image ``name`` (rounded down to a multiple of 4) of largest mean
-    squared gradient (``numpy.gradient``, the detail super-resolution has to restore) among the windows whose
-    corners lie on a grid of ``crop // 4`` px (ties: the first in row-major order); the whole image (cut to a
-    multiple of 4) when ``crop`` is None. Medical images have large flat backgrounds (a centred 64 px crop of the
-    CT ``693_UNCR`` is nearly constant, bicubic 70 dB), so a fixed centre would measure the background; the
-    rule is deterministic and uses the clean image only."""
+    """The ``crop`` x ``crop`` HR crop of test image ``name`` (rounded down to a multiple of 4) with the most detail:
+    :func:`smoe_core.studies.plotting.texture_window` (largest mean gradient magnitude on a grid of ``crop // 8``
+    px), the detail super-resolution has to restore; the whole image (cut to a multiple of 4) when ``crop`` is
+    None. Medical images have large flat backgrounds (a centred 64 px crop of the CT ``693_UNCR`` is nearly
+    constant, bicubic 70 dB), so a fixed centre would measure the background; the rule is deterministic and uses
+    the clean image only."""
     img = np.asarray(data.load(name), dtype=np.float32)
     H, W = img.shape
     if crop is None:
         return np.ascontiguousarray(img[:H - H % 4, :W - W % 4])
-    c = int(crop)
-    if c < 32:
+    if int(crop) < 32:
         raise ValueError(f"crop must be at least 32 px (one LR block at x2), got {crop}")
-    side = min(c, H, W) // 4 * 4
-    step = max(1, side // 4)
-    gy, gx = np.gradient(img.astype(np.float64))
-    s1 = np.pad(np.cumsum(np.cumsum(gy * gy + gx * gx, 0), 1), ((1, 0), (1, 0)))
-    rows, cols = np.arange(0, H - side + 1, step), np.arange(0, W - side + 1, step)
-    r0, c0 = rows[:, None], cols[None, :]
-
-    def box(t):
-        return t[r0 + side, c0 + side] - t[r0, c0 + side] - t[r0 + side, c0] + t[r0, c0]
-
-    energy = box(s1)
-    i, j = np.unravel_index(int(np.argmax(energy)), energy.shape)
-    r, q = int(rows[i]), int(cols[j])
-    return np.ascontiguousarray(img[r:r + side, q:q + side])
+    side = min(int(crop), H, W) // 4 * 4
+    y0, y1, x0, x1 = texture_window(img, side)
+    return np.ascontiguousarray(img[y0:y1, x0:x1])
 
 
 def noise_seed(seed: int, name: str, sigma: float) -> int:
@@ -361,32 +349,25 @@ def training_figure(history: pd.DataFrame):
         ax.set_xlabel("training step")
         ax.set_ylabel("validation PSNR (dB)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return finish(fig)
 
 
 def crops_figure(panels: dict, reference: np.ndarray, window: int = 64, title: str | None = None):
-    """The same ``window`` x ``window`` crop (the reference's most textured window: largest gradient energy) of
-    every panel (label -> image at the reference's size), with its PSNR to the reference in the title."""
+    """The same ``window`` x ``window`` crop (the reference's most textured window,
+    :func:`~smoe_core.studies.plotting.texture_window`) of every panel (label -> image at the reference's size),
+    with its PSNR to the reference over the window in the title."""
     plt = pyplot()
     ref = np.asarray(reference, dtype=np.float32)
     w = int(min(window, *ref.shape))
-    gy, gx = np.gradient(ref)
-    energy = gy * gy + gx * gx
-    c = np.cumsum(np.cumsum(np.pad(energy, ((1, 0), (1, 0))), 0), 1)
-    box = c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]
-    r, q = np.unravel_index(int(np.argmax(box)), box.shape)
-    sl = (slice(r, r + w), slice(q, q + w))
+    y0, y1, x0, x1 = texture_window(ref, w)
+    sl = (slice(y0, y1), slice(x0, x1))
     items_ = [("reference", ref)] + list(panels.items())
     fig, axes = plt.subplots(1, len(items_), figsize=(2.3 * len(items_), 2.6), squeeze=False)
     for ax, (label, img) in zip(axes[0], items_):
         img = np.asarray(img, dtype=np.float32)
-        sub = f"\n{psnr(np.clip(img, 0, 1), ref):.2f} dB" if label != "reference" else f"\n{w} px window"
+        sub = f"\n{psnr(np.clip(img[sl], 0, 1), ref[sl]):.2f} dB" if label != "reference" else f"\n{w} px window"
         show_image(ax, img[sl], label + sub)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return finish(fig, title)
 
 
 def kernels_figure(checkpoint_path, lr_image: np.ndarray, origin=None, title: str | None = None):
@@ -419,10 +400,7 @@ def kernels_figure(checkpoint_path, lr_image: np.ndarray, origin=None, title: st
                                                f"{model.n_kernels} kernels")
     kernel_ellipses(axes[0], model, color="yellow", linewidth=0.8)
     show_image(axes[1], dec, f"decoded at x{net.config.scale:g}" if net.config.scale != 1 else "decoded")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return finish(fig, title)
 
 
 __all__ = ["TASKS", "SIGMAS", "KEYS", "TARGETS", "test_images", "test_crop", "noise_seed", "degraded_input",
