@@ -6,8 +6,8 @@ abstract only in our copy; code github.com/anatolicvs/n-smoe). The networks and 
 ``notebooks/n_smoe.ipynb`` calls it).
 
 Test data: the test split of :mod:`smoe_core.tasks.nsmoe.data` (five images, one per modality that has two or
-more: never seen in training), each cut to its ``crop`` x ``crop`` HR window of most detail (largest gradient energy) (:func:`test_crop`;
-a multiple of 4 so that x2 and x4 share the crop); ``crop=None`` keeps the whole image.
+more: never seen in training), each cut to its ``crop`` x ``crop`` HR window of most detail (:func:`test_crop`; a
+multiple of 4 so that x2 and x4 share the crop); ``crop=None`` keeps the whole image.
 
 Degradations (deterministic):
 
@@ -100,7 +100,8 @@ def noise_seed(seed: int, name: str, sigma: float) -> int:
                .generate_state(1)[0])
 
 
-def degraded_input(task: str, hr: np.ndarray, name: str, sigma: float = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def degraded_input(task: str, hr: np.ndarray, name: str, sigma: float = 0,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(input, reference) of one item (module docstring)."""
     if task in ("sr2", "sr4"):
         ref, lr = sr.downsample(hr, 2 if task == "sr2" else 4)
@@ -143,7 +144,8 @@ def quality(pred, ref, perceptual: bool = True) -> dict:
 
 # ---------------------------------------------------------------------- checkpoints
 def checkpoint_for(task: str, checkpoint_dir=None) -> Path:
-    """``<checkpoint_dir>/<task>.ckpt`` (default: the shipped one, :func:`~smoe_core.tasks.nsmoe.checkpoint.default_path`);
+    """``<checkpoint_dir>/<task>.ckpt`` (default: the shipped one,
+    :func:`~smoe_core.tasks.nsmoe.checkpoint.default_path`);
     FileNotFoundError naming the training command when it is missing (untrained weights are never evaluated)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -404,5 +406,6 @@ def kernels_figure(checkpoint_path, lr_image: np.ndarray, origin=None, title: st
 
 
 __all__ = ["TASKS", "SIGMAS", "KEYS", "TARGETS", "test_images", "test_crop", "noise_seed", "degraded_input",
-           "task_scale", "quality", "block_ceiling", "checkpoint_for", "checkpoint_summary", "training_history", "items",
+           "task_scale", "quality", "block_ceiling", "checkpoint_for", "checkpoint_summary", "training_history",
+           "items",
            "output_path", "run_item", "summary", "targets", "training_figure", "crops_figure", "kernels_figure"]
