@@ -121,6 +121,9 @@ def test_checkpoint_lookup_names_the_training_command(tmp_path):
         ns.checkpoint_for("sr4", tmp_path)
     with pytest.raises(ValueError, match="task"):
         ns.checkpoint_for("sr8", tmp_path)
+    (tmp_path / "sr2.ckpt").write_bytes(b"x")
+    found, missing = ns.available_checkpoints(["sr2", "sr4"], tmp_path)
+    assert found == {"sr2": tmp_path / "sr2.ckpt"} and list(missing) == ["sr4"] and "train" in missing["sr4"]
 
 
 def test_authors_gating_swap_decodes_the_same_kernels(smoke_ckpt):

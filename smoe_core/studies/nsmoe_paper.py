@@ -156,6 +156,18 @@ def checkpoint_for(task: str, checkpoint_dir=None) -> Path:
     return path
 
 
+def available_checkpoints(tasks, checkpoint_dir=None) -> tuple[dict, dict]:
+    """({task: path} of the tasks whose checkpoint exists, {task: why not} of the others): a study evaluates the
+    first and lists the second (a missing network is reported as missing, never replaced by untrained weights)."""
+    found, missing = {}, {}
+    for task in tasks:
+        try:
+            found[task] = checkpoint_for(task, checkpoint_dir)
+        except FileNotFoundError as exc:
+            missing[task] = str(exc)
+    return found, missing
+
+
 def checkpoint_summary(paths: dict) -> pd.DataFrame:
     """One row per checkpoint: task, preset, steps, parameters, training seconds, last validation PSNR and its
     baseline, the file's size and sha256 prefix."""
@@ -289,6 +301,12 @@ def block_ceiling(task: str, n_kernels: int = 16, *, crops: int = 16, iters: int
                 stitched_psnr=nt.mean_psnr(stitched, val.hr[:n]), baseline_psnr=nt.mean_psnr(base, val.hr[:n]))
 
 
+def run_ceiling_item(item: dict) -> dict:
+    """:func:`block_ceiling` as a resumable grid item (keys task, n_kernels)."""
+    row = block_ceiling(item["task"], item["n_kernels"], crops=item["crops"], iters=item["iters"], seed=item["seed"])
+    return {k: v for k, v in row.items() if k not in ("task", "n_kernels")}
+
+
 # ---------------------------------------------------------------------- tables
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Per task, sigma and method: mean PSNR / SSIM (and the pair-range ones), the mean PSNR gain over the task's
@@ -406,6 +424,6 @@ def kernels_figure(checkpoint_path, lr_image: np.ndarray, origin=None, title: st
 
 
 __all__ = ["TASKS", "SIGMAS", "KEYS", "TARGETS", "test_images", "test_crop", "noise_seed", "degraded_input",
-           "task_scale", "quality", "block_ceiling", "checkpoint_for", "checkpoint_summary", "training_history",
+           "task_scale", "quality", "available_checkpoints", "block_ceiling", "run_ceiling_item", "checkpoint_for", "checkpoint_summary", "training_history",
            "items",
            "output_path", "run_item", "summary", "targets", "training_figure", "crops_figure", "kernels_figure"]
