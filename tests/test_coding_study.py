@@ -233,6 +233,24 @@ def test_smoe_item_rows_files_and_resume(tmp_path, monkeypatch):
     assert cov.loc[0, "points_in_range"] == len(df)
 
 
+def test_snapshot_targets_and_geometric_fractions_by_hand():
+    assert cp.geometric_fractions(0.8, 0.1, 4) == [0.8, 0.4, 0.2, 0.1]
+    # 0.6 x 1024 = 614.4, 0.3 x 1024 = 307.2, 0.031 x 1024 = 31.7, 0.03 x 1024 = 30.7: the last is not above the stop
+    assert cp.snapshot_targets([0.3, 0.6, 0.031, 0.03, 0.6], 1024, 31) == [614, 307, 32]
+    assert cp.snapshot_targets([0.001], 100) == [1] and cp.snapshot_targets([], 100) == []
+    for bad in ([0.0], [1.5], [-0.1], ["0.5"], [True], 0.5):
+        with pytest.raises(ValueError, match="fractions"):
+            cp.snapshot_targets(bad, 1024)
+    with pytest.raises(ValueError, match="grid_kernels"):
+        cp.snapshot_targets([0.5], 0)
+    with pytest.raises(ValueError, match="count"):
+        cp.geometric_fractions(0.6, 0.1, 1)
+    with pytest.raises(ValueError, match="low must be below high"):
+        cp.geometric_fractions(0.1, 0.6, 3)
+    with pytest.raises(ValueError, match="snapshot_kernel_fractions"):
+        cp.smoe_items(["lena"], ["qat"], snapshot_kernel_fractions=[2.0])
+
+
 def test_max_gate_map_is_the_largest_gate():
     from smoe_core.model import SMoE
 
@@ -262,4 +280,41 @@ def test_presets():
     lam = sparsity_schedule((128, 128), kw["sparsify_steps"], kw["x_range"])
     assert np.allclose(lam[:50], sparsity_schedule((128, 128), 50, (0.1, 15.0)), rtol=1e-12)
     assert kw["sparsify_iters"] == 1000 and kw["pretrain_iters"] == 10_000 and kw["target_kernels"] == 492
-    assert max(paper["snapshots"]) < kw["sparsify_steps"]
+    assert reproduce.CODING_SNAPSHOT_FRACTIONS == cp.geometric_fractions(0.6, 0.035, 10)
+
+
+def notebook_defaults(name):
+    """The parameters cell of a notebook, evaluated: what papermill runs with where a preset says nothing."""
+    import json
+
+    nb = json.loads((reproduce.notebook_dir() / f"{name}.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    scope = {}
+    exec("".join(cell["source"]), scope)
+    return {k: v for k, v in scope.items() if not k.startswith("__")}
+
+
+RATE_POINT_PARAMETERS = ("schedule", "schedule_overrides", "snapshots", "snapshot_kernel_fractions",
+                         "min_kernel_fraction")
+
+
+@pytest.mark.parametrize("preset", ["smoke", "quick", "paper"])
+def test_every_coding_preset_sets_its_rate_points(preset):
+    """The notebook's defaults are the paper preset's; a preset that leaves a rate-point parameter out runs with
+    the paper's value (the quick preset once ran the paper's x ramp, up to 18.2, and kept 11 kernels of 1024)."""
+    defaults = notebook_defaults("coding")
+    p = reproduce.PRESETS["coding"][preset]
+    assert set(RATE_POINT_PARAMETERS) <= set(p) <= set(defaults) | {"grid_workers"}
+    assert defaults["snapshot_kernel_fractions"] == reproduce.CODING_SNAPSHOT_FRACTIONS
+    assert {k: defaults[k] for k in RATE_POINT_PARAMETERS} == {k: reproduce.PRESETS["coding"]["paper"][k]
+                                                               for k in RATE_POINT_PARAMETERS}
+    run = dict(defaults, **reproduce.notebook_parameters("coding", preset, results_dir="r"))
+    kw = cp.smoe_schedule(run["schedule"], (run["crop"] or 512,) * 2, min_kernel_fraction=run["min_kernel_fraction"],
+                          overrides=run["schedule_overrides"])
+    if preset == "quick":  # the codec's quick schedule (longer pre- and fine-tuning), nothing of the paper's x ramp
+        from smoe_core.tasks.coding.codec import PRESETS
+
+        assert kw == dict(PRESETS["quick"], pretrain_iters=3000, finetune_iters=500, prune_every=10, target_kernels=31)
+        assert run["snapshot_kernel_fractions"] == reproduce.CODING_SNAPSHOT_FRACTIONS and run["snapshots"] == []
+        targets = cp.snapshot_targets(run["snapshot_kernel_fractions"], 1024, kw["target_kernels"])
+        assert targets == [614, 448, 327, 238, 174, 127, 92, 67, 49, 36]
