@@ -203,6 +203,34 @@ def test_claims_fail_on_a_table_made_to_fail():
     assert len(empty) == 1 and empty["holds"].isna().all()
 
 
+def test_wins_table_and_findings_on_hand_made_tables():
+    """SMoE at a constant rate factor f of JPEG's curve (quality linear in log-rate, slope 0.05 per doubling)
+    is 0.05 log2(1 / f) above JPEG at every rate both cover."""
+    pts = _points({"lena": 0.55, "baboon": 1.2}, {"lena": 0.5, "baboon": 0.5})
+    bd = cp.bd_table(pts, anchors=("jpeg420",))
+    w = cp.wins_table(pts, bd, anchors=("jpeg420",)).set_index("image")
+    b, _ = _curve()
+    lena, baboon = w.loc["lena"], w.loc["baboon"]
+    assert lena["points_compared"] == int((b * 0.55 >= b.min()).sum()) == lena["test_above"] == 5
+    assert lena["bpp_above"] == "0.11-1.76" and lena["bd_rate_pct"] == pytest.approx(-45.0)
+    assert lena["largest_gain"] == pytest.approx(0.05 * math.log2(1 / 0.55), abs=1e-9)
+    assert lena["mean_difference"] == pytest.approx(0.05 * math.log2(1 / 0.55), abs=1e-9)
+    assert baboon["points_compared"] == int((b * 1.2 <= b.max()).sum()) == 5 and baboon["test_above"] == 0
+    assert baboon["bpp_above"] == "" and baboon["largest_gain"] == pytest.approx(0.05 * math.log2(1 / 1.2), abs=1e-9)
+    assert lena["anchor"] == "JPEG 4:2:0"
+    claims = cp.claims_table(cp.bd_table(pts, anchors=("jpeg420", "jpeg2000")), pts, _ablation(pts, 0.02))
+    text = cp.findings(pts, claims, _ablation(pts, 0.02), crop=128, grid_kernels=1024)
+    assert "not the paper's experiment" in text and "1024 kernels" in text
+    n_hold = int((claims["holds"] == True).sum())  # noqa: E712
+    assert f"**Claims that hold** ({n_hold} of {len(claims)})" in text
+    assert "lena +0.0200 on average" in text  # the QAT-PTQ gap the ablation was made with
+    assert "not the paper's experiment" not in cp.findings(pts, claims, crop=None)
+    rd = cp.smoe_rd_table(pd.DataFrame(dict(image=["lena", "lena"], training=["qat", "ptq"], point=["final"] * 2,
+                                            kernels=[10, 10], bytes=[70, 80], bpp=[0.5, 0.6], psnr=[20.0, 19.0],
+                                            ssim611=[0.8, 0.7])))
+    assert len(rd) == 1 and rd.loc[0, "bits_per_kernel"] == pytest.approx(56.0)
+
+
 # ---------------------------------------------------------------------- the SMoE grid item resumes
 SMOKE_OVERRIDES = dict(sparsify_steps=5, x_range=[0.3, 1.5], sparsify_pi_rate=0.05, pretrain_iters=10)
 

@@ -696,7 +696,7 @@ def claims_table(bd: pd.DataFrame, points: pd.DataFrame, ablation: pd.DataFrame 
         best = max(finite, key=finite.get)
         add("savings up to 42.48% over JPEG (SSIM-611 BD-rate)", "all",
             f"up to {PAPER_SAVINGS_PCT:.2f}% bitrate savings over JPEG",
-            f"largest saving {finite[best]:.2f}% ({best}; {method}); per image: "
+            f"largest saving {finite[best]:.2f}% ({best}; {method}); saving per image (negative: more rate): "
             + ", ".join(f"{k} {v:.2f}%" for k, v in savings.items()),
             finite[best], finite[best] >= PAPER_SAVINGS_PCT - float(savings_tolerance_pp))
     else:
@@ -781,6 +781,86 @@ def points_in_range(smoe_runs: pd.DataFrame, lo: float = 0.15, hi: float = 1.5) 
     return pd.DataFrame(rows)
 
 
+def smoe_rd_table(smoe_runs: pd.DataFrame, trainings=("qat",)) -> pd.DataFrame:
+    """The SMoE rate points of ``trainings``, one row per point in rate order per image: image, training, point,
+    kernels, bytes, bpp, bits_per_kernel (8 x file bytes / kernels: header included), psnr, ssim611."""
+    cols = ["image", "training", "point", "kernels", "bytes", "bpp", "bits_per_kernel", "psnr", "ssim611"]
+    if smoe_runs is None or smoe_runs.empty:
+        return pd.DataFrame(columns=cols)
+    df = smoe_runs[smoe_runs["training"].isin(list(trainings))]
+    df = df.assign(image=df["image"].map(coding_image_key), bits_per_kernel=8.0 * df["bytes"] / df["kernels"])
+    order = {k: i for i, k in enumerate(dict.fromkeys(df["image"]))}
+    df = df.assign(_o=df["image"].map(order)).sort_values(["_o", "training", "bpp"], kind="stable")
+    return df[cols].reset_index(drop=True)
+
+
+def wins_table(points: pd.DataFrame, bd: pd.DataFrame | None = None, *, test: str = "smoe",
+               anchors=("jpeg420", "jpeg444", "jpeg2000"), metric: str = "ssim611",
+               method: str = "pchip") -> pd.DataFrame:
+    """Where the test codec beats each anchor in ``metric`` at the same rate (:func:`pointwise_table`), per image:
+    points_compared (test points inside the anchor's rate range), test_above (how many of them have the higher
+    quality), bpp_above (their rate range), largest_gain and mean_difference (test - anchor), and the BD-rate of
+    ``bd`` (``method``; negative: the test saves rate)."""
+    pw = pointwise_table(points, test=test, anchors=anchors, metric=metric)
+    rows = []
+    for (image, anchor), g in pw.groupby(["image", "anchor"], sort=False):
+        g = g[g["anchor_quality"].notna()]
+        above = g[g["quality_diff"] > 0]
+        bdr = np.nan
+        if bd is not None and len(bd):
+            sel = bd[(bd["image"] == image) & (bd["anchor"] == anchor) & (bd["metric"] == metric)
+                     & (bd["method"] == method) & (bd["test"] == test)]
+            bdr = float(sel["bd_rate_pct"].iloc[-1]) if len(sel) else np.nan
+        rows.append(dict(image=image, anchor=BASELINE_CODECS.get(anchor, anchor), points_compared=len(g),
+                         test_above=len(above),
+                         bpp_above="" if above.empty else f"{above['bpp'].min():.2f}-{above['bpp'].max():.2f}",
+                         largest_gain=float(g["quality_diff"].max()) if len(g) else np.nan,
+                         mean_difference=float(g["quality_diff"].mean()) if len(g) else np.nan,
+                         bd_rate_pct=bdr))
+    return pd.DataFrame(rows, columns=["image", "anchor", "points_compared", "test_above", "bpp_above",
+                                       "largest_gain", "mean_difference", "bd_rate_pct"])
+
+
+def findings(points: pd.DataFrame, claims: pd.DataFrame, ablation: pd.DataFrame | None = None, *,
+             crop: int | None = None, grid_kernels: int | None = None) -> str:
+    """A few sentences read off the tables for the report: what was run (crops are not the paper's experiment),
+    the rate and quality ranges, which claims hold, fail or cannot be decided, and QAT against PTQ."""
+    out = []
+    if crop:
+        jpeg = points[points["codec"] == "jpeg420"].groupby("image")["bpp"].min()
+        smallest = (f"; the smallest JPEG 4:2:0 file (its headers alone are about 330 bytes) is {jpeg.min():.2f}-"
+                    f"{jpeg.max():.2f} bpp here") if len(jpeg) else ""
+        out.append(f"- **Scope.** {crop} x {crop} centre crops, each BM3D-filtered alone, with "
+                   f"{grid_kernels or 'a grid of'} kernels and a shortened schedule: an indication, **not the paper's "
+                   "experiment** (whole 512 x 512 images filtered whole, 16384 kernels, 10k pre-training iterations, "
+                   f"50 sparsification steps of 1000). Rates on a crop include a header that a 512 x 512 file spreads "
+                   f"over 16 times the pixels{smallest}.")
+    sm = points[points["codec"] == "smoe"]
+    if len(sm):
+        out.append(f"- **SMoE (QAT) points:** {len(sm)} on {sm['image'].nunique()} images, "
+                   f"{sm['bpp'].min():.2f}-{sm['bpp'].max():.2f} bpp, PSNR {sm['psnr'].min():.1f}-"
+                   f"{sm['psnr'].max():.1f} dB, SSIM-611 {sm['ssim611'].min():.3f}-{sm['ssim611'].max():.3f}.")
+    if claims is not None and len(claims):
+        def label(r):
+            return r["claim"] if r["image"] == "all" else f"{r['claim']} ({r['image']})"
+        groups = {"hold": [], "fail": [], "cannot be decided": []}
+        for _, r in claims.iterrows():
+            h = r["holds"]
+            undecided = h is None or (isinstance(h, float) and np.isnan(h))
+            key = "cannot be decided" if undecided else ("hold" if h else "fail")
+            groups[key].append(label(r))
+        for key, items in groups.items():
+            if items:
+                out.append(f"- **Claims that {key}** ({len(items)} of {len(claims)}): " + "; ".join(items) + ".")
+    if ablation is not None and len(ablation) and "ssim611_gain" in ablation:
+        per = ablation.groupby("image", sort=False)["ssim611_gain"].agg(["mean", "min", "count"]).dropna()
+        if len(per):
+            out.append("- **QAT against PTQ** (SSIM-611 at QAT's rates, PTQ interpolated): " + "; ".join(
+                f"{i} {r['mean']:+.4f} on average (worst {r['min']:+.4f}, {int(r['count'])} rates)"
+                for i, r in per.iterrows()) + ".")
+    return "\n".join(out) if out else "(no results)"
+
+
 # ---------------------------------------------------------------------- figures
 STYLES = {"smoe": dict(color="C3", marker="o", linestyle="-"), "smoe_ptq": dict(color="C3", marker="x", linestyle=":"),
           "jpeg420": dict(color="C0", marker=".", linestyle="-"), "jpeg444": dict(color="C0", marker=".", linestyle="--"),
@@ -788,31 +868,57 @@ STYLES = {"smoe": dict(color="C3", marker="o", linestyle="-"), "smoe_ptq": dict(
 
 
 def rd_figure(points: pd.DataFrame, *, metrics=("ssim611", "psnr"), codecs=("smoe", "smoe_ptq", "jpeg420",
-              "jpeg444", "jpeg2000"), highlight: dict | None = None, xlim=None):
-    """The paper's Fig. 1: one column per image, one row per metric, quality against bpp for every codec.
-    ``highlight``: {image: bpp}, the SMoE point nearest that rate is marked with a square (the Fig. 2 points)."""
+              "jpeg444", "jpeg2000"), highlight: dict | None = None, xlim=None, logx: bool = False,
+              images=None, margin: float = 1.3):
+    """The paper's Fig. 1: one column per image (``images``: their order; default: as in ``points``), one row
+    per metric, quality against bpp for every codec. ``highlight``: {image: bpp}, the SMoE point nearest that
+    rate is marked with a square (the Fig. 2 points). ``xlim``: (lo, hi) for every panel, or "smoe": per image,
+    the SMoE points' rate range widened by the factor ``margin`` on either side (a JPEG sweep reaches far beyond
+    it); the quality axis then covers the points inside. ``logx``: a logarithmic rate axis."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     plt = pyplot()
-    images = list(dict.fromkeys(points["image"]))
+    present = list(dict.fromkeys(points["image"]))
+    images = present if images is None else [i for i in images if i in present]
+    if isinstance(xlim, str) and xlim != "smoe":
+        raise ValueError(f"xlim must be None, (lo, hi) or 'smoe', got {xlim!r}")
     fig, axes = plt.subplots(len(metrics), len(images), figsize=(3.3 * len(images), 2.8 * len(metrics)),
                              squeeze=False)
     for j, image in enumerate(images):
+        lim = xlim
+        if xlim == "smoe":
+            sb = points[(points["image"] == image) & points["codec"].isin(["smoe", "smoe_ptq"])]["bpp"]
+            lim = (float(sb.min()) / margin, float(sb.max()) * margin) if len(sb) else None
         for i, metric in enumerate(metrics):
             ax = axes[i][j]
+            shown = []
             for c in codecs:
                 b, m = curve(points, image, c, metric)
                 if len(b):
                     ax.plot(b, m, label=CODEC_LABELS.get(c, c), markersize=3, linewidth=1, **STYLES.get(c, {}))
+                    shown.append(m[(b >= lim[0]) & (b <= lim[1])] if lim else m)
             if highlight and image in highlight:
                 b, m = curve(points, image, "smoe", metric)
                 k = _nearest(b, highlight[image])
                 if k is not None:
                     ax.plot([b[k]], [m[k]], marker="s", markersize=9, markerfacecolor="none", color="k")
+            if logx:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
+                ax.set_xticks([t for t in (0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 10)
+                               if not lim or lim[0] <= t <= lim[1]])
             ax.set_xlabel("bpp")
             ax.set_ylabel(METRICS.get(metric, metric))
             if i == 0:
                 ax.set_title(image, fontsize=9)
-            if xlim:
-                ax.set_xlim(*xlim)
+            if lim:
+                ax.set_xlim(*lim)
+                vis = np.concatenate(shown) if shown else np.zeros(0)
+                vis = vis[np.isfinite(vis)]
+                if len(vis):
+                    pad = 0.05 * max(float(vis.max() - vis.min()), 1e-6)
+                    ax.set_ylim(float(vis.min()) - pad, float(vis.max()) + pad)
             ax.grid(alpha=0.3)
     seen = {}  # label -> handle over all panels (a codec may be missing from some)
     for ax in axes.ravel():
@@ -870,7 +976,7 @@ def visual_figure(reference: np.ndarray, panels: dict, window=None, title: str =
         show_image(ax, img, label, window)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93) if title else None)  # room for the title above two-line panel titles
     return fig
 
 
@@ -905,13 +1011,13 @@ def kernel_map_figure(decoded: np.ndarray, model, *, window=None, title: str = "
     show_image(axes[0], colours[labels], f"maximum-influence areas (K = {model.n_kernels})", window)
     show_image(axes[1], decoded, "decoded, kernel ellipses (1 sigma)", window)
     kernel_ellipses(axes[1], model, crop=window, linewidth=0.4)
-    if window is not None:
-        y0, y1, x0, x1 = window
-        axes[1].set_xlim(-0.5, x1 - x0 - 0.5)
-        axes[1].set_ylim(y1 - y0 - 0.5, -0.5)
+    # the panel shows the image (or window): a long, thin kernel's ellipse would otherwise widen the axes
+    y0, y1, x0, x1 = window if window is not None else (0, decoded.shape[0], 0, decoded.shape[1])
+    axes[1].set_xlim(-0.5, x1 - x0 - 0.5)
+    axes[1].set_ylim(y1 - y0 - 0.5, -0.5)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95) if title else None)
     return fig
 
 
@@ -933,5 +1039,6 @@ __all__ = ["PAPER", "CODING_IMAGES", "PREFILTER_SIGMA", "JPEG_QUALITIES", "BASEL
            "smoe_file_path", "run_smoe_item", "load_smoe_point",
            "points_table", "curve", "rd_front", "anchor_in_range", "bd_rate", "bd_table", "bd_summary",
            "quality_at_rate", "rate_at_quality", "pointwise_table", "ablation_table", "claims_table",
-           "points_in_range", "rd_figure", "jpeg_at_rate", "crop_window", "visual_panels", "visual_figure",
+           "points_in_range", "smoe_rd_table", "wins_table", "findings", "rd_figure", "jpeg_at_rate", "crop_window",
+           "visual_panels", "visual_figure",
            "max_gate_map", "kernel_map_figure", "claims_markdown"]
