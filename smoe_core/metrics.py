@@ -55,26 +55,79 @@ def _gaussian_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
     return g
 
 
-def ssim_torch(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, per_channel: bool = False) -> torch.Tensor:
+def _blur_valid(maps: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The valid separable correlation of (M, H, W) maps with the 1-D window ``g`` along both axes:
+    (M, H - n + 1, W - n + 1). One depthwise (``groups=M``) convolution per direction on channels-last data
+    (on a CPU oneDNN's depthwise kernels in that layout are 5-50 times faster than one single-channel convolution
+    per map, whose slow path took 0.7 s of a 0.77 s coding iteration at 512 x 512)."""
+    M = maps.shape[0]
+    t = maps[None].contiguous(memory_format=torch.channels_last)
+    out = F.conv2d(F.conv2d(t, g.view(1, 1, 1, -1).expand(M, 1, 1, -1), groups=M),
+                   g.view(1, 1, -1, 1).expand(M, 1, -1, 1), groups=M)
+    return out.contiguous()[0]
+
+
+class _SeparableBlur(torch.autograd.Function):
+    """:func:`_blur_valid` with its adjoint as the backward pass: the gradient of a valid correlation with g is
+    the valid correlation of the gradient, zero-padded by n - 1 on every side, with g reversed (autograd's own
+    backward of the channels-last depthwise convolution is several times slower than the forward)."""
+
+    @staticmethod
+    def forward(ctx, maps, g):
+        ctx.save_for_backward(g)
+        return _blur_valid(maps, g)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (g,) = ctx.saved_tensors
+        r = g.numel() - 1
+        return _blur_valid(F.pad(grad, (r, r, r, r)), g.flip(0)), None
+
+
+def _blur(maps: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The valid separable blur of (M, H, W) maps by the window ``g`` (differentiable in ``maps``)."""
+    return _SeparableBlur.apply(maps, g) if maps.requires_grad else _blur_valid(maps, g)
+
+
+class SSIMReference:
+    """The local statistics of a fixed (reference) image for :func:`ssim_torch`: its (C, H, W) channels and their
+    blurred mean and blurred square, computed once (a training loop compares many renders with one target). No
+    gradient flows into it. ``shape`` is the image's shape as given ((H, W) or (H, W, C))."""
+
+    def __init__(self, image: torch.Tensor):
+        if not isinstance(image, torch.Tensor) or image.ndim not in (2, 3) or not image.is_floating_point():
+            raise ValueError("image must be a floating-point (H, W) or (H, W, C) tensor, got "
+                             f"{getattr(image, 'dtype', type(image).__name__)} {tuple(getattr(image, 'shape', ()))}")
+        self.shape = tuple(image.shape)
+        y = (image if image.ndim == 3 else image[..., None]).detach().permute(2, 0, 1)
+        g = _gaussian_window(11, 1.5, y.dtype, y.device)
+        with torch.no_grad():
+            self.channels = y.contiguous()
+            self.mean, self.sq = _blur(torch.cat([y, y * y], dim=0), g).split(y.shape[0], dim=0)
+
+
+def ssim_torch(a: torch.Tensor, b, data_range: float = 1.0, per_channel: bool = False) -> torch.Tensor:
     """Differentiable SSIM of (H, W) or (H, W, C) tensors; the mean over the valid (unpadded) window
-    positions, which is what :func:`ssim` reports. ``per_channel`` returns a (C,) tensor."""
-    if a.shape != b.shape:
-        raise ValueError(f"images must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    x = a if a.ndim == 3 else a[..., None]
-    y = b if b.ndim == 3 else b[..., None]
-    x = x.permute(2, 0, 1)[:, None]  # (C, 1, H, W)
-    y = y.permute(2, 0, 1)[:, None]
+    positions, which is what :func:`ssim` reports. ``per_channel`` returns a (C,) tensor. ``b`` may be a
+    :class:`SSIMReference` of a fixed image (its statistics are then not recomputed; the same values)."""
+    ref = b if isinstance(b, SSIMReference) else None
+    if a.shape != (ref.shape if ref is not None else b.shape):
+        raise ValueError(f"images must have the same shape, got {tuple(a.shape)} and "
+                         f"{tuple(ref.shape if ref is not None else b.shape)}")
+    x = (a if a.ndim == 3 else a[..., None]).permute(2, 0, 1)  # (C, H, W)
+    C = x.shape[0]
     g = _gaussian_window(11, 1.5, x.dtype, x.device)
-    gx, gy = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
-
-    def blur(t):
-        return F.conv2d(F.conv2d(t, gx), gy)
-
+    if ref is not None:
+        y = ref.channels.to(x.dtype)
+        mx, exx, exy = _blur(torch.cat([x, x * x, x * y], dim=0), g).split(C, dim=0)
+        my, eyy = ref.mean.to(x.dtype), ref.sq.to(x.dtype)
+    else:
+        y = (b if b.ndim == 3 else b[..., None]).permute(2, 0, 1)
+        mx, my, exx, eyy, exy = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=0), g).split(C, dim=0)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
+    sxx = exx - mx * mx
+    syy = eyy - my * my
+    sxy = exy - mx * my
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    per = s.mean(dim=(1, 2, 3))
+    per = s.mean(dim=(1, 2))
     return per if per_channel else per.mean()

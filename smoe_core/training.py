@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .io import check_image
 from .limits import check_count, check_memory, check_number
-from .metrics import psnr_from_mse, ssim_torch
+from .metrics import SSIMReference, psnr_from_mse, ssim_torch
 from .model import SMoE
 from .render import DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, render, render_bytes
 
@@ -207,6 +207,7 @@ def fit(
         weights = weights / weights.sum()
     meta = dict(rbf=tm.rbf, image_shape=(H, W), color_space=tm.color_space)
     target_hw = target[..., 0] if tm.n_channels == 1 else target
+    ssim_target = SSIMReference(target_hw) if loss == "ssim" else None  # the target's statistics, once
 
     def current(p) -> SMoE:
         # not validated here: render_many checks the model once per step (each check syncs a GPU)
@@ -226,7 +227,7 @@ def fit(
             if loss == "mse":
                 data = mse
             else:
-                per = ssim_torch(out, target_hw, per_channel=True)
+                per = ssim_torch(out, ssim_target, per_channel=True)
                 data = 1.0 - (per.mean() if weights is None else (per * weights).sum())
             if sparsity:
                 pi_now = opt.params["pi"]

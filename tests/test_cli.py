@@ -223,6 +223,26 @@ def test_bench_tiny_writes_csv(tmp_path, capsys):
     assert "dense/tiled" in text and "tiled ms" in text
 
 
+def test_bench_coding_times_the_training_iteration(tmp_path, capsys):
+    from smoe_core.studies.bench import CODING_COLUMNS, run_coding_benchmark
+
+    out = tmp_path / "bench_coding.csv"
+    assert main(["bench", "--coding", "--height", "32", "--width", "40", "--repeats", "2", "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == CODING_COLUMNS and len(df) == 1
+    r = df.iloc[0]
+    # the paper's grid: floor(W / 4) x floor(H / 4) kernels
+    assert r.kernels == 10 * 8 and r.repeats == 2 and r.warmup == 2 and bool(r.quantize) and r.image == "lena"
+    assert 0 < r.best_cpu_ms <= r.median_cpu_ms and 0 < r.best_wall_ms <= r.median_wall_ms
+    assert "process time per iteration" in capsys.readouterr().out
+    assert main(["bench", "--no-quantize", "--height", "32", "--width", "32"]) == 2
+    assert "--no-quantize goes with --coding" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="repeats"):
+        run_coding_benchmark(32, 32, repeats=0)
+    with pytest.raises(ValueError, match="pixels"):
+        run_coding_benchmark(100_000, 100_000)
+
+
 def test_tiled_pairs_counts_partial_tiles():
     img = np.linspace(0, 1, 37 * 50, dtype=np.float32).reshape(37, 50)  # partial tiles on both edges
     m = init.grid(img, 30).model

@@ -7,7 +7,7 @@ from skimage.metrics import structural_similarity
 from smoe_core import SMoE, fit, render
 from smoe_core.io import load_image
 from smoe_core.tasks.coding.color import rgb_to_yuv
-from smoe_core.tasks.coding.loss import YUV_WEIGHTS, ssim611, ssim611_loss, weighted_ssim
+from smoe_core.tasks.coding.loss import YUV_WEIGHTS, ssim611, ssim611_loss, ssim611_target, weighted_ssim
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,6 +46,28 @@ def test_gradcheck_float64():
     with torch.no_grad():
         fd = (ssim611_loss(rec + eps * v, target) - ssim611_loss(rec - eps * v, target)) / (2 * eps)
     assert float((g * v).sum()) == pytest.approx(float(fd), rel=1e-6)
+
+
+def test_prepared_target_gives_the_same_loss_and_gradient():
+    """A target prepared once (its blurred statistics kept) gives the value and the gradient of the plain call,
+    which the tests above check against scikit-image and finite differences."""
+    target = torch.from_numpy(rgb_to_yuv(load_image("peppers", color=True)[100:164, 220:300].astype(np.float64)))
+    gen = torch.Generator().manual_seed(3)
+    rec = (target + 0.05 * torch.randn(target.shape, dtype=torch.float64, generator=gen)).requires_grad_(True)
+    plain = ssim611_loss(rec, target)
+    (g_plain,) = torch.autograd.grad(plain, rec)
+    prepared = ssim611_target(target)
+    fast = ssim611_loss(rec, prepared)
+    (g_fast,) = torch.autograd.grad(fast, rec)
+    assert float(fast.detach()) == pytest.approx(float(plain.detach()), abs=1e-12)
+    assert torch.allclose(g_fast, g_plain, rtol=1e-9, atol=1e-15)
+    # float32 renders against a prepared float32 target: the training loop's case
+    t32, r32 = target.float(), rec.detach().float()
+    assert float(ssim611_loss(r32, ssim611_target(t32))) == pytest.approx(float(ssim611_loss(r32, t32)), abs=1e-6)
+    with pytest.raises(ValueError, match="reference's shape"):
+        ssim611_loss(rec[:-1], prepared)
+    with pytest.raises(ValueError, match="SSIM window"):
+        ssim611_target(torch.zeros(8, 12, 3))
 
 
 def test_same_loss_as_fit_with_channel_weights():

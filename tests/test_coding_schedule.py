@@ -12,8 +12,8 @@ from smoe_core.tasks.coding import bitstream as B
 from smoe_core.tasks.coding.color import rgb_to_yuv
 from smoe_core.tasks.coding.loss import ssim611
 from smoe_core.tasks.coding.quantize import FakeQuantizer, grid_centres, quantize_model
-from smoe_core.tasks.coding.schedule import (PAPER_LR, grid_init, pixel_learning_rates, sparsity_schedule,
-                                             train)
+from smoe_core.tasks.coding.schedule import (PAPER_LR, grid_init, kernel_snapshots_due, pixel_learning_rates,
+                                             sparsity_schedule, train)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -161,6 +161,66 @@ def test_snapshots_are_fine_tuned_points_of_the_path_and_leave_it_unchanged():
         train(img, snapshots=[6], **SHORT)
 
 
+def test_kernel_snapshots_due_by_hand():
+    """Targets 600, 400, 250, 150 along the counts 1024, 1024, 590, 580, 400, 300, 100, 90, 10: a snapshot at 590
+    (600 reached), at 400 (400 reached: at most, not below), none at 300, one at 100 for both 250 and 150
+    (labelled 150, the smallest), nothing after."""
+    targets, taken, taken_at = [250, 600, 150, 400], set(), {}
+    for n in (1024, 1024, 590, 580, 400, 300, 100, 90, 10):
+        due = kernel_snapshots_due(n, targets, taken)
+        if due:
+            taken_at[n] = due
+            taken.update(due)
+    assert taken_at == {590: [600], 400: [400], 100: [250, 150]}
+    assert kernel_snapshots_due(5, [], set()) == [] and kernel_snapshots_due(5, None, set()) == []
+    assert kernel_snapshots_due(np.int64(10), np.array([10, 20]), {20}) == [10]  # numpy integers are integers
+    for bad in ([0], [-3], [2.5], [True], "12", 7):
+        with pytest.raises(ValueError, match="snapshot_kernels"):
+            kernel_snapshots_due(10, bad, set())
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="n_kernels"):
+            kernel_snapshots_due(bad, [5], set())
+    with pytest.raises(ValueError, match="snapshot_kernels"):
+        train(crop(), snapshot_kernels=[10, 0], **SHORT)
+
+
+def test_snapshots_by_kernel_count_follow_the_path():
+    """Kernel-count snapshots are taken at the first pruning (every ``prune_every`` iterations and at the end of
+    each step) that leaves at most each target, read independently from the path's history: after a pruning at
+    iteration i of step s, the next iteration of the path renders exactly the kernels left."""
+    img = crop()
+    plain = train(img, **SHORT)
+    h = plain.history[(plain.history.point == "final") & (plain.history.phase == "sparsify")].reset_index(drop=True)
+    # the pruning points in path order and the kernel count each one leaves
+    after = []
+    for i, r in h.iterrows():
+        if r.iteration % SHORT["prune_every"] == 0 or r.iteration == SHORT["sparsify_iters"]:
+            left = int(h.n_kernels[i + 1]) if i + 1 < len(h) else plain.quantized.n_active
+            after.append(((int(r.step), int(r.iteration)), left))
+    counts = [n for _, n in after]
+    assert counts[0] > counts[-1] and len(set(counts)) >= 4  # the path removes kernels in several prunings
+    # targets: the counts left by three prunings and two values in between
+    distinct = sorted(set(counts), reverse=True)
+    targets = [distinct[1], distinct[1] - 1, distinct[len(distinct) // 2], distinct[-1] + 1, distinct[-1]]
+    expected = {}
+    for t in targets:  # per target: the first pruning that leaves at most t kernels
+        where = next(w for w, n in after if n <= t)
+        expected.setdefault(where, []).append(t)
+    r = train(img, snapshot_kernels=targets, **SHORT)
+    # the path continues as without snapshots (a snapshot works on a copy)
+    np.testing.assert_array_equal(r.model.mu, plain.model.mu)
+    assert r.quantized.equal_indices(plain.quantized)
+    got = {(s.step, s.iteration): s.label for s in r.snapshots}
+    assert got == {w: f"kernels {min(ts)}" for w, ts in expected.items()}
+    for s in r.snapshots:
+        assert s.quantized.n_active <= int(s.label.split()[1])
+        ft = r.history[(r.history.point == s.label) & (r.history.phase == "finetune")]
+        assert len(ft) == SHORT["finetune_iters"]
+        q2, _ = B.decode(s.bitstream())
+        assert q2.equal_indices(s.quantized)
+    assert r.step == SHORT["sparsify_steps"] - 1 and r.iteration == SHORT["sparsify_iters"]
+
+
 def test_target_kernels_stops_the_sparsification():
     img = crop()
     full = train(img, **SHORT)
@@ -172,6 +232,10 @@ def test_target_kernels_stops_the_sparsification():
     assert sorted(sp.step.unique()) == list(range(stop + 1)) and stop + 1 < SHORT["sparsify_steps"]
     assert r.quantized.n_active <= target < int(per_step.iloc[0])
     assert r.quantized.n_active > full.quantized.n_active
+    # the stopping step's state is the final point: a snapshot rule that would take it there does not repeat it
+    both = train(img, target_kernels=target, snapshots=[stop], snapshot_kernels=[target], **SHORT)
+    assert both.step == stop and both.quantized.equal_indices(r.quantized)
+    assert all(s.label == f"kernels {target}" and s.iteration < SHORT["sparsify_iters"] for s in both.snapshots)
 
 
 def test_post_training_quantization_trains_without_fake_quantization():

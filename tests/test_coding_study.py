@@ -203,6 +203,34 @@ def test_claims_fail_on_a_table_made_to_fail():
     assert len(empty) == 1 and empty["holds"].isna().all()
 
 
+def test_wins_table_and_findings_on_hand_made_tables():
+    """SMoE at a constant rate factor f of JPEG's curve (quality linear in log-rate, slope 0.05 per doubling)
+    is 0.05 log2(1 / f) above JPEG at every rate both cover."""
+    pts = _points({"lena": 0.55, "baboon": 1.2}, {"lena": 0.5, "baboon": 0.5})
+    bd = cp.bd_table(pts, anchors=("jpeg420",))
+    w = cp.wins_table(pts, bd, anchors=("jpeg420",)).set_index("image")
+    b, _ = _curve()
+    lena, baboon = w.loc["lena"], w.loc["baboon"]
+    assert lena["points_compared"] == int((b * 0.55 >= b.min()).sum()) == lena["test_above"] == 5
+    assert lena["bpp_above"] == "0.11-1.76" and lena["bd_rate_pct"] == pytest.approx(-45.0)
+    assert lena["largest_gain"] == pytest.approx(0.05 * math.log2(1 / 0.55), abs=1e-9)
+    assert lena["mean_difference"] == pytest.approx(0.05 * math.log2(1 / 0.55), abs=1e-9)
+    assert baboon["points_compared"] == int((b * 1.2 <= b.max()).sum()) == 5 and baboon["test_above"] == 0
+    assert baboon["bpp_above"] == "" and baboon["largest_gain"] == pytest.approx(0.05 * math.log2(1 / 1.2), abs=1e-9)
+    assert lena["anchor"] == "JPEG 4:2:0"
+    claims = cp.claims_table(cp.bd_table(pts, anchors=("jpeg420", "jpeg2000")), pts, _ablation(pts, 0.02))
+    text = cp.findings(pts, claims, _ablation(pts, 0.02), crop=128, grid_kernels=1024)
+    assert "not the paper's experiment" in text and "1024 kernels" in text
+    n_hold = int((claims["holds"] == True).sum())  # noqa: E712
+    assert f"**Claims that hold** ({n_hold} of {len(claims)})" in text
+    assert "lena +0.0200 on average" in text  # the QAT-PTQ gap the ablation was made with
+    assert "not the paper's experiment" not in cp.findings(pts, claims, crop=None)
+    rd = cp.smoe_rd_table(pd.DataFrame(dict(image=["lena", "lena"], training=["qat", "ptq"], point=["final"] * 2,
+                                            kernels=[10, 10], bytes=[70, 80], bpp=[0.5, 0.6], psnr=[20.0, 19.0],
+                                            ssim611=[0.8, 0.7])))
+    assert len(rd) == 1 and rd.loc[0, "bits_per_kernel"] == pytest.approx(56.0)
+
+
 # ---------------------------------------------------------------------- the SMoE grid item resumes
 SMOKE_OVERRIDES = dict(sparsify_steps=5, x_range=[0.3, 1.5], sparsify_pi_rate=0.05, pretrain_iters=10)
 
@@ -231,6 +259,24 @@ def test_smoe_item_rows_files_and_resume(tmp_path, monkeypatch):
     assert set(pts["codec"]) == {"smoe"} and len(pts) == len(df)
     cov = cp.points_in_range(df, 0.0, 100.0)
     assert cov.loc[0, "points_in_range"] == len(df)
+
+
+def test_snapshot_targets_and_geometric_fractions_by_hand():
+    assert cp.geometric_fractions(0.8, 0.1, 4) == [0.8, 0.4, 0.2, 0.1]
+    # 0.6 x 1024 = 614.4, 0.3 x 1024 = 307.2, 0.031 x 1024 = 31.7, 0.03 x 1024 = 30.7: the last is not above the stop
+    assert cp.snapshot_targets([0.3, 0.6, 0.031, 0.03, 0.6], 1024, 31) == [614, 307, 32]
+    assert cp.snapshot_targets([0.001], 100) == [1] and cp.snapshot_targets([], 100) == []
+    for bad in ([0.0], [1.5], [-0.1], ["0.5"], [True], 0.5):
+        with pytest.raises(ValueError, match="fractions"):
+            cp.snapshot_targets(bad, 1024)
+    with pytest.raises(ValueError, match="grid_kernels"):
+        cp.snapshot_targets([0.5], 0)
+    with pytest.raises(ValueError, match="count"):
+        cp.geometric_fractions(0.6, 0.1, 1)
+    with pytest.raises(ValueError, match="low must be below high"):
+        cp.geometric_fractions(0.1, 0.6, 3)
+    with pytest.raises(ValueError, match="snapshot_kernel_fractions"):
+        cp.smoe_items(["lena"], ["qat"], snapshot_kernel_fractions=[2.0])
 
 
 def test_max_gate_map_is_the_largest_gate():
@@ -262,4 +308,41 @@ def test_presets():
     lam = sparsity_schedule((128, 128), kw["sparsify_steps"], kw["x_range"])
     assert np.allclose(lam[:50], sparsity_schedule((128, 128), 50, (0.1, 15.0)), rtol=1e-12)
     assert kw["sparsify_iters"] == 1000 and kw["pretrain_iters"] == 10_000 and kw["target_kernels"] == 492
-    assert max(paper["snapshots"]) < kw["sparsify_steps"]
+    assert reproduce.CODING_SNAPSHOT_FRACTIONS == cp.geometric_fractions(0.6, 0.035, 10)
+
+
+def notebook_defaults(name):
+    """The parameters cell of a notebook, evaluated: what papermill runs with where a preset says nothing."""
+    import json
+
+    nb = json.loads((reproduce.notebook_dir() / f"{name}.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    scope = {}
+    exec("".join(cell["source"]), scope)
+    return {k: v for k, v in scope.items() if not k.startswith("__")}
+
+
+RATE_POINT_PARAMETERS = ("schedule", "schedule_overrides", "snapshots", "snapshot_kernel_fractions",
+                         "min_kernel_fraction")
+
+
+@pytest.mark.parametrize("preset", ["smoke", "quick", "paper"])
+def test_every_coding_preset_sets_its_rate_points(preset):
+    """The notebook's defaults are the paper preset's; a preset that leaves a rate-point parameter out runs with
+    the paper's value (the quick preset once ran the paper's x ramp, up to 18.2, and kept 11 kernels of 1024)."""
+    defaults = notebook_defaults("coding")
+    p = reproduce.PRESETS["coding"][preset]
+    assert set(RATE_POINT_PARAMETERS) <= set(p) <= set(defaults) | {"grid_workers"}
+    assert defaults["snapshot_kernel_fractions"] == reproduce.CODING_SNAPSHOT_FRACTIONS
+    assert {k: defaults[k] for k in RATE_POINT_PARAMETERS} == {k: reproduce.PRESETS["coding"]["paper"][k]
+                                                               for k in RATE_POINT_PARAMETERS}
+    run = dict(defaults, **reproduce.notebook_parameters("coding", preset, results_dir="r"))
+    kw = cp.smoe_schedule(run["schedule"], (run["crop"] or 512,) * 2, min_kernel_fraction=run["min_kernel_fraction"],
+                          overrides=run["schedule_overrides"])
+    if preset == "quick":  # the codec's quick schedule (longer pre- and fine-tuning), nothing of the paper's x ramp
+        from smoe_core.tasks.coding.codec import PRESETS
+
+        assert kw == dict(PRESETS["quick"], pretrain_iters=3000, finetune_iters=500, prune_every=10, target_kernels=31)
+        assert run["snapshot_kernel_fractions"] == reproduce.CODING_SNAPSHOT_FRACTIONS and run["snapshots"] == []
+        targets = cp.snapshot_targets(run["snapshot_kernel_fractions"], 1024, kw["target_kernels"])
+        assert targets == [614, 448, 327, 238, 174, 127, 92, 67, 49, 36]

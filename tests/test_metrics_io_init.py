@@ -25,6 +25,25 @@ def test_ssim_torch_matches_skimage(shape):
     assert float(metrics.ssim_torch(torch.from_numpy(a), torch.from_numpy(a))) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("shape", [(40, 50), (40, 50, 3)])
+def test_ssim_torch_with_a_reference_and_its_gradient(shape):
+    """A reference prepared once (SSIMReference) gives scikit-image's value, and the gradient passes a float64
+    gradcheck (finite differences) with and without it."""
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0, 1, shape)
+    b = np.clip(a + rng.normal(0, 0.1, shape), 0, 1)
+    ref = metrics.SSIMReference(torch.from_numpy(b))
+    assert float(metrics.ssim_torch(torch.from_numpy(a), ref)) == pytest.approx(metrics.ssim(a, b), abs=1e-6)
+    small = torch.from_numpy(a[:14, :15]).requires_grad_(True)
+    tb = torch.from_numpy(b[:14, :15])
+    for target in (tb, metrics.SSIMReference(tb)):
+        assert torch.autograd.gradcheck(lambda x: metrics.ssim_torch(x, target), (small,), fast_mode=True)
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.ssim_torch(torch.from_numpy(a[:-1]), ref)
+    with pytest.raises(ValueError, match="image must be"):
+        metrics.SSIMReference(b)
+
+
 def test_load_image_gray_is_pil_luma(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)

@@ -1,4 +1,5 @@
-"""Renderer benchmark: forward + backward time of the tiled (rasterized R-SMoE) and dense (global) renderers.
+"""Renderer benchmark: forward + backward time of the tiled (rasterized R-SMoE) and dense (global) renderers;
+and one training iteration of the coding paper's setting (:func:`run_coding_benchmark`).
 
 For each kernel budget K, a grid-initialized model of the test image ``flower`` (768 x 512 gray; resized
 when another size is asked for, a synthetic image where the file is missing) is rendered with
@@ -162,6 +163,73 @@ def run_benchmark(
     finally:
         bar.close()
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+#: the columns of the coding-iteration benchmark (:func:`run_coding_benchmark`)
+CODING_COLUMNS = [
+    "package_version", "git_commit", "preset", "seed", "date", "host", "torch_version", "threads", "image", "height",
+    "width", "kernels", "quantize", "backend", "backend_resolved", "warmup", "repeats", "best_cpu_ms", "median_cpu_ms",
+    "best_wall_ms", "median_wall_ms", "peak_rss_mb", "load_avg_1min",
+]
+
+
+def coding_image(height: int, width: int, name: str = "lena") -> tuple[np.ndarray, str]:
+    """(float RGB image in [0, 1], description): a coding image (``smoe_core/data/coding``) at (height, width),
+    centre-cropped where it is larger, resized (bicubic) where it is smaller."""
+    from PIL import Image
+
+    from .coding_paper import load_original
+
+    rgb = load_original(name)
+    H, W = rgb.shape[:2]
+    if H >= height and W >= width:
+        y0, x0 = (H - height) // 2, (W - width) // 2
+        return rgb[y0:y0 + height, x0:x0 + width].astype(np.float64) / 255.0, name
+    big = np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
+    return big.astype(np.float64) / 255.0, f"{name} resized"
+
+
+def run_coding_benchmark(height: int = 512, width: int = 512, *, repeats: int = 5, warmup: int = 2,
+                         quantize: bool = True, image: str = "lena", backend: str = "tiled") -> pd.DataFrame:
+    """Times one training iteration of the coding paper's setting ([QSMoE]): an RGB image converted to YUV, the
+    paper's grid initialization (floor(W / 4) x floor(H / 4) kernels: 16384 on 512 x 512), then per iteration
+    fake quantization of the parameters (``quantize``), the tiled forward pass, the SSIM-611 loss, the backward
+    pass and the Adam step, as :func:`smoe_core.tasks.coding.schedule.train` runs them in pre-training (the
+    iterations are that function's own loop: the time between two of its per-iteration callbacks).
+
+    ``warmup`` iterations are run first and not counted (the first one loads the renderer's build), then
+    ``repeats`` are timed: process time (``time.process_time``: the CPU time of this process, less disturbed than
+    wall time when another job shares the machine; with one thread it is the iteration's work) and wall time,
+    best and median. One row.
+    """
+    from ..tasks.coding.quantize import grid_shape
+    from ..tasks.coding.schedule import train
+
+    height, width = check_count(height, "height", minimum=8), check_count(width, "width", minimum=8)
+    repeats = check_count(repeats, "repeats", minimum=1)
+    warmup = check_count(warmup, "warmup", minimum=1)
+    if height * width > MAX_PIXELS:
+        raise ValueError(f"height x width = {height} x {width} is {height * width} pixels, more than the largest "
+                         f"image smoe_core loads ({MAX_PIXELS} pixels, smoe_core.io.MAX_PIXELS)")
+    k1, k2 = grid_shape((height, width))
+    check_memory(fit_bytes((height, width), 3, k1 * k2), f"timing a coding iteration of {k1 * k2} kernels on a "
+                                                          f"{height} x {width} image")
+    rgb, source = coding_image(height, width, image)
+    stamps: list[tuple[float, float]] = []
+    rss0 = peak_rss_mb()
+    train(rgb, pretrain_iters=warmup + repeats, sparsify_steps=0, finetune_iters=0, quantize=bool(quantize),
+          backend=backend, callback=lambda row: stamps.append((time.process_time(), time.perf_counter())))
+    timed = np.diff(np.array(stamps), axis=0)[warmup - 1:]  # iteration i + 1 runs between callbacks i and i + 1
+    cpu, wall = timed[:, 0] * 1e3, timed[:, 1] * 1e3
+    row = dict(package_version=__version__, git_commit=git_commit(), preset="bench", seed=0,
+               date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), host=platform.node(),
+               torch_version=torch.__version__, threads=torch.get_num_threads(), image=source, height=height,
+               width=width, kernels=k1 * k2, quantize=bool(quantize), backend=backend,
+               backend_resolved=resolve_backend(backend, torch.device("cpu")), warmup=warmup, repeats=len(cpu),
+               best_cpu_ms=float(cpu.min()), median_cpu_ms=float(np.median(cpu)), best_wall_ms=float(wall.min()),
+               median_wall_ms=float(np.median(wall)), peak_rss_mb=max(peak_rss_mb(), rss0),
+               load_avg_1min=load_average())
+    return pd.DataFrame([row], columns=CODING_COLUMNS)
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -35,16 +35,23 @@ SSIM: per Y, U, V channel, weighted 6:1:1; :func:`smoe_core.tasks.coding.loss.ss
 :func:`smoe_core.tasks.coding.color.rgb_to_yuv`) of the decoded file against the reference.
 
 **SMoE rate points** (:func:`run_smoe_item`): one :func:`smoe_core.tasks.coding.schedule.train` per image and
-training mode, with ``snapshots``: sparsification steps after which a copy of the path is fine-tuned and
-quantized, each one rate point of the paper's single sparsification path ("the results of our proposed method
-are highlighted ... in the respective curve"). The path stops after the first step that leaves at most
-``min_kernel_fraction`` of the k1 x k2 grid (``target_kernels``; this also keeps the sparsity from removing
-every kernel, which the schedule refuses), and the final model is one more point. Every point is encoded
+training mode; copies of the path's state are fine-tuned and quantized, each one rate point of the paper's
+single sparsification path ("the results of our proposed method are highlighted ... in the respective curve";
+which states the paper takes it does not say). Where: ``snapshot_kernel_fractions`` (the presets' rule), when
+the kernel count first falls to or below each of these fractions of the k1 x k2 grid
+(:func:`snapshot_targets`; ``snapshot_kernels`` of ``train``: checked at every pruning, so points are spread
+in rate whatever pace the path takes on an image), and/or ``snapshots``, after given sparsification steps
+(fixed steps depend on the image's pace: they can all fall before the path removes anything or after it has
+removed almost everything). The path stops after the first step that leaves at most ``min_kernel_fraction``
+of the grid (``target_kernels``; this also keeps the sparsity from removing every kernel, which the schedule
+refuses), and the final model is one more point. Every point is encoded
 (its ``.smoe`` file is kept), decoded from those bytes (:func:`smoe_core.tasks.coding.codec.decode_image`:
 dequantize, render, YUV to RGB, clip) and measured against the reference. ``training="qat"`` is the paper's
 quantization-aware training; ``"ptq"`` is the ablation (``quantize=False``: trained in full precision,
 quantized only for the file), at the same schedule, snapshots and kernel target. Rows also hold the metrics of
-the unquantized model (``*_unquantized``; for PTQ the model before its post-training quantization).
+the unquantized model (``*_unquantized``; for PTQ the model before its post-training quantization), where on the
+path the point was taken (``step``, ``iteration``) and the training's wall and CPU time (``seconds``,
+``cpu_seconds``: the process time of the training, the less disturbed measure on a loaded machine).
 
 **BD-rates** (:func:`bd_table`, the ``bjontegaard`` package, pinned 1.3.0): ``bjontegaard.bd_rate`` with
 ``method="cubic"`` (Bjontegaard's cubic fit of log-rate against quality) and ``"pchip"`` (piecewise cubic
@@ -334,23 +341,58 @@ def smoe_schedule(preset: str, image_shape, *, min_kernel_fraction: float = 0.03
     return kw
 
 
+def _check_fractions(fractions, name: str) -> list[float]:
+    if isinstance(fractions, (str, bytes)) or not hasattr(fractions, "__iter__"):
+        raise ValueError(f"{name} must be a list of numbers in (0, 1], got {fractions!r}")
+    out = []
+    for f in fractions:
+        if isinstance(f, bool) or not isinstance(f, (int, float, np.floating, np.integer)) or not (0 < f <= 1):
+            raise ValueError(f"{name} must be numbers in (0, 1], got {f!r}")
+        out.append(float(f))
+    return out
+
+
+def snapshot_targets(fractions, grid_kernels: int, stop_kernels: int = 0) -> list[int]:
+    """The kernel counts of the snapshots (``snapshot_kernels`` of ``train``): round(fraction x grid_kernels)
+    for each fraction, those above ``stop_kernels`` (the path stops at or below it and its final point is that
+    state), distinct, largest first."""
+    if isinstance(grid_kernels, bool) or not isinstance(grid_kernels, (int, np.integer)) or grid_kernels < 1:
+        raise ValueError(f"grid_kernels must be a positive integer, got {grid_kernels!r}")
+    counts = {max(1, int(round(f * int(grid_kernels)))) for f in _check_fractions(fractions, "fractions")}
+    return sorted((c for c in counts if c > int(stop_kernels or 0)), reverse=True)
+
+
+def geometric_fractions(high: float, low: float, count: int) -> list[float]:
+    """``count`` fractions from ``high`` down to ``low`` in a geometric series (equal ratios; 4 decimals)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+        raise ValueError(f"count must be an integer >= 2, got {count!r}")
+    high, low = _check_fractions([high, low], "high and low")
+    if not low < high:
+        raise ValueError(f"low must be below high, got {low} and {high}")
+    return [round(high * (low / high) ** (i / (count - 1)), 4) for i in range(count)]
+
+
 def smoe_items(images, trainings=TRAININGS, *, crop=None, sigma=PREFILTER_SIGMA, full_image=True, cache_dir=None,
-               out_dir=None, preset="quick", snapshots=(), min_kernel_fraction=0.03, overrides=None,
-               backend="tiled", threads=None) -> list[dict]:
+               out_dir=None, preset="quick", snapshots=(), snapshot_kernel_fractions=(), min_kernel_fraction=0.03,
+               overrides=None, backend="tiled", threads=None) -> list[dict]:
     """One grid item per (image, training) for :func:`run_smoe_item` (``training``: "qat" or "ptq")."""
     bad = [t for t in trainings if t not in TRAININGS]
     if bad:
         raise ValueError(f"unknown training(s) {bad} (choose from {', '.join(TRAININGS)})")
+    fractions = sorted(set(_check_fractions(snapshot_kernel_fractions or (), "snapshot_kernel_fractions")),
+                       reverse=True)
     return [dict(image=str(im), training=t, crop=crop, sigma=sigma, full_image=bool(full_image),
                  cache_dir=None if cache_dir is None else str(cache_dir),
                  out_dir=None if out_dir is None else str(out_dir), preset=preset,
-                 snapshots=sorted({int(s) for s in snapshots}), min_kernel_fraction=float(min_kernel_fraction),
-                 overrides=dict(overrides or {}), backend=backend, threads=threads)
+                 snapshots=sorted({int(s) for s in snapshots}), snapshot_kernel_fractions=fractions,
+                 min_kernel_fraction=float(min_kernel_fraction), overrides=dict(overrides or {}), backend=backend,
+                 threads=threads)
             for im in images for t in trainings]
 
 
 def smoe_file_path(out_dir, image, training: str, label: str) -> Path:
-    """Where a rate point's ``.smoe`` file is kept: ``<key>_<training>_<label>.smoe`` ("step12", "final")."""
+    """Where a rate point's ``.smoe`` file is kept: ``<key>_<training>_<label>.smoe`` ("kernels614", "step12",
+    "final")."""
     return Path(out_dir) / f"{coding_image_key(image)}_{training}_{label.replace(' ', '')}.smoe"
 
 
@@ -361,9 +403,10 @@ def _render_rgb(model, backend: str) -> np.ndarray:
 
 def run_smoe_item(item: dict) -> list[dict]:
     """The rate points of one image and training mode (module docstring): one row per point, in path order,
-    with point (label), step, kernels, bytes, bpp, psnr, ssim611 (of the file, decoded), psnr_unquantized,
-    ssim611_unquantized (the model before quantization), grid_kernels, target_kernels, seconds (the whole
-    training), file (the kept ``.smoe``, relative to ``out_dir``)."""
+    with point (label), step and iteration (where on the path), kernels, bytes, bpp, psnr, ssim611 (of the file,
+    decoded), psnr_unquantized, ssim611_unquantized (the model before quantization), grid_kernels,
+    target_kernels, seconds and cpu_seconds (the whole training: wall and process time), file (the kept
+    ``.smoe``, relative to ``out_dir``)."""
     ref = reference_image(item["image"], item.get("crop"), sigma=item.get("sigma", PREFILTER_SIGMA),
                           cache_dir=item.get("cache_dir"), full_image=item.get("full_image", True))
     rgb = as_float(ref)
@@ -372,28 +415,26 @@ def run_smoe_item(item: dict) -> list[dict]:
                        overrides=item.get("overrides"))
     steps = int(kw.get("sparsify_steps", 50))
     snaps = [s for s in item.get("snapshots", ()) if 0 <= int(s) < steps]
+    k1, k2 = grid_shape((H, W))
+    by_count = snapshot_targets(item.get("snapshot_kernel_fractions", ()), k1 * k2, kw.get("target_kernels") or 0)
     backend = item.get("backend", "tiled")
     threads = item.get("threads")
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        t0 = time.perf_counter()
-        result = schedule.train(rgb, quantize=item["training"] == "qat", snapshots=snaps, backend=backend, **kw)
-        seconds = time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = schedule.train(rgb, quantize=item["training"] == "qat", snapshots=snaps, snapshot_kernels=by_count,
+                                backend=backend, **kw)
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     finally:
         torch.set_num_threads(before)
-    hist = result.history
-    sparse = hist[hist["phase"] == "sparsify"]
-    last_step = int(sparse["step"].max()) if len(sparse) else -1
     rows, seen = [], set()
-    k1, k2 = grid_shape((H, W))
     for p in [*result.snapshots, result]:
         data = p.bitstream()
-        if data in seen:  # the final model is the last snapshot's state when the path ended at a snapshot step
+        if data in seen:  # two labels for one state (e.g. a step snapshot that is also the final state)
             continue
         seen.add(data)
-        step = last_step if p.label == "final" else int(p.label.split()[-1])
         fname = ""
         if item.get("out_dir"):
             path = smoe_file_path(item["out_dir"], item["image"], item["training"], p.label)
@@ -405,10 +446,12 @@ def run_smoe_item(item: dict) -> list[dict]:
         decoded, _ = codec.decode_image(data, backend=backend)
         q = quality(decoded, ref)
         qu = quality(_render_rgb(p.model, backend), ref)
-        rows.append(dict(point=p.label, step=step, kernels=p.quantized.n_active, bytes=len(data),
-                         bpp=bpp_of(len(data), (H, W)), psnr=q["psnr"], ssim611=q["ssim611"],
+        rows.append(dict(point=p.label, step=-1 if p.step is None else p.step,
+                         iteration=-1 if p.iteration is None else p.iteration, kernels=p.quantized.n_active,
+                         bytes=len(data), bpp=bpp_of(len(data), (H, W)), psnr=q["psnr"], ssim611=q["ssim611"],
                          psnr_unquantized=qu["psnr"], ssim611_unquantized=qu["ssim611"], grid_kernels=k1 * k2,
-                         target_kernels=kw.get("target_kernels"), seconds=seconds, file=fname))
+                         target_kernels=kw.get("target_kernels"), seconds=seconds, cpu_seconds=cpu_seconds,
+                         file=fname))
     return rows
 
 
@@ -598,8 +641,9 @@ def pointwise_table(points: pd.DataFrame, *, test: str = "smoe", anchors=("jpeg4
 
 # ---------------------------------------------------------------------- the ablation
 def ablation_table(smoe_runs: pd.DataFrame) -> pd.DataFrame:
-    """QAT against PTQ per image and rate point (pairs by point label: the same step of the same schedule),
-    with PTQ's front interpolated at QAT's rate (``*_ptq_at_qat_bpp``) and the differences QAT - PTQ there."""
+    """QAT against PTQ per image and rate point (pairs by point label: the same kernel target, or the same
+    step, of the same schedule), with PTQ's front interpolated at QAT's rate (``*_ptq_at_qat_bpp``) and the
+    differences QAT - PTQ there."""
     if smoe_runs is None or smoe_runs.empty:
         return pd.DataFrame()
     df = smoe_runs.assign(image=smoe_runs["image"].map(coding_image_key))
@@ -652,7 +696,7 @@ def claims_table(bd: pd.DataFrame, points: pd.DataFrame, ablation: pd.DataFrame 
         best = max(finite, key=finite.get)
         add("savings up to 42.48% over JPEG (SSIM-611 BD-rate)", "all",
             f"up to {PAPER_SAVINGS_PCT:.2f}% bitrate savings over JPEG",
-            f"largest saving {finite[best]:.2f}% ({best}; {method}); per image: "
+            f"largest saving {finite[best]:.2f}% ({best}; {method}); saving per image (negative: more rate): "
             + ", ".join(f"{k} {v:.2f}%" for k, v in savings.items()),
             finite[best], finite[best] >= PAPER_SAVINGS_PCT - float(savings_tolerance_pp))
     else:
@@ -732,8 +776,89 @@ def points_in_range(smoe_runs: pd.DataFrame, lo: float = 0.15, hi: float = 1.5) 
                          points_in_range=int(((g["bpp"] >= lo) & (g["bpp"] <= hi)).sum()),
                          bpp_min=g["bpp"].min(), bpp_max=g["bpp"].max(), kernels_min=g["kernels"].min(),
                          kernels_max=g["kernels"].max(), steps=",".join(str(int(s)) for s in g["step"]),
-                         seconds=g["seconds"].max()))
+                         seconds=g["seconds"].max(),
+                         cpu_seconds=g["cpu_seconds"].max() if "cpu_seconds" in g else np.nan))
     return pd.DataFrame(rows)
+
+
+def smoe_rd_table(smoe_runs: pd.DataFrame, trainings=("qat",)) -> pd.DataFrame:
+    """The SMoE rate points of ``trainings``, one row per point in rate order per image: image, training, point,
+    kernels, bytes, bpp, bits_per_kernel (8 x file bytes / kernels: header included), psnr, ssim611."""
+    cols = ["image", "training", "point", "kernels", "bytes", "bpp", "bits_per_kernel", "psnr", "ssim611"]
+    if smoe_runs is None or smoe_runs.empty:
+        return pd.DataFrame(columns=cols)
+    df = smoe_runs[smoe_runs["training"].isin(list(trainings))]
+    df = df.assign(image=df["image"].map(coding_image_key), bits_per_kernel=8.0 * df["bytes"] / df["kernels"])
+    order = {k: i for i, k in enumerate(dict.fromkeys(df["image"]))}
+    df = df.assign(_o=df["image"].map(order)).sort_values(["_o", "training", "bpp"], kind="stable")
+    return df[cols].reset_index(drop=True)
+
+
+def wins_table(points: pd.DataFrame, bd: pd.DataFrame | None = None, *, test: str = "smoe",
+               anchors=("jpeg420", "jpeg444", "jpeg2000"), metric: str = "ssim611",
+               method: str = "pchip") -> pd.DataFrame:
+    """Where the test codec beats each anchor in ``metric`` at the same rate (:func:`pointwise_table`), per image:
+    points_compared (test points inside the anchor's rate range), test_above (how many of them have the higher
+    quality), bpp_above (their rate range), largest_gain and mean_difference (test - anchor), and the BD-rate of
+    ``bd`` (``method``; negative: the test saves rate)."""
+    pw = pointwise_table(points, test=test, anchors=anchors, metric=metric)
+    rows = []
+    for (image, anchor), g in pw.groupby(["image", "anchor"], sort=False):
+        g = g[g["anchor_quality"].notna()]
+        above = g[g["quality_diff"] > 0]
+        bdr = np.nan
+        if bd is not None and len(bd):
+            sel = bd[(bd["image"] == image) & (bd["anchor"] == anchor) & (bd["metric"] == metric)
+                     & (bd["method"] == method) & (bd["test"] == test)]
+            bdr = float(sel["bd_rate_pct"].iloc[-1]) if len(sel) else np.nan
+        rows.append(dict(image=image, anchor=BASELINE_CODECS.get(anchor, anchor), points_compared=len(g),
+                         test_above=len(above),
+                         bpp_above="" if above.empty else f"{above['bpp'].min():.2f}-{above['bpp'].max():.2f}",
+                         largest_gain=float(g["quality_diff"].max()) if len(g) else np.nan,
+                         mean_difference=float(g["quality_diff"].mean()) if len(g) else np.nan,
+                         bd_rate_pct=bdr))
+    return pd.DataFrame(rows, columns=["image", "anchor", "points_compared", "test_above", "bpp_above",
+                                       "largest_gain", "mean_difference", "bd_rate_pct"])
+
+
+def findings(points: pd.DataFrame, claims: pd.DataFrame, ablation: pd.DataFrame | None = None, *,
+             crop: int | None = None, grid_kernels: int | None = None) -> str:
+    """A few sentences read off the tables for the report: what was run (crops are not the paper's experiment),
+    the rate and quality ranges, which claims hold, fail or cannot be decided, and QAT against PTQ."""
+    out = []
+    if crop:
+        jpeg = points[points["codec"] == "jpeg420"].groupby("image")["bpp"].min()
+        smallest = (f"; the smallest JPEG 4:2:0 file (its headers alone are about 330 bytes) is {jpeg.min():.2f}-"
+                    f"{jpeg.max():.2f} bpp here") if len(jpeg) else ""
+        out.append(f"- **Scope.** {crop} x {crop} centre crops, each BM3D-filtered alone, with "
+                   f"{grid_kernels or 'a grid of'} kernels and a shortened schedule: an indication, **not the paper's "
+                   "experiment** (whole 512 x 512 images filtered whole, 16384 kernels, 10k pre-training iterations, "
+                   f"50 sparsification steps of 1000). Rates on a crop include a header that a 512 x 512 file spreads "
+                   f"over 16 times the pixels{smallest}.")
+    sm = points[points["codec"] == "smoe"]
+    if len(sm):
+        out.append(f"- **SMoE (QAT) points:** {len(sm)} on {sm['image'].nunique()} images, "
+                   f"{sm['bpp'].min():.2f}-{sm['bpp'].max():.2f} bpp, PSNR {sm['psnr'].min():.1f}-"
+                   f"{sm['psnr'].max():.1f} dB, SSIM-611 {sm['ssim611'].min():.3f}-{sm['ssim611'].max():.3f}.")
+    if claims is not None and len(claims):
+        def label(r):
+            return r["claim"] if r["image"] == "all" else f"{r['claim']} ({r['image']})"
+        groups = {"hold": [], "fail": [], "cannot be decided": []}
+        for _, r in claims.iterrows():
+            h = r["holds"]
+            undecided = h is None or (isinstance(h, float) and np.isnan(h))
+            key = "cannot be decided" if undecided else ("hold" if h else "fail")
+            groups[key].append(label(r))
+        for key, items in groups.items():
+            if items:
+                out.append(f"- **Claims that {key}** ({len(items)} of {len(claims)}): " + "; ".join(items) + ".")
+    if ablation is not None and len(ablation) and "ssim611_gain" in ablation:
+        per = ablation.groupby("image", sort=False)["ssim611_gain"].agg(["mean", "min", "count"]).dropna()
+        if len(per):
+            out.append("- **QAT against PTQ** (SSIM-611 at QAT's rates, PTQ interpolated): " + "; ".join(
+                f"{i} {r['mean']:+.4f} on average (worst {r['min']:+.4f}, {int(r['count'])} rates)"
+                for i, r in per.iterrows()) + ".")
+    return "\n".join(out) if out else "(no results)"
 
 
 # ---------------------------------------------------------------------- figures
@@ -743,31 +868,57 @@ STYLES = {"smoe": dict(color="C3", marker="o", linestyle="-"), "smoe_ptq": dict(
 
 
 def rd_figure(points: pd.DataFrame, *, metrics=("ssim611", "psnr"), codecs=("smoe", "smoe_ptq", "jpeg420",
-              "jpeg444", "jpeg2000"), highlight: dict | None = None, xlim=None):
-    """The paper's Fig. 1: one column per image, one row per metric, quality against bpp for every codec.
-    ``highlight``: {image: bpp}, the SMoE point nearest that rate is marked with a square (the Fig. 2 points)."""
+              "jpeg444", "jpeg2000"), highlight: dict | None = None, xlim=None, logx: bool = False,
+              images=None, margin: float = 1.3):
+    """The paper's Fig. 1: one column per image (``images``: their order; default: as in ``points``), one row
+    per metric, quality against bpp for every codec. ``highlight``: {image: bpp}, the SMoE point nearest that
+    rate is marked with a square (the Fig. 2 points). ``xlim``: (lo, hi) for every panel, or "smoe": per image,
+    the SMoE points' rate range widened by the factor ``margin`` on either side (a JPEG sweep reaches far beyond
+    it); the quality axis then covers the points inside. ``logx``: a logarithmic rate axis."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     plt = pyplot()
-    images = list(dict.fromkeys(points["image"]))
+    present = list(dict.fromkeys(points["image"]))
+    images = present if images is None else [i for i in images if i in present]
+    if isinstance(xlim, str) and xlim != "smoe":
+        raise ValueError(f"xlim must be None, (lo, hi) or 'smoe', got {xlim!r}")
     fig, axes = plt.subplots(len(metrics), len(images), figsize=(3.3 * len(images), 2.8 * len(metrics)),
                              squeeze=False)
     for j, image in enumerate(images):
+        lim = xlim
+        if xlim == "smoe":
+            sb = points[(points["image"] == image) & points["codec"].isin(["smoe", "smoe_ptq"])]["bpp"]
+            lim = (float(sb.min()) / margin, float(sb.max()) * margin) if len(sb) else None
         for i, metric in enumerate(metrics):
             ax = axes[i][j]
+            shown = []
             for c in codecs:
                 b, m = curve(points, image, c, metric)
                 if len(b):
                     ax.plot(b, m, label=CODEC_LABELS.get(c, c), markersize=3, linewidth=1, **STYLES.get(c, {}))
+                    shown.append(m[(b >= lim[0]) & (b <= lim[1])] if lim else m)
             if highlight and image in highlight:
                 b, m = curve(points, image, "smoe", metric)
                 k = _nearest(b, highlight[image])
                 if k is not None:
                     ax.plot([b[k]], [m[k]], marker="s", markersize=9, markerfacecolor="none", color="k")
+            if logx:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
+                ax.set_xticks([t for t in (0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 10)
+                               if not lim or lim[0] <= t <= lim[1]])
             ax.set_xlabel("bpp")
             ax.set_ylabel(METRICS.get(metric, metric))
             if i == 0:
                 ax.set_title(image, fontsize=9)
-            if xlim:
-                ax.set_xlim(*xlim)
+            if lim:
+                ax.set_xlim(*lim)
+                vis = np.concatenate(shown) if shown else np.zeros(0)
+                vis = vis[np.isfinite(vis)]
+                if len(vis):
+                    pad = 0.05 * max(float(vis.max() - vis.min()), 1e-6)
+                    ax.set_ylim(float(vis.min()) - pad, float(vis.max()) + pad)
             ax.grid(alpha=0.3)
     seen = {}  # label -> handle over all panels (a codec may be missing from some)
     for ax in axes.ravel():
@@ -825,7 +976,7 @@ def visual_figure(reference: np.ndarray, panels: dict, window=None, title: str =
         show_image(ax, img, label, window)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93) if title else None)  # room for the title above two-line panel titles
     return fig
 
 
@@ -860,13 +1011,13 @@ def kernel_map_figure(decoded: np.ndarray, model, *, window=None, title: str = "
     show_image(axes[0], colours[labels], f"maximum-influence areas (K = {model.n_kernels})", window)
     show_image(axes[1], decoded, "decoded, kernel ellipses (1 sigma)", window)
     kernel_ellipses(axes[1], model, crop=window, linewidth=0.4)
-    if window is not None:
-        y0, y1, x0, x1 = window
-        axes[1].set_xlim(-0.5, x1 - x0 - 0.5)
-        axes[1].set_ylim(y1 - y0 - 0.5, -0.5)
+    # the panel shows the image (or window): a long, thin kernel's ellipse would otherwise widen the axes
+    y0, y1, x0, x1 = window if window is not None else (0, decoded.shape[0], 0, decoded.shape[1])
+    axes[1].set_xlim(-0.5, x1 - x0 - 0.5)
+    axes[1].set_ylim(y1 - y0 - 0.5, -0.5)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95) if title else None)
     return fig
 
 
@@ -884,8 +1035,10 @@ __all__ = ["PAPER", "CODING_IMAGES", "PREFILTER_SIGMA", "JPEG_QUALITIES", "BASEL
            "PAPER_FIG2", "PAPER_FIG3_KERNELS", "coding_data_dir", "coding_image_path", "coding_image_key",
            "centre_crop", "load_original", "prefilter", "reference_path", "reference_image", "jpeg_bytes",
            "jp2_bytes", "decode_file", "quality", "baseline_point", "jp2_targets", "baseline_items",
-           "run_baseline_item", "smoe_schedule", "smoe_items", "smoe_file_path", "run_smoe_item", "load_smoe_point",
+           "run_baseline_item", "smoe_schedule", "snapshot_targets", "geometric_fractions", "smoe_items",
+           "smoe_file_path", "run_smoe_item", "load_smoe_point",
            "points_table", "curve", "rd_front", "anchor_in_range", "bd_rate", "bd_table", "bd_summary",
            "quality_at_rate", "rate_at_quality", "pointwise_table", "ablation_table", "claims_table",
-           "points_in_range", "rd_figure", "jpeg_at_rate", "crop_window", "visual_panels", "visual_figure",
+           "points_in_range", "smoe_rd_table", "wins_table", "findings", "rd_figure", "jpeg_at_rate", "crop_window",
+           "visual_panels", "visual_figure",
            "max_gate_map", "kernel_map_figure", "claims_markdown"]

@@ -128,36 +128,51 @@ register_notebook("edge_aligned", {
 CODING_IMAGES = ["lena", "barbara", "peppers", "baboon"]
 #: sparsification steps of the coding notebook's paper preset: the paper's 50, continued at the same x spacing
 PAPER_CONTINUED_STEPS = 60
+#: the coding notebook's rate points: a snapshot when the kernel count first falls to or below each of these
+#: fractions of the grid (geometric, 0.6 down to 0.035 in 10: equal ratios, so points about evenly spread in
+#: log-rate; smoe_core.studies.coding_paper.geometric_fractions(0.6, 0.035, 10), written out here to keep
+#: `smoe reproduce` from loading the codec at start). On 128 x 128 crops (1024 kernels, about 65 bits per
+#: kernel) 0.35 of the grid is about 1.5 bpp and 0.035 about 0.15 bpp; the paper's Fig. 2 has 0.17 of the 512 x
+#: 512 grid (K = 2717) at 0.6 bpp and 0.34 (K = 5496) at 1.12 bpp.
+CODING_SNAPSHOT_FRACTIONS = [round(0.6 * (0.035 / 0.6) ** (i / 9), 4) for i in range(10)]
 
+# Every coding preset sets every parameter of the SMoE rate points (schedule, schedule_overrides, snapshots,
+# snapshot_kernel_fractions, min_kernel_fraction): the notebook's defaults are the paper preset's, and a preset
+# that left one out would run with the paper's (a quick run once inherited the paper's x ramp up to 18.2 and lost
+# all but 11 of its 1024 kernels by step 14).
 register_notebook("coding", {
     # one 48 x 48 crop, the codec's smoke schedule with 8 steeper sparsification steps, stopped at 10% of the
-    # grid (on Lena and Peppers: 141, ~40 and ~12 kernels after steps 4, 5, 6, so the snapshots after steps 3, 4,
-    # 5 and the final model lie at about 4.9, 4.8, 1.9 and 0.9 bpp; the codec's own 4 gentle steps remove no
-    # kernel), a few JPEG qualities, one thread: checks that every cell runs (part of the test suite)
+    # grid (on Lena and Peppers: 141, ~40 and ~12 kernels after steps 4, 5, 6 of 144, so the snapshots at 99%
+    # and 50% of the grid and the final model lie at about 4.8, 1.9 and 0.9 bpp; the codec's own 4 gentle steps
+    # remove no kernel), a few JPEG qualities, one thread: checks that every cell runs (part of the test suite)
     "smoke": dict(images=["lena"], crop=48, prefilter_full_image=False, schedule="smoke",
                   schedule_overrides=dict(sparsify_steps=8, x_range=[0.3, 1.2], sparsify_pi_rate=0.03),
-                  snapshots=[3, 4, 5], min_kernel_fraction=0.1, jpeg_qualities=[2, 5, 10, 20, 50, 90],
-                  fig2_window=48, threads=1),
-    # the four images on 128 x 128 centre crops (each filtered alone), the codec's quick schedule; snapshots
-    # after steps 15-28 (the quick path removes most kernels between steps 15 and 23 on Lena; the path stops at
-    # 3% of the grid, so later snapshots are only taken where an image keeps its kernels longer; Baboon: 803 to
-    # 29 kernels over steps 15-23, 3.2 to 0.21 bpp, 6 points in 0.15-1.5 bpp); QAT and PTQ trainings on two Dask
-    # workers (a training: about 4800 iterations at up to 20 ms on one core; about 8-10 minutes in all on an idle
-    # 2-core machine)
+                  snapshots=[], snapshot_kernel_fractions=[0.99, 0.5], min_kernel_fraction=0.1,
+                  jpeg_qualities=[2, 5, 10, 20, 50, 90], fig2_window=48, threads=1),
+    # the four images on 128 x 128 centre crops (each filtered alone), the codec's quick schedule (x in [0.1, 3],
+    # 50 steps of 40 iterations at the pi rate 5e-4) with 3000 pre-training iterations (the codec's 1500 gave
+    # about 0.01-0.02 lower SSIM-611 at mid rates on Lena; 6000 little more) and the paper's 500 fine-tuning
+    # iterations per point, pruned every 10 iterations so that a step that removes many kernels is cut into up to
+    # 4 points; snapshots at the kernel fractions above (614, 448, ..., 36 of 1024 kernels); the path stops at 3%
+    # of the grid (31 kernels). Measured: every image and training gives 11 points, 9 of them in 0.15-1.5 bpp; a
+    # training takes about 50 s of CPU (about 5000 iterations at 6-7 ms); QAT and PTQ on two Dask workers
     "quick": dict(images=CODING_IMAGES, crop=128, prefilter_full_image=False, schedule="quick",
-                  snapshots=list(range(15, 29)), grid_workers=2),
+                  schedule_overrides=dict(pretrain_iters=3000, finetune_iters=500, prune_every=10), snapshots=[],
+                  snapshot_kernel_fractions=CODING_SNAPSHOT_FRACTIONS, min_kernel_fraction=0.03, grid_workers=2),
     # the full images filtered whole, the codec's paper schedule (10k pre-training iterations, steps of 1000 at
     # the pi rate 2e-5, 500 fine-tuning iterations per point) with its x ramp continued past the paper's 50 steps
     # at the same spacing (x_k = 0.1 + k 14.9 / 49: the first 50 steps are the paper's) until the path stops at 3%
     # of the grid: on a 64 x 64 Lena crop the paper's 50 steps left 91% of the kernels after step 29, 49% after
     # step 40 and 12% after step 49 (about 0.4 bpp at 512 x 512), so the rates below need the continuation;
-    # snapshots after every step from 34 on (only those before the stop are taken). One iteration at 512 x 512
-    # takes about 0.95 s on one core (16384 kernels), so a training is about 16 hours and the preset days on 2
+    # snapshots at the kernel fractions above (checked at every pruning, every 100 iterations). One iteration at
+    # 512 x 512 (16384 kernels) takes 65-90 ms of CPU on one core (`smoe bench --coding`), so a training (10k +
+    # up to 60k + 500 per point, about 76k iterations) takes up to about 2 hours, the preset about 8 hours on two
     # cores: run image by image (--images lena); QAT and PTQ run side by side on two workers
     "paper": dict(images=CODING_IMAGES, crop=None, prefilter_full_image=True, schedule="paper",
                   schedule_overrides=dict(sparsify_steps=PAPER_CONTINUED_STEPS,
                                           x_range=[0.1, 0.1 + (PAPER_CONTINUED_STEPS - 1) * 14.9 / 49]),
-                  snapshots=list(range(34, PAPER_CONTINUED_STEPS)), grid_workers=2),
+                  snapshots=[], snapshot_kernel_fractions=CODING_SNAPSHOT_FRACTIONS, min_kernel_fraction=0.03,
+                  grid_workers=2),
 }, images=CODING_IMAGES)
 
 

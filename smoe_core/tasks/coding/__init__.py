@@ -13,7 +13,8 @@ entropy-coded bitstream.
 from .bitstream import FORMAT_VERSION, decode, describe, encode, encode_with_info
 from .color import rgb_to_yuv, yuv_to_rgb
 from .loss import YUV_WEIGHTS, ssim611, ssim611_loss, weighted_ssim
-from .schedule import CodingResult, grid_init, pixel_learning_rates, sparsity_schedule, train
+from .schedule import (CodingResult, grid_init, kernel_snapshots_due, pixel_learning_rates, sparsity_schedule,
+                       train)
 from .quantize import (PI_RANGE, FakeQuantizer, QuantizedSMoE, QuantSpec, active_mask, fake_quantize,
                        from_indices, grid_centres, grid_shape, quantize_model, ranges, step, to_indices)
 
@@ -21,4 +22,4 @@ __all__ = ["FORMAT_VERSION", "decode", "describe", "encode", "encode_with_info",
            "PI_RANGE", "FakeQuantizer", "QuantizedSMoE", "QuantSpec", "active_mask", "fake_quantize",
            "from_indices", "grid_centres", "grid_shape", "quantize_model", "ranges", "step", "to_indices",
            "rgb_to_yuv", "yuv_to_rgb", "YUV_WEIGHTS", "ssim611", "ssim611_loss", "weighted_ssim",
-           "CodingResult", "grid_init", "pixel_learning_rates", "sparsity_schedule", "train"]
+           "CodingResult", "grid_init", "kernel_snapshots_due", "pixel_learning_rates", "sparsity_schedule", "train"]

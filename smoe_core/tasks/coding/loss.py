@@ -28,13 +28,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...metrics import ssim_torch
+from ...metrics import SSIMReference, ssim_torch
 
 YUV_WEIGHTS = (6.0, 1.0, 1.0)
 WINDOW = 11
 
 
 def _check_pair(rec, target):
+    if isinstance(target, SSIMReference):  # its image was checked when it was made; the shapes are compared here
+        if not isinstance(rec, torch.Tensor) or tuple(rec.shape) != target.shape:
+            raise ValueError(f"rec must be a tensor of the reference's shape {target.shape}, got "
+                             f"{tuple(getattr(rec, 'shape', ())) or type(rec).__name__}")
+        if len(target.shape) != 3 or target.shape[0] < WINDOW or target.shape[1] < WINDOW:
+            raise ValueError(f"target must be an (H, W, C) image of at least {WINDOW} x {WINDOW} pixels, got "
+                             f"{target.shape}")
+        return
     for name, t in (("rec", rec), ("target", target)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch tensor, got {type(t).__name__}")
@@ -54,15 +62,24 @@ def _weights(weights, C: int, like: torch.Tensor) -> torch.Tensor:
     return w / w.sum()
 
 
-def weighted_ssim(rec: torch.Tensor, target: torch.Tensor, weights=YUV_WEIGHTS) -> torch.Tensor:
-    """Differentiable weighted mean of the per-channel SSIM of two (H, W, C) images (default Y:U:V 6:1:1)."""
+def ssim611_target(target: torch.Tensor) -> SSIMReference:
+    """A fixed (H, W, C) target prepared for :func:`ssim611_loss`: its local statistics computed once
+    (:class:`smoe_core.metrics.SSIMReference`; the loss's value is the same)."""
+    _check_pair(target, target)
+    return SSIMReference(target)
+
+
+def weighted_ssim(rec: torch.Tensor, target, weights=YUV_WEIGHTS) -> torch.Tensor:
+    """Differentiable weighted mean of the per-channel SSIM of two (H, W, C) images (default Y:U:V 6:1:1);
+    ``target`` may be prepared once by :func:`ssim611_target`."""
     _check_pair(rec, target)
     per = ssim_torch(rec, target, data_range=1.0, per_channel=True)
     return (per * _weights(weights, rec.shape[2], per)).sum()
 
 
-def ssim611_loss(rec: torch.Tensor, target: torch.Tensor, weights=YUV_WEIGHTS) -> torch.Tensor:
-    """1 - SSIM-611 (eq. 9 with the 6:1:1 channel weights) of two (H, W, 3) YUV tensors; differentiable."""
+def ssim611_loss(rec: torch.Tensor, target, weights=YUV_WEIGHTS) -> torch.Tensor:
+    """1 - SSIM-611 (eq. 9 with the 6:1:1 channel weights) of two (H, W, 3) YUV tensors; differentiable.
+    ``target`` may be prepared once by :func:`ssim611_target` (a training loop's fixed target)."""
     return 1.0 - weighted_ssim(rec, target, weights)
 
 

@@ -49,6 +49,21 @@ measured on a 128 x 128 crop with 40 iterations per step and a pi rate of 5e-4 (
 with 1000 iterations at 2e-5), the paper's x in [0.1, 15] left one kernel of 1024 at step 16 of 50 and none
 at step 17; x in [0.1, 3] one kernel at step 30 and none at step 33.
 
+Snapshots: the rate points of one RD curve. The paper traces its curves with "the results of our proposed
+method ... along the sparsification path" and does not say which states of the path it takes. Two rules,
+both taking a copy of the path's state, fine-tuning it (as the final point) and quantizing it, while the path
+itself continues unchanged (:func:`train`):
+
+- ``snapshots``: after given sparsification steps (a fixed rule: where the kernels go depends on the image and
+  the schedule, so fixed steps can fall before the path removes anything, or after it has removed almost
+  everything, and give one point per image);
+- ``snapshot_kernels``: when the number of kernels first falls to or below each of a list of targets (a
+  geometric series gives points spread evenly in log-rate whatever the image: a point's rate is about
+  proportional to its kernel count). The count is checked after every pruning of the sparsification phase
+  (every ``prune_every`` iterations and at the end of every step), so a step that removes many kernels is
+  still cut into several points when pruning is frequent. When one pruning passes several targets, one
+  snapshot is taken, labelled with the smallest of them (:func:`kernel_snapshots_due`).
+
 Choices the paper leaves open, made here: the iterations per sparsification step (not given in the paper;
 default 1000: Adam moves pi by at most about its rate 2e-5 per iteration, so pi = 1 needs at least
 (1 - 1/15) / 2e-5 ~ 47k iterations to reach the pruning threshold, i.e. about 1000 per step over 50 steps
@@ -73,7 +88,7 @@ from ...render import render
 from ...training import Adam
 from .bitstream import encode
 from .color import rgb_to_yuv
-from .loss import YUV_WEIGHTS, ssim611, ssim611_loss
+from .loss import YUV_WEIGHTS, ssim611, ssim611_loss, ssim611_target
 from .quantize import FakeQuantizer, QuantizedSMoE, QuantSpec, active_mask, grid_centres, grid_shape, quantize_model
 
 #: The paper's Adam learning rates in [0, 1] coordinates.
@@ -116,6 +131,30 @@ def sparsity_schedule(grid, steps: int = 50, x_range=(0.1, 15.0)) -> np.ndarray:
     return x**2 / (k1 * k2)
 
 
+def kernel_snapshots_due(n_kernels: int, targets, taken) -> list[int]:
+    """The snapshot targets reached by a kernel count: every target ``t`` with ``n_kernels <= t`` that is not in
+    ``taken`` (the targets already served), largest first. :func:`train` takes one snapshot for a non-empty
+    answer, labelled ``"kernels <smallest>"``, and adds all of them to ``taken``."""
+    if isinstance(n_kernels, bool) or not isinstance(n_kernels, (int, np.integer)) or n_kernels < 0:
+        raise ValueError(f"n_kernels must be a non-negative integer, got {n_kernels!r}")
+    done = {int(t) for t in taken}
+    return [t for t in _check_targets(targets) if n_kernels <= t and t not in done]
+
+
+def _check_targets(targets) -> list[int]:
+    """Snapshot kernel counts: positive integers, distinct, largest first (ValueError otherwise)."""
+    if targets is None:
+        return []
+    if isinstance(targets, (str, bytes)) or not hasattr(targets, "__iter__"):
+        raise ValueError(f"snapshot_kernels must be a list of positive integers, got {targets!r}")
+    out = []
+    for t in targets:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
+            raise ValueError(f"snapshot_kernels must be positive integers, got {t!r}")
+        out.append(int(t))
+    return sorted(set(out), reverse=True)
+
+
 def _check_rgb(image) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3 or not np.issubdtype(arr.dtype, np.floating):
@@ -152,7 +191,9 @@ class CodingResult:
     """What :func:`train` returns: the full-precision model and its grid cells, the quantized model (what
     the file holds), the history (one row per iteration) and the SSIM-611 of the quantized model. ``label``
     names the point ("final", or "step 12" for a snapshot of the sparsification path); ``snapshots`` holds
-    the fine-tuned snapshots taken along the path (:func:`train`'s ``snapshots``), in path order."""
+    the fine-tuned snapshots taken along the path (:func:`train`'s ``snapshots`` and ``snapshot_kernels``), in
+    path order; ``step`` and ``iteration`` say where on the path the point was taken (the final point: the end
+    of the last sparsification step run; None without sparsification)."""
 
     model: SMoE
     grid_index: np.ndarray
@@ -162,6 +203,8 @@ class CodingResult:
     ssim611: float
     label: str = "final"
     snapshots: list = field(default_factory=list)
+    step: int | None = None
+    iteration: int | None = None
 
     def bitstream(self, **kwargs) -> bytes:
         """The encoded file (:func:`~.bitstream.encode` of the quantized model)."""
@@ -199,7 +242,7 @@ class _State:
 def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000, sparsify_steps: int = 50,
           sparsify_iters: int = 1000, finetune_iters: int = 500, finetune_optimizer: str = "sgd",
           rates=None, sparsify_pi_rate: float = SPARSIFY_PI_LR, x_range=(0.1, 15.0), prune_every: int = 100,
-          quantize: bool = True, snapshots=None, target_kernels: int | None = None,
+          quantize: bool = True, snapshots=None, snapshot_kernels=None, target_kernels: int | None = None,
           pretrain_seconds: float | None = None, backend: str = "tiled", device=None,
           callback=None) -> CodingResult:
     """Runs the paper's schedule on an RGB image (float (H, W, 3) in [0, 1]); see the module docstring.
@@ -211,9 +254,12 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
       the model is quantized only for the file); kernels are still removed by the pi-index-0 rule.
     - ``snapshots``: sparsification steps (0-based) after which a copy of the state is fine-tuned
       (``finetune_iters``, as the final point) and quantized: the rate points of one RD curve, in
-      ``result.snapshots``. The path itself continues unchanged.
+      ``result.snapshots`` (labels ``"step 12"``). The path itself continues unchanged.
+    - ``snapshot_kernels``: kernel counts; a snapshot is taken (in the same way) after the first pruning of the
+      sparsification phase that leaves at most each of them (module docstring; labels ``"kernels 614"``).
+      Both rules may be given; a state both would take is taken once (by the step rule).
     - ``target_kernels``: sparsification stops after the first step that leaves at most this many kernels
-      (``smoe encode --kernels``).
+      (``smoe encode --kernels``). The final point is that step's state, fine-tuned; no snapshot repeats it.
     - ``pretrain_seconds``: a time budget for pre-training (whichever of it and ``pretrain_iters`` ends first).
 
     ``callback(row)`` gets every history row (dict). Returns a :class:`CodingResult`.
@@ -234,6 +280,7 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
     snap_steps = sorted({int(x) for x in (snapshots or ())})
     if snap_steps and (snap_steps[0] < 0 or snap_steps[-1] >= sparsify_steps):
         raise ValueError(f"snapshots must be sparsification steps in 0..{sparsify_steps - 1}, got {snap_steps}")
+    kernel_targets = _check_targets(snapshot_kernels)
     if target_kernels is not None and (isinstance(target_kernels, bool) or int(target_kernels) != target_kernels
                                        or target_kernels < 1):
         raise ValueError(f"target_kernels must be a positive integer, got {target_kernels!r}")
@@ -246,6 +293,7 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
     H, W = rgb.shape[:2]
     yuv = rgb_to_yuv(rgb)
     target = torch.from_numpy(yuv.astype(np.float32)).to(device)
+    target_stats = ssim611_target(target)  # the target's SSIM statistics, once for every iteration
     model0, gi, grid = grid_init(yuv)
     lambdas = sparsity_schedule(grid, sparsify_steps, x_range) if sparsify_steps else np.zeros(0)
     adam_rates = pixel_learning_rates((H, W), rates, "adam")
@@ -255,7 +303,7 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
     t0 = time.perf_counter()
 
     def run(st: _State, phase: str, iters: int, lam: float, optimizer: str, lr: dict, step: int | None = None,
-            seconds: float | None = None, label: str = "final"):
+            seconds: float | None = None, label: str = "final", on_prune=None):
         if optimizer == "adam":
             if st.opt is None:
                 st.opt = Adam(st.params, dict(lr))
@@ -275,7 +323,7 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
             shown = st.fq(p) if quantize else p
             out = render(SMoE(**{k: shown[k] for k in PARAMS}, image_shape=(H, W), color_space="yuv",
                               validate=False), backend=backend)
-            data = ssim611_loss(out, target, YUV_WEIGHTS)
+            data = ssim611_loss(out, target_stats, YUV_WEIGHTS)
             total = data + lam * p["pi"].sum() if lam else data
             total.backward()
             if st.opt is not None:
@@ -292,6 +340,8 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
             last = it == iters or (seconds is not None and time.perf_counter() - t_phase >= seconds)
             if it % prune_every == 0 or last:
                 st.prune()
+                if on_prune is not None and not last:  # the end of a step: the caller's turn
+                    on_prune(st, step, it)
             row = dict(point=label, phase=phase, step=step, iteration=it, seconds=time.perf_counter() - t0,
                        loss=value, ssim611=1.0 - float(data.detach()), sparsity=lam, n_kernels=n_active)
             rows.append(row)
@@ -304,7 +354,7 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
     sgd_rates = pixel_learning_rates((H, W), dict(PAPER_LR if rates is None else rates, pi=float(sparsify_pi_rate)),
                                      "sgd")
 
-    def finish(st: _State, label: str) -> CodingResult:
+    def finish(st: _State, label: str, step: int | None = None, iteration: int | None = None) -> CodingResult:
         if finetune_optimizer == "sgd":
             run(st, "finetune", finetune_iters, 0.0, "sgd", sgd_rates, label=label)
         else:
@@ -314,17 +364,34 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
         model = SMoE(**p, image_shape=(H, W), color_space="yuv")
         q = quantize_model(model, st.grid_index, grid, spec)
         rec = render(q.to_model(), backend=backend)
-        return CodingResult(model, st.grid_index.copy(), grid, q, pd.DataFrame(), ssim611(rec, yuv), label)
+        return CodingResult(model, st.grid_index.copy(), grid, q, pd.DataFrame(), ssim611(rec, yuv), label,
+                            step=step, iteration=iteration)
+
+    snaps: list[CodingResult] = []
+    taken: set[int] = set()
+
+    def by_count(st: _State, step: int, it: int) -> None:
+        due = kernel_snapshots_due(int(st.params["pi"].shape[0]), kernel_targets, taken)
+        if due:
+            taken.update(due)
+            snaps.append(finish(copy.deepcopy(st), f"kernels {due[-1]}", step, it))
 
     run(st, "pretrain", pretrain_iters, 0.0, "adam", adam_rates, seconds=pretrain_seconds)
-    snaps = []
+    last_step = None
     for s_, lam in enumerate(lambdas):
-        run(st, "sparsify", sparsify_iters, float(lam), "adam", sparse_rates, step=s_)
-        if s_ in snap_steps:
-            snaps.append(finish(copy.deepcopy(st), f"step {s_}"))
-        if target_kernels is not None and st.params["pi"].shape[0] <= target_kernels:
+        run(st, "sparsify", sparsify_iters, float(lam), "adam", sparse_rates, step=s_,
+            on_prune=by_count if kernel_targets else None)
+        last_step = s_
+        # where the path stops, the final point is this state, fine-tuned the same way: no snapshot of it
+        stop = target_kernels is not None and st.params["pi"].shape[0] <= target_kernels
+        if stop:
             break
-    result = finish(st, "final")
+        if s_ in snap_steps:
+            snaps.append(finish(copy.deepcopy(st), f"step {s_}", s_, sparsify_iters))
+            taken.update(kernel_snapshots_due(int(st.params["pi"].shape[0]), kernel_targets, taken))
+        elif kernel_targets:
+            by_count(st, s_, sparsify_iters)
+    result = finish(st, "final", last_step, None if last_step is None else sparsify_iters)
     history = pd.DataFrame(rows, columns=["point", "phase", "step", "iteration", "seconds", "loss", "ssim611",
                                           "sparsity", "n_kernels"])
     for r in (*snaps, result):
