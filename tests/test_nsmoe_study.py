@@ -171,3 +171,27 @@ def test_block_ceiling_starts_at_the_grid_and_improves():
     assert fit["stitched_psnr"] > start["stitched_psnr"] + 1.0
     with pytest.raises(ValueError, match="task"):
         ns.block_ceiling("sr3")
+
+
+def test_shipped_checkpoints_are_finished_quick_runs_and_the_denoiser_denoises():
+    """Every checkpoint in smoe_core/data/nsmoe is a weights-only export of a finished quick-preset run, under
+    20 MB; the shipped denoiser gains at least 6 dB over the noisy input at sigma 25 on a held-out test window."""
+    pytest.importorskip("pydicom")
+    from smoe_core.io import PACKAGE_DATA
+    from smoe_core.tasks.nsmoe import checkpoint as ck
+
+    folder = PACKAGE_DATA / "nsmoe"
+    shipped = sorted(folder.glob("*.ckpt"))
+    for path in shipped:
+        state = ck.load(path)
+        m = state.meta
+        assert m["weights_only"] is True and state.optimizer is None, path.name
+        assert m["preset"] == "quick" and m["step"] == m["total_steps"] and path.stem == m["task"], path.name
+        assert path.stat().st_size <= ck.SIZE_BUDGET
+    if not any(p.stem == "denoise" for p in shipped):
+        pytest.skip("no shipped denoising checkpoint")
+    base = dict(task="denoise", image="693_UNCR.dcm", sigma=25, crop=64, seed=0, checkpoint_dir=str(folder),
+                smoe_iters=None, smoe_models=8, output_dir=None)
+    noisy = ns.run_item(dict(base, method="noisy"))
+    net = ns.run_item(dict(base, method="nsmoe"))
+    assert net["psnr"] >= noisy["psnr"] + 6.0, (net["psnr"], noisy["psnr"])
