@@ -414,3 +414,13 @@ def test_all_kernels_removed_names_the_cause():
     assert "sparsity (now" not in str(info.value)
     with pytest.raises(RuntimeError, match="sparsity removed every kernel"):
         fit(img, rbf, lr={"pi": 10.0}, sparsity=1.0, iters=5, progress=False)
+
+
+def test_interrupt_watchdog_ends_a_stuck_run_with_one_line_unless_cancelled():
+    code = ("import time\nfrom smoe_core.studies.reproduce import interrupt_watchdog\n"
+            "t = interrupt_watchdog(0.5)\n{cancel}time.sleep(3)\nprint('finished')\n")
+    stuck = subprocess.run([sys.executable, "-c", code.format(cancel="")], capture_output=True, text=True, timeout=60)
+    assert stuck.returncode == 130 and stuck.stderr.strip() == "smoe: error: interrupted" and "finished" not in stuck.stdout
+    ok = subprocess.run([sys.executable, "-c", code.format(cancel="t.cancel()\n")], capture_output=True, text=True,
+                        timeout=60)
+    assert ok.returncode == 0 and ok.stdout.strip() == "finished" and ok.stderr == ""

@@ -296,11 +296,14 @@ class _StderrRelay:
                 yield
                 return
             previous = signal.getsignal(signal.SIGINT)
+            watchdog = [None]
 
             def on_sigint(signum, frame):
                 if previous == signal.SIG_IGN:
                     return
                 self.muted.set()
+                if watchdog[0] is None:
+                    watchdog[0] = interrupt_watchdog(INTERRUPT_GRACE_SECONDS)
                 if callable(previous):
                     return previous(signum, frame)  # Python's default handler raises KeyboardInterrupt
                 raise KeyboardInterrupt
@@ -310,8 +313,32 @@ class _StderrRelay:
                 yield
             finally:
                 signal.signal(signal.SIGINT, previous)
+                if watchdog[0] is not None:  # the interrupt got out of the notebook run: no forced exit
+                    watchdog[0].cancel()
 
         return ctx()
+
+
+#: after Ctrl-C, the seconds the notebook run may take to stop its kernel before the process ends itself
+INTERRUPT_GRACE_SECONDS = 20.0
+
+
+def interrupt_watchdog(seconds: float) -> threading.Timer:
+    """A started daemon timer that, unless cancelled, prints ``smoe: error: interrupted`` and ends the process with
+    status 130 after ``seconds``: a KeyboardInterrupt raised inside papermill / nbclient's event loop can hang in
+    the kernel's clean-up (seen as an intermittent test timeout), and Ctrl-C must always end the run. The lock of
+    the results folder is an OS lock, released with the process; the kernel received the same SIGINT."""
+    def force_exit():
+        try:
+            sys.stderr.write("smoe: error: interrupted\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(130)
+
+    timer = threading.Timer(float(seconds), force_exit)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _kernel_manager_class(relay: _StderrRelay):
