@@ -81,8 +81,11 @@ def test_second_run_refuses_or_waits_and_ctrl_c_is_one_line(tmp_path):
         cmd = [sys.executable, "-m", "smoe_core.cli", "reproduce", "--preset", "smoke", "--only",
                "compare_initializers", "--results", str(results), "--no-progress"]
         refused = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        # SIGINT at its default, as a program started from a terminal has it: a child inherits an ignored SIGINT
+        # (whatever in this pytest process last set it), and Python then never raises KeyboardInterrupt
         waiting = subprocess.Popen(cmd + ["--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env=env, start_new_session=True)
+                                   env=env, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         out, err = refused.communicate(timeout=120)
         assert refused.returncode == 1
         assert _errors(err) == [f"smoe: error: results folder {results} is in use by another run (pid {holder.pid}, "
