@@ -104,6 +104,34 @@ def test_initial_network_interpolates_a_smooth_image():
     assert out.shape == hr.shape and F.l1_loss(out, hr) < 0.5 * F.l1_loss(torch.full_like(hr, float(hr.mean())), hr)
 
 
+def test_bicubic_base_adds_the_bicubic_upscale_to_the_decoded_residual():
+    """base="bicubic": the output is torch's bicubic upscale of the input plus what the same weights decode without
+    a base; with the output layer at zero (experts 0) it is the bicubic image itself; at scale 1 the input."""
+    torch.manual_seed(2)
+    kw = dict(TINY, residual_experts=False)
+    lr = torch.rand(2, 1, 9, 7)
+    for scale in (2, 4):
+        with_base = NSMoE(scale=scale, base="bicubic", **kw)
+        without = NSMoE(scale=scale, base="none", **kw)
+        with torch.no_grad():
+            with_base.encoder.out.weight.normal_(0, 0.5)
+        without.load_state_dict(with_base.state_dict())
+        bicubic = F.interpolate(lr, size=(9 * scale, 7 * scale), mode="bicubic", align_corners=False)
+        with torch.no_grad():
+            assert torch.allclose(with_base(lr), without(lr) + bicubic, atol=1e-6)
+            assert not torch.allclose(without(lr), torch.zeros(()), atol=1e-3)  # the residual is not trivially 0
+            with_base.encoder.out.weight.zero_()
+            assert torch.allclose(with_base(lr), bicubic, atol=1e-6)
+    denoiser = NSMoE(scale=1, base="bicubic", **kw)
+    with torch.no_grad():
+        denoiser.encoder.out.weight.zero_()
+        assert torch.allclose(denoiser(lr), lr, atol=1e-6)
+    with pytest.raises(ValueError, match="residual_experts"):
+        NSMoE(scale=2, base="bicubic", **TINY)  # residual experts on: the input would be added twice
+    with pytest.raises(ValueError, match="base"):
+        NSMoE(scale=2, base="lanczos", **kw)
+
+
 def test_losses():
     a, b = torch.zeros(4), torch.tensor([1.0, -1.0, 2.0, 0.0])
     assert pixel_loss(a, b, scale=4) == 1.0 and pixel_loss(a, b, scale=2) == 1.5

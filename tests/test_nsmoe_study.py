@@ -171,6 +171,19 @@ def test_block_ceiling_starts_at_the_grid_and_improves():
     assert fit["stitched_psnr"] > start["stitched_psnr"] + 1.0
     with pytest.raises(ValueError, match="task"):
         ns.block_ceiling("sr3")
+    # the residual form starts exactly at torch's bicubic upscale (experts 0) and improves on it
+    import torch.nn.functional as F
+
+    from smoe_core.tasks.nsmoe import train as nt
+
+    val = nt.validation_set(nt.make_config("sr2", "quick"))
+    bicubic = F.interpolate(val.lr[:2], scale_factor=2, mode="bicubic", align_corners=False)[:, 0].numpy()
+    start = ns.block_ceiling("sr2", 16, base="bicubic", crops=2, iters=0)
+    assert start["stitched_psnr"] == pytest.approx(nt.mean_psnr(bicubic, val.hr[:2]), abs=1e-4)
+    fit = ns.block_ceiling("sr2", 16, base="bicubic", crops=2, iters=100)
+    assert fit["stitched_psnr"] > start["stitched_psnr"] + 0.3 and fit["base"] == "bicubic"
+    with pytest.raises(ValueError, match="base"):
+        ns.block_ceiling("sr2", base="lanczos")
 
 
 def test_shipped_checkpoints_are_finished_quick_runs_and_the_denoiser_denoises():

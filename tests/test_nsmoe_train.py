@@ -100,6 +100,12 @@ def test_schedule_halves_at_the_milestones_and_configs_are_checked():
     assert tr.learning_rate_at(cfg, int(0.9 * steps)) == cfg.learning_rate / 8
     assert cfg.network_config().width == 32 and cfg.scale == 4
     assert tr.make_config("denoise", "paper").scale == 1 and tr.make_config("blind", "quick").mode == "bsrgan_plus"
+    for task in ("sr2", "sr4", "blind"):  # variant III, decoding the residual over bicubic, in every preset
+        for preset in tr.PRESETS:
+            net = tr.make_config(task, preset).network_config()
+            assert (net.n_kernels, net.base, net.residual_experts) == (32, "bicubic", False), (task, preset)
+    net = tr.make_config("denoise", "quick").network_config()
+    assert (net.n_kernels, net.base, net.residual_experts) == (16, "none", True)
     with pytest.raises(ValueError, match="task"):
         tr.make_config("sr3")
     with pytest.raises(ValueError, match="multiple of 3"):
@@ -214,7 +220,8 @@ def test_chunked_inference_equals_the_network_and_pads_small_images(runs):
         ref = loaded.net(torch.from_numpy(img)[None, None], stride=4)[0, 0].numpy()
     assert out.shape == ref.shape == (54, 70)
     assert np.abs(out - ref).max() < 1e-5
-    assert model.image_shape == (27, 35) and model.n_kernels == 16 * 4 * 6  # block rows at 0, 4, 8, 11; columns at 0, 4, 8, 12, 16, 19
+    # block rows at 0, 4, 8, 11; columns at 0, 4, 8, 12, 16, 19
+    assert model.image_shape == (27, 35) and model.n_kernels == loaded.net.config.n_kernels * 4 * 6
     small, _ = infer.restore(loaded.net, img[:9, :12])
     assert small.shape == (18, 24) and np.isfinite(small).all()
 

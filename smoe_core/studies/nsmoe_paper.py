@@ -257,54 +257,66 @@ def run_item(item: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- the representation's ceiling
-def block_ceiling(task: str, n_kernels: int = 16, *, crops: int = 16, iters: int = 400, rate: float = 0.05,
-                  seed: int = 0) -> dict:
+def block_ceiling(task: str, n_kernels: int = 16, *, base: str = "none", crops: int = 16, iters: int = 400,
+                  rate: float = 0.05, seed: int = 0) -> dict:
     """What a perfect encoder could reach: every block's kernels fitted directly (no network) to its own HR block.
 
     The first ``crops`` validation crops of the task's quick run (:func:`~smoe_core.tasks.nsmoe.train.validation_set`,
     not the test images) are cut into blocks at the test stride; each block's raw numbers (the head's
     parametrization, :class:`~smoe_core.tasks.nsmoe.head.KernelHead`, ``n_kernels`` per block, starting from its
     initial grid) take ``iters`` Adam steps of ``rate`` on the mean squared error of the block's own decode against
-    its HR block, blocks independent of each other, as the network decodes them. Returns the mean per-block PSNR,
-    the PSNR of the stitched (averaged) crops, and the baseline's (bicubic / noisy) on the same crops. A network
-    that encodes each block alone and is trained on block losses cannot, in the limit, do better than this fit
-    (up to the fit's own convergence)."""
+    its HR block, blocks independent of each other, as the network decodes them. ``base`` as the network's
+    (:mod:`smoe_core.tasks.nsmoe.model`): ``"none"``, the blocks decode the image (experts offset from the LR
+    block's value at their centre); ``"bicubic"``, they decode the HR crop minus the bicubic upscale (experts plain
+    numbers from 0), which is added back. Returns the mean per-block PSNR (of the blocks' own target), the PSNR of
+    the stitched (averaged) crops, and the baseline's (bicubic / noisy) on the same crops. A network that encodes
+    each block alone and is trained on block losses cannot, in the limit, do better than this fit (up to the fit's
+    own convergence)."""
     import torch
 
     from ..tasks.nsmoe import train as nt
     from ..tasks.nsmoe.head import KernelHead, decode
+    from ..tasks.nsmoe.model import BASES, base_image
 
+    if base not in BASES:
+        raise ValueError(f"base must be one of {BASES}, got {base!r}")
     cfg = nt.make_config(task, "quick", seed)
     val = nt.validation_set(cfg)
     n = min(int(crops), len(val.lr))
     lr = val.lr[:n]
     hr = torch.from_numpy(val.hr[:n])[:, None]
     s, b = cfg.scale, cfg.network_config().block
-    head = KernelHead(int(n_kernels), b, 1)
+    below = base_image(lr, s, base)
+    head = KernelHead(int(n_kernels), b, 1, residual_experts=base == "none")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         lr_blocks, origins = blk.cut(lr, b, blk.TEST_STRIDE)
-        hr_blocks, _ = blk.cut(hr, b * s, blk.TEST_STRIDE * s)
+        target_blocks, _ = blk.cut(hr - below, b * s, blk.TEST_STRIDE * s)
         raw = head.initial_raw().reshape(1, -1).repeat(lr_blocks.shape[0], 1).requires_grad_(True)
         opt = torch.optim.Adam([raw], lr=float(rate))
         for _ in range(int(iters)):
             opt.zero_grad()
-            ((decode(head(raw, lr_blocks), s) - hr_blocks) ** 2).mean().backward()
+            ((decode(head(raw, lr_blocks), s) - target_blocks) ** 2).mean().backward()
             opt.step()
         with torch.no_grad():
             out = decode(head(raw, lr_blocks), s)
-            per_block = float(torch.mean(10 * torch.log10(1.0 / ((out - hr_blocks) ** 2).flatten(1).mean(1)
+            per_block = float(torch.mean(10 * torch.log10(1.0 / ((out - target_blocks) ** 2).flatten(1).mean(1)
                                                             .clamp_min(1e-20))))
-            stitched = blk.stitch(out, origins, lr.shape[-2:], s)[:, 0].numpy()
-    base = nt.baseline(lr[:, 0].numpy(), s)
-    return dict(task=task, n_kernels=int(n_kernels), crops=n, iters=int(iters), per_block_psnr=per_block,
-                stitched_psnr=nt.mean_psnr(stitched, val.hr[:n]), baseline_psnr=nt.mean_psnr(base, val.hr[:n]))
+            stitched = (blk.stitch(out, origins, lr.shape[-2:], s) + below)[:, 0].numpy()
+    base_out = nt.baseline(lr[:, 0].numpy(), s)
+    return dict(task=task, n_kernels=int(n_kernels), base=base, crops=n, iters=int(iters), per_block_psnr=per_block,
+                stitched_psnr=nt.mean_psnr(stitched, val.hr[:n]), baseline_psnr=nt.mean_psnr(base_out, val.hr[:n]))
+
+
+#: the keys of a ceiling item
+CEILING_KEYS = ["task", "n_kernels", "base"]
 
 
 def run_ceiling_item(item: dict) -> dict:
-    """:func:`block_ceiling` as a resumable grid item (keys task, n_kernels)."""
-    row = block_ceiling(item["task"], item["n_kernels"], crops=item["crops"], iters=item["iters"], seed=item["seed"])
-    return {k: v for k, v in row.items() if k not in ("task", "n_kernels")}
+    """:func:`block_ceiling` as a resumable grid item (keys :data:`CEILING_KEYS`; ``base`` "none" when absent)."""
+    row = block_ceiling(item["task"], item["n_kernels"], base=item.get("base", "none"), crops=item["crops"],
+                        iters=item["iters"], seed=item["seed"])
+    return {k: v for k, v in row.items() if k not in CEILING_KEYS}
 
 
 # ---------------------------------------------------------------------- tables
@@ -392,8 +404,9 @@ def crops_figure(panels: dict, reference: np.ndarray, window: int = 64, title: s
 
 def kernels_figure(checkpoint_path, lr_image: np.ndarray, origin=None, title: str | None = None):
     """One LR block with the network's kernels drawn over it (one-sigma ellipses) and the block decoded at the
-    network's scale: what the encoder predicts for one block. ``origin`` (row, col) of the block (default: the
-    block of largest variance on the test-stride grid)."""
+    network's scale: what the encoder predicts for one block (for a network with a base image, the decoded
+    residual plus the block's bicubic upscale). ``origin`` (row, col) of the block (default: the block of largest
+    variance on the test-stride grid)."""
     import torch
 
     plt = pyplot()
@@ -414,16 +427,21 @@ def kernels_figure(checkpoint_path, lr_image: np.ndarray, origin=None, title: st
     model = block_model(k, 0)
     from ..render import render
 
-    dec = np.clip(render(model, (b, b), scale=net.config.scale), 0, 1)
+    dec = render(model, (b, b), scale=net.config.scale)
+    if net.config.base != "none":
+        with torch.no_grad():
+            dec = dec + net.base_image(blocks_[i:i + 1])[0, 0].numpy()
+    dec = np.clip(dec, 0, 1)
     fig, axes = plt.subplots(1, 2, figsize=(6.0, 3.2))
     show_image(axes[0], blocks_[i, 0].numpy(), f"LR block at {tuple(int(v) for v in origins[i])}, "
                                                f"{model.n_kernels} kernels")
     kernel_ellipses(axes[0], model, color="yellow", linewidth=0.8)
-    show_image(axes[1], dec, f"decoded at x{net.config.scale:g}" if net.config.scale != 1 else "decoded")
+    what = f"decoded at x{net.config.scale:g}" if net.config.scale != 1 else "decoded"
+    show_image(axes[1], dec, what + (f" (+ {net.config.base})" if net.config.base != "none" else ""))
     return finish(fig, title)
 
 
-__all__ = ["TASKS", "SIGMAS", "KEYS", "TARGETS", "test_images", "test_crop", "noise_seed", "degraded_input",
-           "task_scale", "quality", "available_checkpoints", "block_ceiling", "run_ceiling_item", "checkpoint_for", "checkpoint_summary", "training_history",
-           "items",
-           "output_path", "run_item", "summary", "targets", "training_figure", "crops_figure", "kernels_figure"]
+__all__ = ["TASKS", "SIGMAS", "KEYS", "TARGETS", "CEILING_KEYS", "test_images", "test_crop", "noise_seed",
+           "degraded_input", "task_scale", "quality", "available_checkpoints", "block_ceiling", "run_ceiling_item",
+           "checkpoint_for", "checkpoint_summary", "training_history", "items", "output_path", "run_item", "summary",
+           "targets", "training_figure", "crops_figure", "kernels_figure"]

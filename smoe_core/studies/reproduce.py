@@ -186,11 +186,13 @@ register_notebook("n_smoe", {
     # CLI's defaults for the fitted-SMoE baselines (smoe upscale: 500 iterations; smoe denoise --models 8)
     "quick": dict(tasks=["sr2", "sr4", "denoise", "blind"], images=None, crop=128, sigmas=[15, 25, 50],
                   checkpoint_dir=None, train_preset=None, smoe_iters=None, smoe_models=8, figure_window=48,
-                  ceiling_tasks=["sr2", "sr4"], ceiling_kernels=[16, 32], ceiling_crops=16, ceiling_iters=400),
+                  ceiling_tasks=["sr2", "sr4"], ceiling_kernels=[16, 32], ceiling_bases=["none", "bicubic"],
+                  ceiling_crops=16, ceiling_iters=400),
     # retrains every task with the paper preset (hours each on 2 cores; resumable) and tests on 512 px crops
     "paper": dict(tasks=["sr2", "sr4", "denoise", "blind"], images=None, crop=512, sigmas=[15, 25, 50],
                   train_preset="paper", smoe_iters=None, smoe_models=8, figure_window=96,
-                  ceiling_tasks=["sr2", "sr4", "blind"], ceiling_kernels=[16, 32], ceiling_crops=48, ceiling_iters=1000),
+                  ceiling_tasks=["sr2", "sr4", "blind"], ceiling_kernels=[16, 32], ceiling_bases=["none", "bicubic"],
+                  ceiling_crops=48, ceiling_iters=1000),
 })
 
 def available_notebooks() -> list[str]:

@@ -14,7 +14,9 @@ and ``smoe nsmoe denoise``).
 - ``export=True`` also gives the kernels of every block merged into one image-space :class:`~smoe_core.model.SMoE`
   over the LR image (:func:`~.head.image_model`, chunk by chunk): ``smoe render MODEL.npz --scale s`` renders it.
   It is one global SMoE over all blocks' kernels, an approximation of the stitched decode (see :mod:`.head`);
-  16 kernels per block at stride 4 is one kernel per LR pixel.
+  16 kernels per block at stride 4 is one kernel per LR pixel. A network with a base image (``base="bicubic"``,
+  :mod:`.model`) decodes the residual over it: its exported model is that residual, to which the bicubic upscale
+  of the input must be added.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from ...model import SMoE
 from . import blocks as blk
 from . import checkpoint as ckpt
 from .head import GATINGS, decode, image_model
-from .model import NSMoE
+from .model import NSMoE, base_image
 from .train import network_from_meta
 
 DEFAULT_CHUNK = 64
@@ -115,7 +117,10 @@ def restore(net: NSMoE, image, *, stride: int = blk.TEST_STRIDE, chunk: int = DE
             if export:
                 parts.append(image_model(kernels, o, (Hp, Wp)))
             bar.update(len(o))
-    result = (total / weight.clamp_min(1)).reshape(Ho, Wo)[:blk.out_size(H, s), :blk.out_size(W, s)]
+    result = (total / weight.clamp_min(1)).reshape(Ho, Wo)
+    if cfg.base != "none":
+        result = result + base_image(x[None], s, cfg.base)[0, 0]
+    result = result[:blk.out_size(H, s), :blk.out_size(W, s)]
     model = None
     if export:
         model = SMoE(np.concatenate([m.mu for m in parts]), np.concatenate([m.chol for m in parts]),

@@ -8,6 +8,15 @@ SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE
   ``stride=TEST_STRIDE`` (4) at test time, as the authors. An LR image of exactly one block is one block.
 - Variants: ``n_kernels`` 16 (the authors' variants I and II) or 32 (III) (:data:`~.head.VARIANT_KERNELS`);
   what else tells I from II is not in our copy of the paper, so no other preset is offered.
+- ``base`` (our choice; the authors decode the image itself, ``"none"``): ``"bicubic"`` adds the LR input upscaled
+  by torch's bicubic interpolation (``align_corners=False``, a = -0.75; the input itself at scale 1) to the
+  stitched decode, so the SMoEs decode the residual over it; the head's experts are then plain numbers
+  (``residual_experts`` must be off) that start at 0, and an untrained network already gives the bicubic image.
+  Why: with the head's initial grid (16 kernels over 16 x 16 LR px) the untrained direct decode is 9 dB below
+  bicubic (22.0 against 30.9 dB on the x2 validation crops), and a quick training never climbed out of it
+  (25.7 dB after 8,000 steps); the best per-block kernels fitted to the HR crops themselves
+  (:func:`smoe_core.studies.nsmoe_paper.block_ceiling`) reach about the same in either form (x2, k = 32: 35.1 dB
+  direct, 36.0 dB residual), so the residual form costs the decoder nothing and starts from bicubic.
 - Output: not clipped (the authors clamp to [0, 1], which stops the gradient of out-of-range pixels); clip for
   display and metrics.
 - :func:`pixel_loss`: L1, or L2 (mean squared error) for x2, the authors' choice per scale (``kind`` forces
@@ -34,6 +43,7 @@ from .encoder import Encoder, EncoderConfig, count_parameters
 from .head import DEFAULT_KERNELS, GATINGS, BlockKernels, KernelHead, decode, grid_shape, raw_size
 
 LOSSES = ("l1", "l2")
+BASES = ("none", "bicubic")
 
 
 @dataclass
@@ -47,6 +57,7 @@ class NSMoEConfig:
     backend: str = "tiled"
     std_min: float = 0.1
     residual_experts: bool = True
+    base: str = "none"
     width: int = 32
     mults: tuple = (1, 2, 4)
     res_blocks: int = 1
@@ -72,6 +83,11 @@ class NSMoE(nn.Module):
         cfg = config or NSMoEConfig(**kwargs)
         if cfg.gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {cfg.gating!r}")
+        if cfg.base not in BASES:
+            raise ValueError(f"base must be one of {BASES}, got {cfg.base!r}")
+        if cfg.base != "none" and cfg.residual_experts:
+            raise ValueError("a base image and residual experts would add the input twice: "
+                             "set residual_experts=False with base=" + repr(cfg.base))
         blk.out_size(cfg.block, cfg.scale)  # a block must be a whole number of output pixels
         self.config = cfg
         self.encoder = Encoder(cfg.encoder_config())
@@ -100,7 +116,25 @@ class NSMoE(nn.Module):
         cfg = self.config
         kernels, origins = self.kernels(lr, stride)
         out = decode(kernels, cfg.scale, gating=gating or cfg.gating, backend=cfg.backend)
-        return blk.stitch(out, origins, lr.shape[-2:], cfg.scale)
+        return blk.stitch(out, origins, lr.shape[-2:], cfg.scale) + self.base_image(lr)
+
+    def base_image(self, lr: torch.Tensor) -> torch.Tensor | float:
+        """What the stitched decode is added to: 0 (``base="none"``) or the bicubic upscale of ``lr`` (B, C, H, W)."""
+        return base_image(lr, self.config.scale, self.config.base)
+
+
+def base_image(lr: torch.Tensor, scale: float, base: str = "bicubic") -> torch.Tensor | float:
+    """The image the SMoEs' residual is added to (module docstring, ``base``): 0, or the LR batch (B, C, H, W)
+    upscaled by torch's bicubic interpolation to (H s, W s) (itself at scale 1)."""
+    if base == "none":
+        return 0.0
+    if base not in BASES:
+        raise ValueError(f"base must be one of {BASES}, got {base!r}")
+    if float(scale) == 1.0:
+        return lr
+    H, W = lr.shape[-2:]
+    size = (blk.out_size(H, scale), blk.out_size(W, scale))
+    return F.interpolate(lr, size=size, mode="bicubic", align_corners=False)
 
 
 def pixel_loss(pred: torch.Tensor, target: torch.Tensor, scale: float | None = None, kind: str | None = None):
