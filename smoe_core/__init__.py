@@ -9,12 +9,31 @@ The public API lives here:
 - :mod:`smoe_core.metrics`: ``psnr``, ``ssim``.
 - :func:`load_image`, :func:`save_image`: float images in [0, 1], (H, W) gray or (H, W, C) colour.
 """
-from . import init, metrics
+import importlib
+
+from . import metrics
 from .io import load_image, save_image
 from .model import SMoE
 from .render import render, render_many, tile_lists
-from .training import fit
 from .version import __version__
+
+#: imported on first use (PEP 562): the initializers pull in scipy, pandas and the segmentation, and training pandas,
+#: which a command such as ``smoe decode`` does not need (its start-up is most of its run time)
+_LAZY = {"init": (".init", None), "fit": (".training", "fit")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = importlib.import_module(module, __name__)
+        value = value if attr is None else getattr(value, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = ["SMoE", "render", "render_many", "tile_lists", "fit", "init", "metrics", "load_image", "save_image",
            "__version__"]

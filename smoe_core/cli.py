@@ -38,8 +38,36 @@ import numpy as np
 PROG = "smoe"
 
 # ---------------------------------------------------------------------- initializer registry
-#: the initializers of smoe_core.init (name -> fn(image, n_kernels) -> InitResult); ``--init`` choices
-from .init import EXPERT_RULES, INITIALIZERS, register_initializer  # noqa: E402,F401
+# smoe_core.init (the registry of initializers, ``--init``'s choices) is imported when first needed: with it come
+# scipy, pandas and the segmentation, seconds of start-up that ``smoe decode`` and ``smoe info`` do not need.
+_INIT_NAMES = ("EXPERT_RULES", "INITIALIZERS", "register_initializer")
+
+
+def __getattr__(name: str):  # cli.INITIALIZERS, cli.EXPERT_RULES, cli.register_initializer (PEP 562)
+    if name in _INIT_NAMES:
+        from . import init
+        return getattr(init, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _LazyChoices:
+    """argparse ``choices`` read from a module's attribute on first use (a membership test at parse time, or the
+    help's ``%(choices)s``), so building the parser imports nothing heavy (smoe_core.init, the N-SMoE trainer)."""
+
+    def __init__(self, module: str, name: str, sort: bool = False):
+        self.module, self.name, self.sort = module, name, sort
+
+    def _values(self) -> list:
+        import importlib
+
+        value = getattr(importlib.import_module(self.module, __package__), self.name)
+        return sorted(value) if self.sort else list(value)
+
+    def __contains__(self, item) -> bool:
+        return item in self._values()
+
+    def __iter__(self):
+        return iter(self._values())
 
 
 # ---------------------------------------------------------------------- argument types
@@ -175,6 +203,8 @@ def fit_init_kwargs(args) -> dict:
     not apply. Segmenting initializers (S-SMoE, AS-SMoE) get ``labels``: MDBSCAN at ``--d-th`` on the
     image file's colours (authors' variant, as in the notebooks; :func:`smoe_core.studies.common.segmentation_labels`)
     unless ``--tiles`` is given (then each tile is segmented by the initializer itself)."""
+    from .init import INITIALIZERS
+
     init = args.init
     info = INITIALIZERS.info(init)
     kw: dict = {}
@@ -207,6 +237,7 @@ def fit_init_kwargs(args) -> dict:
 
 
 def cmd_fit(args) -> int:
+    from .init import INITIALIZERS
     from .io import resolve_image_path, save_image
     from .metrics import psnr, ssim
     from .render import render
@@ -817,7 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="initialize and fit a model to an image")
     p.add_argument("image", metavar="IMAGE", help="an image file or a test image name (barbara, flower, parrot, peppers)")
     p.add_argument("--kernels", type=positive_int, required=True, metavar="N", help="kernel budget")
-    p.add_argument("--init", choices=sorted(INITIALIZERS), default="grid", help="initializer (default: grid)")
+    p.add_argument("--init", choices=_LazyChoices(".init", "INITIALIZERS", sort=True), default="grid", metavar="NAME",
+                   help="initializer: %(choices)s (default: grid)")
     p.add_argument("--color", action="store_true", help="fit the RGB image (default: gray)")
     p.add_argument("--iters", type=nonnegative_int, default=None, metavar="N",
                    help="maximum iterations (default: fit's default)")
@@ -835,8 +867,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", default=None, metavar="HISTORY.csv", help="also write the training history")
     p.add_argument("--d-th", dest="d_th", type=positive_float, default=None, metavar="D",
                    help="MDBSCAN threshold on 0-255 intensities for s_smoe/as_smoe (default 40)")
-    p.add_argument("--experts", choices=EXPERT_RULES, default=None,
-                   help="expert rule of grid/kmeans/s_smoe (default mean; random is the paper protocol of Table V)")
+    p.add_argument("--experts", choices=_LazyChoices(".init", "EXPERT_RULES"), default=None, metavar="RULE",
+                   help="expert rule of grid/kmeans/s_smoe: %(choices)s (default mean; random is the paper "
+                        "protocol of Table V)")
     p.add_argument("--tiles", type=positive_int, nargs=2, default=None, metavar=("NX", "NY"),
                    help="tile-wise training: NX x NY tiles initialized and trained apart, merged, fine-tuned "
                         "(--iters fine-tuning iterations, default 500)")
@@ -956,12 +989,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "trained checkpoint")
     p.set_defaults(func=cmd_nsmoe)
     nsub = p.add_subparsers(dest="nsmoe_command", metavar="NSMOE_COMMAND")
-    from .tasks.nsmoe.train import PRESET_NAMES, TASKS
-
     q = nsub.add_parser("train", help="train N-SMoE on the fixed training split, with checkpoints (--resume)")
-    q.add_argument("--preset", choices=PRESET_NAMES, required=True,
-                   help="smoke (seconds), quick (under an hour on 2 cores), paper (hours)")
-    q.add_argument("--task", choices=tuple(TASKS), default="sr2",
+    q.add_argument("--preset", choices=_LazyChoices(".tasks.nsmoe.train", "PRESET_NAMES"), required=True,
+                   metavar="PRESET",
+                   help="%(choices)s: smoke (seconds), quick (under an hour on 2 cores), paper (hours)")
+    q.add_argument("--task", choices=_LazyChoices(".tasks.nsmoe.train", "TASKS"), default="sr2", metavar="TASK",
                    help="sr2 / sr4 (bicubic), denoise (Gaussian sigma 5-50), blind (x2, BSRGAN-plus chain); "
                         "default sr2")
     q.add_argument("--out", default=None, metavar="DIR",

@@ -20,10 +20,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -32,6 +31,9 @@ from .limits import check_count, check_memory, check_number
 from .metrics import SSIMReference, psnr_from_mse, ssim_torch
 from .model import SMoE
 from .render import DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, render, render_bytes
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PARAMS = ("mu", "chol", "pi", "experts", "slopes")
 DEFAULT_LR = {"mu": 0.1, "chol": 5e-3, "pi": 1e-3, "experts": 2e-3, "slopes": 1e-4}
@@ -261,6 +263,8 @@ def fit(
                 break
     finally:
         bar.close()
+    import pandas as pd  # imported here: pandas costs a second of start-up to every command that imports training
+
     history = pd.DataFrame(rows, columns=["iteration", "seconds", "loss", "mse", "psnr", "n_kernels"])
     fitted = SMoE(**{k: (None if opt.params.get(k) is None else opt.params[k].detach()) for k in PARAMS}, **meta)
     return (fitted if was_torch else fitted.numpy()), history

@@ -112,3 +112,47 @@ def test_encode_argument_errors(coded, tmp_path, capsys):
     k1k2 = 16 * 16
     assert kw["x_range"][0] == kw["x_range"][1] == pytest.approx((0.5 * k1k2) ** 0.5)
     assert preset_schedule("quick", image_shape=(512, 512))["target_kernels"] == round(16384 / 6)
+
+
+def test_decode_and_info_import_no_initializers_pandas_or_optimizer(coded, tmp_path):
+    """The decoder's start-up is most of its run time: ``smoe decode`` must not import the initializers
+    (scipy.ndimage, the segmentation), pandas, scipy.optimize (the encoder's model fitting) or the N-SMoE trainer,
+    and ``smoe info`` (which refits the paper's model rule, scipy.optimize) none of the others (checked in a fresh
+    interpreter, where nothing was imported before)."""
+    import subprocess
+    import sys
+
+    _, _, out = coded
+    heavy = ["pandas", "scipy.optimize", "scipy.ndimage", "smoe_core.init", "smoe_core.tasks.nsmoe.train"]
+    heavy_info = [m for m in heavy if m != "scipy.optimize"]
+    code = ("import sys\nfrom smoe_core.cli import main\n"
+            f"assert main(['decode', {str(out)!r}, '--out', {str(tmp_path / 'd.png')!r}]) == 0\n"
+            f"print('LOADED', [m for m in {heavy!r} if m in sys.modules])\n"
+            f"assert main(['info', {str(out)!r}]) == 0\n"
+            f"print('LOADED', [m for m in {heavy_info!r} if m in sys.modules])\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("LOADED []") == 2, run.stdout[-500:]
+    assert (tmp_path / "d.png").exists()
+
+
+def test_lazy_choices_still_check_and_list_the_initializers(capsys):
+    """``--init`` / ``--experts`` choices come from smoe_core.init on first use: a bad name is refused with one
+    error line naming the registry's initializers, and the help lists them."""
+    from smoe_core.init import EXPERT_RULES, INITIALIZERS
+
+    def run(argv) -> int:
+        try:
+            return main(argv)
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
+
+    assert run(["fit", "peppers", "--kernels", "10", "--init", "nope"]) != 0
+    err = errors(capsys.readouterr().err)
+    assert len(err) == 1 and "nope" in err[0] and all(name in err[0] for name in INITIALIZERS)
+    assert run(["fit", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in INITIALIZERS) and all(rule in text for rule in EXPERT_RULES)
+    assert run(["nsmoe", "train", "--preset", "quick", "--task", "sr3"]) != 0
+    err = errors(capsys.readouterr().err)
+    assert len(err) == 1 and "sr3" in err[0] and "denoise" in err[0]

@@ -247,3 +247,63 @@ def test_post_training_quantization_trains_without_fake_quantization():
     assert ptq.quantized.equal_indices(quantize_model(ptq.model, ptq.grid_index, ptq.grid))
     q2, _ = B.decode(ptq.bitstream())
     assert q2.equal_indices(ptq.quantized)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path):
+    """A run stopped in the middle of a sparsification step and started again with the same checkpoint gives the
+    same snapshots, final point, files and history (but the times) as a run never stopped; the checkpoint of
+    other settings, and damaged checkpoints, are refused with the file's name."""
+    from smoe_core.tasks.coding import schedule as S
+
+    img = crop()
+    kw = dict(pretrain_iters=40, sparsify_steps=6, sparsify_iters=15, finetune_iters=5, sparsify_pi_rate=0.01,
+              x_range=(0.05, 0.3), prune_every=5, snapshot_kernels=[78, 70, 60, 50, 40])
+    straight = train(img, **kw)
+    ck = tmp_path / "run.ckpt"
+    rows = []
+
+    def stop_in_step_5(row):  # after a snapshot was taken (step 4) and saved with the state
+        rows.append(row)
+        if row["phase"] == "sparsify" and row["step"] == 5 and row["iteration"] == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(img, checkpoint=ck, callback=stop_in_step_5, **kw)
+    state = S.load_checkpoint(ck)
+    assert state["done_step"] == 4 and len(state["rows"]) == 40 + 5 * 15 + 5 and len(state["snaps"]) == 1
+    seen = []
+    resumed = train(img, checkpoint=ck, callback=seen.append, **kw)
+    assert seen[0]["phase"] == "sparsify" and seen[0]["step"] == 5 and seen[0]["iteration"] == 1  # not from 0
+    assert [p.bitstream() for p in resumed.snapshots] == [p.bitstream() for p in straight.snapshots]
+    assert len(straight.snapshots) >= 2 and resumed.bitstream() == straight.bitstream()
+    assert [p.label for p in resumed.snapshots] == [p.label for p in straight.snapshots]
+    cols = [c for c in straight.history.columns if c != "seconds"]
+    assert resumed.history[cols].equals(straight.history[cols])
+    assert resumed.seconds >= resumed.history.seconds.iloc[-1] > 0
+    # other settings: refused, the file kept
+    with pytest.raises(ValueError, match="another image or other settings"):
+        train(img, checkpoint=ck, **dict(kw, finetune_iters=6))
+    with pytest.raises(ValueError, match="another image or other settings"):
+        train(img[::-1].copy(), checkpoint=ck, **kw)
+    # damaged files: every truncation and byte flip is caught before unpickling (a fixed seed)
+    data = ck.read_bytes()
+    rng = np.random.default_rng(0)
+    bad = tmp_path / "bad.ckpt"
+    for i in range(300):
+        if i % 3 == 0:
+            mutated = data[:int(rng.integers(0, len(data)))]
+        else:
+            b = bytearray(data)
+            j = int(rng.integers(0, len(b)))
+            b[j] ^= int(rng.integers(1, 256))
+            mutated = bytes(b)
+        bad.write_bytes(mutated)
+        with pytest.raises(ValueError, match="bad.ckpt"):
+            S.load_checkpoint(bad)
+    bad.write_bytes(b"PK\x03\x04" + data[4:])
+    with pytest.raises(ValueError, match="not a coding training checkpoint"):
+        S.load_checkpoint(bad)

@@ -249,6 +249,10 @@ def test_smoe_item_rows_files_and_resume(tmp_path, monkeypatch):
         decoded, model = cp.load_smoe_point(tmp_path / "files", "lena", "qat", r["point"])
         assert model.n_kernels == r["kernels"]
         assert cp.quality(decoded, ref)["ssim611"] == pytest.approx(r["ssim611"], abs=1e-9)
+    # the training wrote a resumable state while it ran and removed it once its rows were made
+    resume = cp.resume_path(tmp_path / "files", "lena", "qat")
+    assert resume.parent.is_dir() and not resume.exists()
+    assert (df["seconds"] > 0).all() and (df["cpu_seconds"] > 0).all()
     # a rerun computes nothing and returns the same rows
     monkeypatch.setattr(cp, "run_smoe_item", lambda item: pytest.fail("a finished item ran again"))
     again = common.run_items("smoe_points", items, cp.run_smoe_item, cp.SMOE_KEYS, store, progress=False)

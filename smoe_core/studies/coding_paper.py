@@ -396,6 +396,14 @@ def smoe_file_path(out_dir, image, training: str, label: str) -> Path:
     return Path(out_dir) / f"{coding_image_key(image)}_{training}_{label.replace(' ', '')}.smoe"
 
 
+def resume_path(out_dir, image, training: str) -> Path:
+    """Where a training writes its resumable state while it runs (:func:`~smoe_core.tasks.coding.schedule.train`'s
+    ``checkpoint``): ``<out_dir>/resume/<key>_<training>.ckpt``, deleted once its rate points are written. A run
+    stopped part-way (a closed session, Ctrl-C) continues from its last sparsification step when the notebook
+    runs again."""
+    return Path(out_dir) / "resume" / f"{coding_image_key(image)}_{training}.ckpt"
+
+
 def _render_rgb(model, backend: str) -> np.ndarray:
     yuv = render(model, backend=backend)
     return np.clip(yuv_to_rgb(np.asarray(yuv, np.float64)), 0.0, 1.0)
@@ -405,8 +413,9 @@ def run_smoe_item(item: dict) -> list[dict]:
     """The rate points of one image and training mode (module docstring): one row per point, in path order,
     with point (label), step and iteration (where on the path), kernels, bytes, bpp, psnr, ssim611 (of the file,
     decoded), psnr_unquantized, ssim611_unquantized (the model before quantization), grid_kernels,
-    target_kernels, seconds and cpu_seconds (the whole training: wall and process time), file (the kept
-    ``.smoe``, relative to ``out_dir``)."""
+    target_kernels, seconds and cpu_seconds (the whole training: wall and process time, summed over resumed
+    sessions), file (the kept ``.smoe``, relative to ``out_dir``). With ``out_dir`` the training is resumable
+    (:func:`resume_path`)."""
     ref = reference_image(item["image"], item.get("crop"), sigma=item.get("sigma", PREFILTER_SIGMA),
                           cache_dir=item.get("cache_dir"), full_image=item.get("full_image", True))
     rgb = as_float(ref)
@@ -422,11 +431,11 @@ def run_smoe_item(item: dict) -> list[dict]:
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
+    resume = resume_path(item["out_dir"], item["image"], item["training"]) if item.get("out_dir") else None
     try:
-        t0, c0 = time.perf_counter(), time.process_time()
         result = schedule.train(rgb, quantize=item["training"] == "qat", snapshots=snaps, snapshot_kernels=by_count,
-                                backend=backend, **kw)
-        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+                                backend=backend, checkpoint=resume, **kw)
+        seconds, cpu_seconds = result.seconds, result.cpu_seconds
     finally:
         torch.set_num_threads(before)
     rows, seen = [], set()
@@ -452,6 +461,8 @@ def run_smoe_item(item: dict) -> list[dict]:
                          psnr_unquantized=qu["psnr"], ssim611_unquantized=qu["ssim611"], grid_kernels=k1 * k2,
                          target_kernels=kw.get("target_kernels"), seconds=seconds, cpu_seconds=cpu_seconds,
                          file=fname))
+    if resume is not None and resume.exists():  # the rate points are written: the path's state is no longer needed
+        resume.unlink()
     return rows
 
 
@@ -1036,7 +1047,7 @@ __all__ = ["PAPER", "CODING_IMAGES", "PREFILTER_SIGMA", "JPEG_QUALITIES", "BASEL
            "centre_crop", "load_original", "prefilter", "reference_path", "reference_image", "jpeg_bytes",
            "jp2_bytes", "decode_file", "quality", "baseline_point", "jp2_targets", "baseline_items",
            "run_baseline_item", "smoe_schedule", "snapshot_targets", "geometric_fractions", "smoe_items",
-           "smoe_file_path", "run_smoe_item", "load_smoe_point",
+           "smoe_file_path", "resume_path", "run_smoe_item", "load_smoe_point",
            "points_table", "curve", "rd_front", "anchor_in_range", "bd_rate", "bd_table", "bd_summary",
            "quality_at_rate", "rate_at_quality", "pointwise_table", "ablation_table", "claims_table",
            "points_in_range", "smoe_rd_table", "wins_table", "findings", "rd_figure", "jpeg_at_rate", "crop_window",

@@ -62,7 +62,7 @@ import struct
 import zlib
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 from ...model import SMoE
 from .quantize import (CHANNEL_NAMES, PI_RANGE, QuantizedSMoE, QuantSpec, grid_shape, quantize_model,
@@ -182,6 +182,8 @@ def _fit(kind: str, symbols: np.ndarray, lo: int, hi: int):
         return _nll_bits(kind, clamp(x[0], x[1]), values, counts, lo, hi)
 
     x0 = np.array([start[0], math.log(start[1])])
+    from scipy import optimize  # here: the decoder fits nothing, and scipy.optimize takes most of a second to load
+
     res = optimize.minimize(objective, x0, method="Nelder-Mead",
                             options=dict(xatol=1e-3, fatol=1e-3, maxiter=400))
     best = res.x if objective(res.x) <= objective(x0) else x0

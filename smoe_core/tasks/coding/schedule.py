@@ -64,6 +64,17 @@ itself continues unchanged (:func:`train`):
   still cut into several points when pruning is frequent. When one pruning passes several targets, one
   snapshot is taken, labelled with the smallest of them (:func:`kernel_snapshots_due`).
 
+Resuming (``checkpoint=PATH``): a paper-preset training takes an hour or more on a CPU, so :func:`train` can
+write its state after pre-training and after every sparsification step (the parameters, Adam's moments and step
+count, the kernels' grid cells, the history, the snapshots taken and the elapsed time) and, started again with the
+same image and settings, continue from the last one written to the same result, bit for bit, as an uninterrupted
+run (the schedule draws no random numbers; a ``pretrain_seconds`` budget is a time and is not resumed exactly).
+The file (:func:`save_checkpoint`, :func:`load_checkpoint`) is written atomically: magic ``SMoEtrain``, a JSON
+header (format version, the settings' fingerprint: a hash of the image and of every argument that decides the
+result, the payload's length), the pickled state, and the SHA-256 of all that; the reader checks them before
+unpickling, and a checkpoint of another image or other settings is refused with a clear error (delete it to
+start over). Pickle runs code when it loads: load only checkpoints you wrote.
+
 Choices the paper leaves open, made here: the iterations per sparsification step (not given in the paper;
 default 1000: Adam moves pi by at most about its rate 2e-5 per iteration, so pi = 1 needs at least
 (1 - 1/15) / 2e-5 ~ 47k iterations to reach the pruning threshold, i.e. about 1000 per step over 50 steps
@@ -74,13 +85,19 @@ pi of the kernels still present (the gradient acts on the values being updated);
 """
 from __future__ import annotations
 
-import math
-import time
 import copy
+import hashlib
+import json
+import math
+import os
+import pickle
+import struct
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ...model import SMoE
@@ -90,6 +107,9 @@ from .bitstream import encode
 from .color import rgb_to_yuv
 from .loss import YUV_WEIGHTS, ssim611, ssim611_loss, ssim611_target
 from .quantize import FakeQuantizer, QuantizedSMoE, QuantSpec, active_mask, grid_centres, grid_shape, quantize_model
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: The paper's Adam learning rates in [0, 1] coordinates.
 PAPER_LR = {"chol": 1.0, "pi": 1e-4, "mu": 1e-3, "experts": 1e-3}
@@ -205,6 +225,8 @@ class CodingResult:
     snapshots: list = field(default_factory=list)
     step: int | None = None
     iteration: int | None = None
+    seconds: float = 0.0  # the whole training's wall time (over every resumed session)
+    cpu_seconds: float = 0.0  # and its process time
 
     def bitstream(self, **kwargs) -> bytes:
         """The encoded file (:func:`~.bitstream.encode` of the quantized model)."""
@@ -239,12 +261,86 @@ class _State:
         return int((~keep).sum())
 
 
+# ---------------------------------------------------------------------- resumable training
+CHECKPOINT_MAGIC = b"SMoEtrain"
+CHECKPOINT_VERSION = 1
+#: a checkpoint larger than this is refused before it is read (a 512 x 512 paper run writes about 5 MB)
+MAX_CHECKPOINT_BYTES = 2**31
+_MAX_HEADER = 1 << 16
+
+
+def settings_fingerprint(image: np.ndarray, settings: dict) -> str:
+    """SHA-256 (hex) of the image's bytes and shape and of ``settings`` (JSON, sorted keys, repr for the rest)."""
+    h = hashlib.sha256()
+    arr = np.ascontiguousarray(image, dtype=np.float32)
+    h.update(repr(arr.shape).encode())
+    h.update(arr.tobytes())
+    h.update(json.dumps(settings, sort_keys=True, default=repr).encode())
+    return h.hexdigest()
+
+
+def save_checkpoint(path, fingerprint: str, state: dict) -> Path:
+    """Writes a training state atomically (module docstring, "Resuming"): magic, header length, JSON header,
+    pickled state, and the SHA-256 of everything before it."""
+    path = Path(path)
+    payload = pickle.dumps(state, protocol=4)
+    header = json.dumps({"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "size": len(payload)}).encode()
+    body = CHECKPOINT_MAGIC + struct.pack("<I", len(header)) + header + payload
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(body + hashlib.sha256(body).digest())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path, fingerprint: str | None = None) -> dict:
+    """The state :func:`save_checkpoint` wrote, after checking magic, checksum, version, length and (when given)
+    the fingerprint; ``ValueError`` naming the file for anything else."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise ValueError(f"{path}: {size} bytes is larger than a coding training checkpoint can be")
+    data = path.read_bytes()
+    n = len(CHECKPOINT_MAGIC)
+    if data[:n] != CHECKPOINT_MAGIC:
+        raise ValueError(f"{path}: not a coding training checkpoint")
+    body, digest = data[:-32], data[-32:]
+    if len(data) < n + 4 + 32 or hashlib.sha256(body).digest() != digest:
+        raise ValueError(f"{path}: truncated or damaged training checkpoint (checksum)")
+    (hlen,) = struct.unpack("<I", body[n:n + 4])
+    if hlen > _MAX_HEADER or n + 4 + hlen > len(body):
+        raise ValueError(f"{path}: damaged training checkpoint (header)")
+    try:
+        header = json.loads(body[n + 4:n + 4 + hlen].decode())
+        version, fp, plen = header["version"], header["fingerprint"], header["size"]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{path}: damaged training checkpoint (header)") from None
+    if version != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: training checkpoint format {version!r}; this version reads {CHECKPOINT_VERSION}")
+    payload = body[n + 4 + hlen:]
+    if plen != len(payload):
+        raise ValueError(f"{path}: damaged training checkpoint (length)")
+    if fingerprint is not None and fp != fingerprint:
+        raise ValueError(f"{path}: a checkpoint of another image or other settings; delete it to start over")
+    state = pickle.loads(payload)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: damaged training checkpoint (state)")
+    return state
+
+
 def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000, sparsify_steps: int = 50,
           sparsify_iters: int = 1000, finetune_iters: int = 500, finetune_optimizer: str = "sgd",
           rates=None, sparsify_pi_rate: float = SPARSIFY_PI_LR, x_range=(0.1, 15.0), prune_every: int = 100,
           quantize: bool = True, snapshots=None, snapshot_kernels=None, target_kernels: int | None = None,
           pretrain_seconds: float | None = None, backend: str = "tiled", device=None,
-          callback=None) -> CodingResult:
+          callback=None, checkpoint=None) -> CodingResult:
     """Runs the paper's schedule on an RGB image (float (H, W, 3) in [0, 1]); see the module docstring.
 
     Iteration counts default to the paper's (``sparsify_iters`` is not in the paper). ``rates``: Adam rates
@@ -262,7 +358,9 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
       (``smoe encode --kernels``). The final point is that step's state, fine-tuned; no snapshot repeats it.
     - ``pretrain_seconds``: a time budget for pre-training (whichever of it and ``pretrain_iters`` ends first).
 
-    ``callback(row)`` gets every history row (dict). Returns a :class:`CodingResult`.
+    ``callback(row)`` gets every history row (dict). ``checkpoint``: a file to write the state to after
+    pre-training and after every sparsification step, and to continue from when it exists (module docstring,
+    "Resuming"; the caller deletes it when it no longer needs it). Returns a :class:`CodingResult`.
     """
     rgb = _check_rgb(image)
     for name, v in (("pretrain_iters", pretrain_iters), ("sparsify_iters", sparsify_iters),
@@ -300,7 +398,31 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
 
     st = _State(model0, gi, grid, spec, device)
     rows: list[dict] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    fingerprint = None
+    resumed: dict | None = None
+    if checkpoint is not None:
+        settings = dict(spec=repr(spec), pretrain_iters=pretrain_iters, sparsify_steps=sparsify_steps,
+                        sparsify_iters=sparsify_iters, finetune_iters=finetune_iters,
+                        finetune_optimizer=finetune_optimizer, rates=rates, sparsify_pi_rate=sparsify_pi_rate,
+                        x_range=list(map(float, x_range)), prune_every=prune_every, quantize=bool(quantize),
+                        snapshots=snap_steps, snapshot_kernels=kernel_targets, target_kernels=target_kernels,
+                        pretrain_seconds=pretrain_seconds, backend=backend, device=str(device),
+                        format=CHECKPOINT_VERSION)
+        fingerprint = settings_fingerprint(rgb, settings)
+        if Path(checkpoint).exists():
+            resumed = load_checkpoint(checkpoint, fingerprint)
+            st.params = {k: v.to(device).requires_grad_(True) for k, v in resumed["params"].items()}
+            st.grid_index = np.asarray(resumed["grid_index"])
+            st.fq = FakeQuantizer(grid_centres(model0.image_shape, grid)[st.grid_index], spec, "yuv")
+            if resumed["adam"] is not None:
+                st.opt = Adam(st.params, dict(adam_rates))
+                st.opt.m = {k: v.to(device) for k, v in resumed["adam"]["m"].items()}
+                st.opt.v = {k: v.to(device) for k, v in resumed["adam"]["v"].items()}
+                st.opt.t = int(resumed["adam"]["t"])
+            rows = list(resumed["rows"])
+            t0 -= float(resumed["seconds"])
+            c0 -= float(resumed["cpu_seconds"])
 
     def run(st: _State, phase: str, iters: int, lam: float, optimizer: str, lr: dict, step: int | None = None,
             seconds: float | None = None, label: str = "final", on_prune=None):
@@ -364,11 +486,24 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
         model = SMoE(**p, image_shape=(H, W), color_space="yuv")
         q = quantize_model(model, st.grid_index, grid, spec)
         rec = render(q.to_model(), backend=backend)
+        import pandas as pd
+
         return CodingResult(model, st.grid_index.copy(), grid, q, pd.DataFrame(), ssim611(rec, yuv), label,
                             step=step, iteration=iteration)
 
-    snaps: list[CodingResult] = []
-    taken: set[int] = set()
+    snaps: list[CodingResult] = [] if resumed is None else list(resumed["snaps"])
+    taken: set[int] = set() if resumed is None else set(resumed["taken"])
+
+    def save(done_step: int | None) -> None:  # the state after pre-training (-1) or a sparsification step
+        if checkpoint is None:
+            return
+        state = dict(done_step=done_step, grid_index=st.grid_index.copy(), rows=rows, snaps=snaps, taken=taken,
+                     params={k: v.detach().cpu().clone() for k, v in st.params.items()},
+                     adam=None if st.opt is None else dict(m={k: v.cpu().clone() for k, v in st.opt.m.items()},
+                                                           v={k: v.cpu().clone() for k, v in st.opt.v.items()},
+                                                           t=st.opt.t),
+                     seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+        save_checkpoint(checkpoint, fingerprint, state)
 
     def by_count(st: _State, step: int, it: int) -> None:
         due = kernel_snapshots_due(int(st.params["pi"].shape[0]), kernel_targets, taken)
@@ -376,9 +511,14 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
             taken.update(due)
             snaps.append(finish(copy.deepcopy(st), f"kernels {due[-1]}", step, it))
 
-    run(st, "pretrain", pretrain_iters, 0.0, "adam", adam_rates, seconds=pretrain_seconds)
-    last_step = None
+    done = -2 if resumed is None else int(resumed["done_step"])  # -2: nothing, -1: pre-training, s: step s
+    if done < -1:
+        run(st, "pretrain", pretrain_iters, 0.0, "adam", adam_rates, seconds=pretrain_seconds)
+        save(-1)
+    last_step = None if done < 0 else done
     for s_, lam in enumerate(lambdas):
+        if s_ <= done:
+            continue
         run(st, "sparsify", sparsify_iters, float(lam), "adam", sparse_rates, step=s_,
             on_prune=by_count if kernel_targets else None)
         last_step = s_
@@ -391,10 +531,14 @@ def train(image, *, spec: QuantSpec | None = None, pretrain_iters: int = 10_000,
             taken.update(kernel_snapshots_due(int(st.params["pi"].shape[0]), kernel_targets, taken))
         elif kernel_targets:
             by_count(st, s_, sparsify_iters)
+        save(s_)
     result = finish(st, "final", last_step, None if last_step is None else sparsify_iters)
+    import pandas as pd  # here, not at the top: `smoe decode` imports this package and needs no pandas
+
     history = pd.DataFrame(rows, columns=["point", "phase", "step", "iteration", "seconds", "loss", "ssim611",
                                           "sparsity", "n_kernels"])
     for r in (*snaps, result):
         r.history = history
     result.snapshots = snaps
+    result.seconds, result.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     return result
