@@ -143,11 +143,19 @@ def test_run_item_and_figures(smoke_ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(ns.data, "load", lambda name: img)
     monkeypatch.setattr(ns.data, "SPLITS", {"test": ("x",)})
     grid = ns.items(["sr2"], None, crop=32, checkpoint_dir=smoke_ckpt.parent, smoe=False, output_dir=tmp_path)
-    assert [g["method"] for g in grid] == ["bicubic", "nsmoe", "nsmoe_authors_gating"]
+    assert [g["method"] for g in grid] == ["bicubic", "nsmoe", "bicubic_torch", "nsmoe_authors_gating"]
     row = ns.run_item(grid[0])
     hr = ns.test_crop("x", 32)
     ref, lr = sr.downsample(hr, 2)
     assert row["psnr"] == pytest.approx(ns.quality(sr.pil_resize(lr, ref.shape, "bicubic"), ref, False)["psnr"])
+    # the networks' base: torch's bicubic (a = -0.75), another interpolation than PIL's (a = -0.5)
+    import torch
+    import torch.nn.functional as F
+
+    base = F.interpolate(torch.from_numpy(lr)[None, None], size=ref.shape, mode="bicubic", align_corners=False)
+    row_t = ns.run_item(grid[2])
+    assert row_t["psnr"] == pytest.approx(ns.quality(np.clip(base[0, 0].numpy(), 0, 1), ref, False)["psnr"])
+    assert row_t["psnr"] != pytest.approx(row["psnr"], abs=1e-3)
     out = np.load(ns.output_path(tmp_path, grid[0]))
     assert out.shape == (32, 32)
     hist = ns.training_history({"sr2": smoke_ckpt})

@@ -20,6 +20,8 @@ Degradations (deterministic):
   every method is measured against the crop itself (the clean image, not a sharpened one; our choice).
 
 Methods per task: ``bicubic`` (PIL bicubic of the LR input; for denoising ``noisy``, the input itself),
+``bicubic_torch`` (super-resolution: torch's bicubic, a = -0.75, the base image the networks add their decoded
+residual to, :mod:`smoe_core.tasks.nsmoe.model`; what N-SMoE gains over it is the network's own contribution),
 ``nsmoe`` (the checkpoint as trained, our gating, test stride 4), ``nsmoe_authors_gating`` (the same kernels
 decoded with the authors' softmax over Gaussian values: an inference-time swap, not a network trained with that
 gating; it shows how much the trained kernels depend on the gating), ``smoe`` (per image fitted SMoE:
@@ -204,6 +206,7 @@ def items(tasks, images, *, crop, checkpoint_dir, sigmas=SIGMAS, seed=0, smoe=Tr
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         methods = ["noisy" if task == "denoise" else "bicubic", "nsmoe"]
+        methods += ["bicubic_torch"] if task != "denoise" else []
         methods += ["nsmoe_authors_gating"] if authors_gating else []
         methods += ["smoe"] if smoe else []
         methods += ["bm3d"] if bm3d and task == "denoise" else []
@@ -232,6 +235,12 @@ def run_item(item: dict) -> dict:
     note = ""
     if method in ("bicubic", "noisy"):
         out = x if s == 1 else sr.pil_resize(x, ref.shape, "bicubic")
+    elif method == "bicubic_torch":  # the base image the super-resolution networks add their residual to
+        import torch
+
+        from ..tasks.nsmoe.model import base_image
+
+        out = base_image(torch.from_numpy(np.asarray(x, np.float32))[None, None], s, "bicubic")[0, 0].numpy()
     elif method in ("nsmoe", "nsmoe_authors_gating"):
         loaded = load_network(checkpoint_for(task, item["checkpoint_dir"]))
         out, _ = restore(loaded.net, x, gating="authors" if method == "nsmoe_authors_gating" else None)
