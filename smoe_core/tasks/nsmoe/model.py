@@ -17,6 +17,13 @@ SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE
   (25.7 dB after 8,000 steps); the best per-block kernels fitted to the HR crops themselves
   (:func:`smoe_core.studies.nsmoe_paper.block_ceiling`) reach about the same in either form (x2, k = 32: 35.1 dB
   direct, 36.0 dB residual), so the residual form costs the decoder nothing and starts from bicubic.
+  What it does not fix, measured: the start is a saddle. With every expert 0 the decode is 0 whatever the
+  kernels' geometry, so centres, scales and angles get no gradient, and the experts' gradient is the residual
+  averaged under the initial broad gates, close to 0 (the residual of an interpolation is locally zero-mean). The
+  quick x2 training (8,000 steps) stayed there: its decoded residual correlates 0.05 with the true one and adds
+  0.01 dB to the base on 16 validation crops. Ways out (not built yet): a data-driven initial geometry (kernels
+  steered by the LR block's structure tensor, so that each kernel's gate covers one side of an edge and its
+  expert's gradient is not averaged away), or the direct form trained longer.
 - Output: not clipped (the authors clamp to [0, 1], which stops the gradient of out-of-range pixels); clip for
   display and metrics.
 - :func:`pixel_loss`: L1, or L2 (mean squared error) for x2, the authors' choice per scale (``kind`` forces
