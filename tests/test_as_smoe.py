@@ -402,3 +402,26 @@ def test_table1_explanation_summary_by_hand():
     assert np.isnan(out.loc["paper", "psnr_start"]) and out.loc["paper", "psnr_100"] == 12.0
     no_paper = table1_explanation_summary(runs, paper.assign(epochs=[5, 6, 7]))
     assert list(no_paper["setting"]) == ["a", "b"] and "rms_vs_paper" not in no_paper
+
+
+def test_table1_explanation_text_concludes_only_from_the_numbers():
+    import pandas as pd
+
+    from smoe_core.studies.as_smoe_segments import table1_explanation_summary, table1_explanation_text, table1_settings
+
+    st = table1_settings()
+    paper = pd.DataFrame(dict(epochs=[100, 400], psnr_db=[18.0, 24.0]))
+
+    def runs(near):  # the setting ``near`` on the paper's curve, every other one 3 dB above it
+        return pd.DataFrame([dict(setting=k, experts=v["experts"], rates=v["rates"], sigma=v["sigma"], seed=0,
+                                  epochs=e, mean_psnr=p + (0.0 if k == near else 3.0))
+                             for k, v in st.items() for e, p in ((1, 10.0), (100, 18.0), (400, 24.0))])
+
+    allthree = "random experts + authors' rates + authors' sigma"
+    text = table1_explanation_text(table1_explanation_summary(runs(allthree), paper))
+    assert f"Closest to the paper: {allthree}:" in text and "0.00 dB rms" in text
+    assert "Conclusion:" in text and "Taken as pixel rates" in text
+    # main effects: the all-three setting alone is 3 dB lower, so each factor's mean difference is -3/4 dB
+    assert "random experts -0.75 dB at 100 epochs, rise +0.00 dB" in text
+    text = table1_explanation_text(table1_explanation_summary(runs("ours"), paper))
+    assert "Closest to the paper: ours:" in text and "Conclusion:" not in text
