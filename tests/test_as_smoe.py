@@ -1,6 +1,7 @@
 """AS-SMoE initializer (adaptive-segmentation paper, section IV): CBB geometry, export mapping (hand-computed),
 Algorithm 1 (target, doubling, pi < 0 removal, batched == one at a time, determinism), the pipeline on
 hand-made label maps, and Table I's function. Label maps are hand-made, so nothing here needs MDBSCAN."""
+import math
 import sys
 import types
 
@@ -260,3 +261,167 @@ def test_segment_epochs_table():
     assert (s["n_segments"] == 3).all() and (s["mean_kernels"] <= 10).all()
     alg = segment_epochs_table({"scene": img}, epochs=(10, 20), labels={"scene": labels}, progress=False)
     assert set(alg.columns) >= {"image", "epochs", "n_segments", "mean_psnr", "seconds"}
+
+
+# ---------------------------------------------------------------------- Table I: why the paper's curve rises
+def _unit_render(mu, chol, logpi, experts, n):
+    """SMoE in [0, 1] coordinates of an n x n square, pixel centres (i + 0.5) / n, written out here (the
+    authors' code's units; independent of the package's renderers)."""
+    import torch
+
+    c = (torch.arange(n, dtype=mu.dtype) + 0.5) / n
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    dx, dy = x.reshape(-1, 1) - mu[:, 0], y.reshape(-1, 1) - mu[:, 1]
+    q = (chol[:, 0] * dx + chol[:, 1] * dy) ** 2 + (chol[:, 2] * dy) ** 2
+    w = torch.softmax(logpi - 0.5 * q, dim=1)
+    return (w @ experts).reshape(n, n)
+
+
+def _adam_steps_both_units(rates_px, steps=6, n=8):
+    """Fits the same kernels to one n x n target for ``steps`` Adam steps twice: in [0, 1] coordinates with
+    torch.optim.Adam at the authors' rates, and in pixel coordinates with the package's renderer and Adam at
+    ``rates_px``. Returns (unit-run parameters mapped to pixels, pixel-run parameters)."""
+    import torch
+
+    from smoe_core.studies.as_smoe_segments import AUTHORS_UNIT_LR
+    from smoe_core.training import Adam
+
+    rng = np.random.default_rng(3)
+    target = torch.tensor(rng.uniform(0, 1, (n, n)))
+    mu_u = rng.uniform(0.1, 0.9, (3, 2))
+    chol_u = np.column_stack([rng.uniform(4, 8, 3), rng.uniform(-2, 2, 3), rng.uniform(4, 8, 3)])
+    pi, experts = np.array([0.3, 0.5, 0.2]), rng.uniform(0, 1, (3, 1))
+    unit = {k: torch.tensor(v, requires_grad=True) for k, v in
+            dict(mu=mu_u, chol=chol_u, pi=pi, experts=experts).items()}
+    opt = torch.optim.Adam([dict(params=[unit[k]], lr=AUTHORS_UNIT_LR.get(k, 5e-3)) for k in unit])
+    for _ in range(steps):
+        opt.zero_grad()
+        out = _unit_render(unit["mu"], unit["chol"], torch.log(unit["pi"]), unit["experts"], n)
+        ((out - target) ** 2).mean().backward()
+        opt.step()
+    px = {k: torch.tensor(v, requires_grad=True) for k, v in
+          dict(mu=mu_u * n - 0.5, chol=chol_u / n, pi=pi, experts=experts).items()}
+    popt = Adam(px, dict(rates_px, pi=5e-3))
+    for _ in range(steps):
+        popt.zero_grad()
+        m = SMoE(popt.params["mu"], popt.params["chol"], popt.params["pi"], popt.params["experts"])
+        out = render(m, (n, n), backend="dense")
+        ((out - target) ** 2).mean().backward()
+        popt.step()
+    mapped = dict(mu=unit["mu"].detach().numpy() * n - 0.5, chol=unit["chol"].detach().numpy() / n,
+                  experts=unit["experts"].detach().numpy())
+    return mapped, {k: popt.params[k].detach().numpy() for k in mapped}
+
+
+def test_unit_rates_converted_to_pixels_make_the_same_steps():
+    """The authors' [0, 1]-coordinate rates converted by unit_lr_to_pixels make, in pixel coordinates, the steps
+    the authors' rates make in [0, 1] coordinates (an independent [0, 1] renderer and torch's Adam); the same
+    numbers used as pixel rates do not."""
+    from smoe_core.studies.as_smoe_segments import AUTHORS_UNIT_LR, unit_lr_to_pixels
+
+    n = 8
+    conv = unit_lr_to_pixels(AUTHORS_UNIT_LR, n)
+    assert conv == pytest.approx({"mu": 1e-3 * n, "chol": 1.0 / n, "experts": 1e-3})
+    start, _ = _adam_steps_both_units(conv, steps=0, n=n)
+    mapped, px = _adam_steps_both_units(conv, n=n)
+    _, raw = _adam_steps_both_units(AUTHORS_UNIT_LR, n=n)
+    for k in mapped:
+        moved = np.abs(mapped[k] - start[k]).max()
+        assert moved > 1e-3
+        # equal up to Adam's eps (added to gradients of another scale in each unit system)
+        assert np.abs(px[k] - mapped[k]).max() <= 1e-3 * moved, k
+        if k != "experts":  # the same numbers as pixel rates: other steps
+            assert np.abs(raw[k] - mapped[k]).max() > 0.5 * moved, k
+
+
+def test_table1_settings_factorial():
+    from smoe_core.init.as_smoe import DEFAULT_LOCAL_LR
+    from smoe_core.studies.as_smoe_segments import table1_settings
+
+    st = table1_settings(16)
+    assert len(st) == 9 and list(st)[0] == "ours"
+    assert len({(v["experts"], v["rates"], v["sigma"]) for v in st.values()}) == 9
+    ours = st["ours"]["kwargs"]
+    assert ours == dict(experts_init="crop", lr=DEFAULT_LOCAL_LR, init_sigma=None)
+    allthree = st["random experts + authors' rates + authors' sigma"]["kwargs"]
+    assert allthree["experts_init"] == "random" and allthree["init_sigma"] == pytest.approx(0.035 * 16)
+    assert allthree["lr"] == pytest.approx(dict(DEFAULT_LOCAL_LR, mu=0.016, chol=1 / 16, experts=1e-3))
+    raw = [v for k, v in st.items() if "pixel rates" in k][0]["kwargs"]["lr"]
+    assert raw["mu"] == 1e-3 and raw["chol"] == 1.0
+    # the number of differences from ours never decreases along the order
+    on = [sum(v[f] != o for f, o in (("experts", "crop"), ("rates", "ours"), ("sigma", "ours"))) for v in st.values()]
+    assert on == sorted(on)
+
+
+def test_table1_explanation_rows_and_starting_points():
+    from smoe_core.studies.as_smoe_segments import table1_explanation
+
+    img, labels = _scene(48, 48)
+    names = ["ours", "authors' rates", "random experts", "random experts + authors' rates + authors' sigma"]
+    runs = table1_explanation({"scene": img}, epochs=(8, 16), labels={"scene": labels}, settings=names,
+                              seeds=(0, 1), target_psnr=60.0, checkpoint=8)
+    assert len(runs) == len(names) * 2 * 3 and (runs["n_segments"] == 3).all()
+    assert sorted(set(runs["epochs"])) == [1, 8, 16]
+    # the recorded best PSNR never falls with the epochs
+    for _, g in runs.groupby(["setting", "seed"]):
+        assert np.all(np.diff(g.sort_values("epochs")["mean_psnr"].to_numpy()) >= -1e-9)
+    # "ours" is segment_epochs_table's "all" rows
+    ref = segment_epochs_table({"scene": img}, (1, 8, 16), labels={"scene": labels}, progress=False,
+                               target_psnr=60.0, checkpoint=8)
+    ref = ref[ref["image"] == "all"]
+    got = runs[(runs["setting"] == "ours") & (runs["seed"] == 0)]
+    np.testing.assert_allclose(got["mean_psnr"].to_numpy(), ref["mean_psnr"].to_numpy())
+    start = runs[(runs["epochs"] == 1) & (runs["seed"] == 0)].set_index("setting")["mean_psnr"]
+    # rates act from the first update on: the same initial state, the same starting PSNR
+    assert start["ours"] == start["authors' rates"]
+    # crop experts start on the piecewise-constant scene's values; random ones far below them
+    assert start["random experts"] < start["ours"] - 3.0
+    later = runs[(runs["epochs"] == 16) & (runs["seed"] == 0)].set_index("setting")["mean_psnr"]
+    assert later["ours"] != later["authors' rates"]
+    with pytest.raises(ValueError, match="unknown Table I settings"):
+        table1_explanation({"scene": img}, epochs=(2,), labels={"scene": labels}, settings=["nope"])
+
+
+def test_table1_explanation_summary_by_hand():
+    import pandas as pd
+
+    from smoe_core.studies.as_smoe_segments import table1_explanation_summary
+
+    runs = pd.DataFrame([dict(setting=s, seed=sd, epochs=e, mean_psnr=v + sd)
+                         for s, base in (("a", 10.0), ("b", 20.0)) for sd in (0, 2)
+                         for e, v in ((1, base), (100, base + 1), (400, base + 4))])
+    paper = pd.DataFrame(dict(epochs=[100, 200, 400], psnr_db=[12.0, 14.0, 16.0]))
+    out = table1_explanation_summary(runs, paper).set_index("setting")
+    assert list(out.index) == ["a", "b", "paper"]
+    # means over the seeds 0 and 2: +1 dB
+    assert out.loc["a", "psnr_start"] == 11.0 and out.loc["b", "psnr_400"] == 25.0
+    assert out.loc["a", "rise"] == 3.0 and out.loc["paper", "rise"] == 4.0
+    # a: (12 - 12, 15 - 16) -> rms sqrt(0.5); b: (22 - 12, 25 - 16) -> sqrt((100 + 81) / 2)
+    assert out.loc["a", "rms_vs_paper"] == pytest.approx(math.sqrt(0.5))
+    assert out.loc["b", "rms_vs_paper"] == pytest.approx(math.sqrt(90.5))
+    assert np.isnan(out.loc["paper", "psnr_start"]) and out.loc["paper", "psnr_100"] == 12.0
+    no_paper = table1_explanation_summary(runs, paper.assign(epochs=[5, 6, 7]))
+    assert list(no_paper["setting"]) == ["a", "b"] and "rms_vs_paper" not in no_paper
+
+
+def test_table1_explanation_text_concludes_only_from_the_numbers():
+    import pandas as pd
+
+    from smoe_core.studies.as_smoe_segments import table1_explanation_summary, table1_explanation_text, table1_settings
+
+    st = table1_settings()
+    paper = pd.DataFrame(dict(epochs=[100, 400], psnr_db=[18.0, 24.0]))
+
+    def runs(near):  # the setting ``near`` on the paper's curve, every other one 3 dB above it
+        return pd.DataFrame([dict(setting=k, experts=v["experts"], rates=v["rates"], sigma=v["sigma"], seed=0,
+                                  epochs=e, mean_psnr=p + (0.0 if k == near else 3.0))
+                             for k, v in st.items() for e, p in ((1, 10.0), (100, 18.0), (400, 24.0))])
+
+    allthree = "random experts + authors' rates + authors' sigma"
+    text = table1_explanation_text(table1_explanation_summary(runs(allthree), paper))
+    assert f"Closest to the paper: {allthree}:" in text and "0.00 dB rms" in text
+    assert "Conclusion:" in text and "Taken as pixel rates" in text
+    # main effects: the all-three setting alone is 3 dB lower, so each factor's mean difference is -3/4 dB
+    assert "random experts -0.75 dB at 100 epochs, rise +0.00 dB" in text
+    text = table1_explanation_text(table1_explanation_summary(runs("ours"), paper))
+    assert "Closest to the paper: ours:" in text and "Conclusion:" not in text

@@ -341,6 +341,26 @@ def test_fig10_integer_workers_one_point_each():
         as_smoe_segments.fig10_figure(old)
 
 
+@covers("as_smoe_segments.table1_explanation_figure")
+def test_table1_explanation_figure():
+    runs = pd.DataFrame([dict(setting=s, seed=sd, epochs=e, mean_psnr=10 + k + math.log(e) + sd)
+                         for k, s in enumerate(("ours", "random experts", "all three")) for sd in (0, 2)
+                         for e in (1, 100, 200, 400)])
+    paper = pd.DataFrame(dict(epochs=[100, 200, 300, 400], psnr_db=[18.37, 21.33, 23.13, 23.70]))
+    fig = as_smoe_segments.table1_explanation_figure(runs, paper)
+    (ax,) = fig.axes
+    got = {ln.get_label(): ln for ln in lines(ax)}
+    assert list(got) == ["ours", "random experts", "all three", "paper"]
+    assert list(got["ours"].get_xdata()) == [1, 100, 200, 400]
+    np.testing.assert_allclose(got["random experts"].get_ydata(), [11 + math.log(e) + 1 for e in (1, 100, 200, 400)])
+    assert list(got["paper"].get_ydata()) == [18.37, 21.33, 23.13, 23.70]
+    assert_distinct_styles(ax)
+    assert "dB" in ax.get_ylabel()
+    check_readable(fig)
+    fig = as_smoe_segments.table1_explanation_figure(runs, paper.assign(epochs=[5, 6, 7, 8]), settings=["ours"])
+    assert [ln.get_label() for ln in lines(fig.axes[0])] == ["ours"]  # no shared epochs: no paper curve
+
+
 # ---------------------------------------------------------------------- AS-SMoE comparison
 @covers("as_smoe_paper.history_figure")
 def test_history_figures_in_paper_order():
@@ -537,7 +557,11 @@ def test_redraw_writes_only_figures(tmp_path):
     s.mkdir()
     pd.DataFrame(dict(method="as_smoe", workers=[1, 2], wall_seconds=[3.0, 4.0])).to_csv(
         s / "fig10_init_time_vs_workers.csv", index=False)
-    (s / "manifest.json").write_text(json.dumps(dict(parameters=dict(workers_list=[0, 2]))))
+    pd.DataFrame([dict(setting=st, seed=0, epochs=ep, mean_psnr=15.0 + k + ep / 100) for k, st in
+                  enumerate(("ours", "random experts")) for ep in (1, 100, 200)]).to_csv(
+        s / "table1_explanation.csv", index=False)
+    (s / "manifest.json").write_text(json.dumps(dict(parameters=dict(workers_list=[0, 2],
+                                                                     images=["peppers"]))))
     e = root / "quick" / "edge_aligned"
     e.mkdir()
     pd.DataFrame([dict(image="peppers", sign=sg, iteration=i, psnr_db=17 - i / 10) for sg in ("corrected", "printed")
@@ -546,7 +570,8 @@ def test_redraw_writes_only_figures(tmp_path):
     before = digest_tree(root, {".csv", ".json", ".npz"})
     written = redraw(root, "quick")
     assert sorted(p.relative_to(root).as_posix() for p in written) == [
-        "quick/as_smoe_segments/fig10_time_vs_workers.png", "quick/edge_aligned/fig3_psnr_vs_expert_iterations.png",
+        "quick/as_smoe_segments/fig10_time_vs_workers.png", "quick/as_smoe_segments/table1_explanation.png",
+        "quick/edge_aligned/fig3_psnr_vs_expert_iterations.png",
         "quick/r_smoe/fig4_psnr_vs_kernels_per_block_gray.png", "quick/r_smoe/fig5_quality_vs_pool_size_gray.png"]
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in written)
     assert digest_tree(root, {".csv", ".json", ".npz"}) == before

@@ -11,7 +11,8 @@ manifest's parameters define):
 
 - ``as_smoe_segments``: Fig. 4 from ``fig4_segment_sizes.csv``; Fig. 10 from ``fig10_init_time_vs_workers.csv``
   (a table written before the ``dask_workers`` column gets it from the manifest's ``workers_list``,
-  :func:`smoe_core.studies.as_smoe_segments.with_dask_workers`).
+  :func:`smoe_core.studies.as_smoe_segments.with_dask_workers`); Table I's explanation from
+  ``table1_explanation.csv`` (the paper's curve when the manifest's images are the test images).
 - ``compare_initializers``: Figs. 9 and 5 from the saved histories (``models/*_final.history.csv``), Table III's
   claim figure from the Table III tables, Figs. 6/8 from the final models (rendered) and the images.
 - ``edge_aligned``: Fig. 3 from ``fig3_expert_iterations.csv``; Figs. 5 and 6 from ``fig5_psnr_vs_kernels.csv``,
@@ -32,7 +33,7 @@ from ..init import INITIALIZERS, initializer_info
 from ..io import image_key
 from ..model import SMoE
 from . import as_smoe_paper, as_smoe_segments, edge_paper, r_smoe_paper
-from .common import grid_items, load_case, rows_of_items
+from .common import grid_items, load_case, only_test_images, paper_table, rows_of_items
 from .results import save_figure
 
 NOTEBOOKS = ("as_smoe_segments", "compare_initializers", "edge_aligned", "r_smoe")
@@ -58,6 +59,13 @@ def redraw_as_smoe_segments(folder) -> list[Path]:
     if len(totals):
         totals = as_smoe_segments.with_dask_workers(totals, params["workers_list"])
         out.append(save_figure(as_smoe_segments.fig10_figure(totals), folder / "fig10_time_vs_workers.png"))
+    explain = _table(folder, "table1_explanation")
+    if len(explain):
+        paper = paper_table("as_smoe_table1_segment_epochs")
+        if not only_test_images(params.get("images", [])):
+            paper = paper.iloc[0:0]
+        out.append(save_figure(as_smoe_segments.table1_explanation_figure(explain, paper),
+                               folder / "table1_explanation.png"))
     return out
 
 
