@@ -657,7 +657,7 @@ def runtime_table(table3: pd.DataFrame, table5: pd.DataFrame) -> pd.DataFrame:
 def fig9c_figure(times: pd.DataFrame):
     """Fig. 9c: grouped bars per image (the papers' order) and method: the optimization's time to 95% of its best
     PSNR on top of the initialization's time (hatched) (:func:`runtime_table`)."""
-    return time_bars(times, ylabel="seconds to 95% of the best PSNR\n(hatched: initialization)",
+    return time_bars(times, ylabel="seconds to 95% of the run's best\n(hatched: initialization)",
                      title="Fig. 9c: run time per initializer")
 
 
