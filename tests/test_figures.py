@@ -410,6 +410,7 @@ def assert_published_points(fig, methods):
             assert len(rows) == 2
             np.testing.assert_allclose(ln.get_xdata(), rows["L_opt"].to_numpy(float))
             np.testing.assert_allclose(ln.get_ydata(), rows["psnr_db"].to_numpy(float))
+            assert ln.get_markevery() is None and ln.get_marker() not in (None, "", "None")  # both points marked
 
 
 def whole_psnr(out, img) -> float:

@@ -221,7 +221,7 @@ def curves(df, x: str, y: str, *, by: str, panel: str | None = None, xlabel=None
     """Line plot of ``y`` against ``x`` per ``by`` value, one panel per ``panel`` value (e.g. per image; test
     images in the papers' order). Series keep one style over all panels (:func:`series_styles`), in ``order``
     (values of ``by``; the rest after them in order of appearance). ``markers=False`` (long histories) marks
-    about eight points per series, staggered between series. ``legend_below``: one legend for the figure
+    about eight points per series, staggered between series (every point of a series of at most eight). ``legend_below``: one legend for the figure
     under the panels (for many series) instead of one in the last panel. ``panel_titles``: panel value -> title;
     ``title`` above the figure, ``caption`` under it (:func:`finish`)."""
     plt = pyplot()
@@ -237,7 +237,7 @@ def curves(df, x: str, y: str, *, by: str, panel: str | None = None, xlabel=None
             if not len(g):
                 continue
             st = dict(styles[key])
-            if not markers:
+            if not markers and len(g) > 8:  # a long history: a few staggered markers (a short series: all)
                 every = max(1, round(len(g) / 8))
                 st["markevery"] = (min(i * max(1, every // max(len(keys), 1)), len(g) - 1), every)
             ax.plot(g[x], g[y], label=str(key), zorder=2 + i * 0.01, **st)
