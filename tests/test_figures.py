@@ -367,7 +367,7 @@ def test_history_figures_in_paper_order():
     rows = [dict(image=im, method=m, iteration=i, seconds=0.1 * i, n_kernels=500 - i, psnr=20 + j + math.log1p(i))
             for im in ("peppers", "flower") for j, m in enumerate(("grid", "kmeans", "as_smoe")) for i in range(200)]
     for x in ("seconds", "n_kernels"):
-        fig = as_smoe_paper.history_figure(pd.DataFrame(rows), x)
+        fig = as_smoe_paper.history_figure(pd.DataFrame(rows), x, published=False)
         assert [ax.get_title() for ax in fig.axes] == ["flower", "peppers"]
         for ax in fig.axes:
             assert len(lines(ax)) == 3 and ax.get_ylabel() == "PSNR (dB)"
@@ -376,6 +376,15 @@ def test_history_figures_in_paper_order():
                 start, every = ln.get_markevery()
                 assert 200 // every <= 12  # a few markers on a long history, not 200
         check_readable(fig)
+    # Fig. 5 draws the paper's Table III points of the same methods (rows 1 and 2) beside ours; Fig. 9 does not
+    fig = as_smoe_paper.history_figure(pd.DataFrame(rows), "n_kernels")
+    assert [len(lines(ax)) for ax in fig.axes] == [6, 6]
+    assert_published_points(fig, ("grid", "kmeans", "as_smoe"))
+    (legend,) = fig.legends
+    assert "kmeans (paper, Table III)" in [t.get_text() for t in legend.get_texts()]
+    check_readable(fig)
+    fig = as_smoe_paper.history_figure(pd.DataFrame(rows), "seconds")
+    assert [len(lines(ax)) for ax in fig.axes] == [3, 3]
 
 
 @covers("as_smoe_paper.claim_figure")
@@ -385,12 +394,131 @@ def test_claim_figure_has_one_legend_below():
     variants = pd.DataFrame([dict(image=im, variant=f"authors_code_margin{k}", L_opt=400 + 100 * k, psnr_db=24 + k)
                              for im in ("parrot", "barbara") for k in range(3)])
     points = as_smoe_paper.claim_points(table3, None, variants, None)
-    fig = as_smoe_paper.claim_figure(points)
+    fig = as_smoe_paper.claim_figure(points, published=False)
     assert [ax.get_title() for ax in fig.axes] == ["barbara", "parrot"]
     assert all(ax.get_legend() is None for ax in fig.axes)
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["grid (ours)", "kmeans (ours)", "AS-SMoE (paper text)",
                                                           "AS-SMoE (authors' code, by export margin)"]
+    check_readable(fig)
+    # the published rows: Table III rows 1 and 2 of Grid, K-Means and AS-SMoE, where the CSV puts them
+    fig = as_smoe_paper.claim_figure(points)
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[:4] == ["grid (ours)", "kmeans (ours)", "AS-SMoE (paper text)",
+                          "AS-SMoE (authors' code, by export margin)"]
+    assert sorted(labels[4:]) == ["as_smoe (paper, Table III)", "grid (paper, Table III)", "kmeans (paper, Table III)"]
+    assert_published_points(fig, ("grid", "kmeans", "as_smoe"))
+    check_readable(fig)
+
+
+def published_csv() -> pd.DataFrame:
+    from smoe_core.io import paper_tables_dir
+
+    return pd.read_csv(paper_tables_dir() / "as_smoe_table3_final_quality.csv")
+
+
+def assert_published_points(fig, methods):
+    """Every panel (an image) has one line per method at the CSV's (L_opt, PSNR) of Table III rows 1 and 2."""
+    csv = published_csv()
+    for ax in fig.axes:
+        image = ax.get_title()
+        by_label = {ln.get_label(): ln for ln in lines(ax)}
+        for m in methods:
+            ln = by_label[f"{m} (paper, Table III)"]
+            rows = csv[(csv["image"] == image) & (csv["method"] == m)].sort_values("L_opt")
+            assert len(rows) == 2
+            np.testing.assert_allclose(ln.get_xdata(), rows["L_opt"].to_numpy(float))
+            np.testing.assert_allclose(ln.get_ydata(), rows["psnr_db"].to_numpy(float))
+            assert ln.get_markevery() is None and ln.get_marker() not in (None, "", "None")  # both points marked
+
+
+def whole_psnr(out, img) -> float:
+    return 10 * np.log10(1.0 / np.mean((np.asarray(out, np.float64) - img) ** 2))
+
+
+@covers("as_smoe_paper.fig7_figure")
+def test_fig7_crops_show_rbf_and_smoe_with_their_psnr():
+    img = striped_image()
+    models = {"KM-RBF": random_model(K=30, H=64, W=96, seed=1, rbf=True, bandwidth=(0.05, 0.2)),
+              "AS-RBF": random_model(K=20, H=64, W=96, seed=2, rbf=True, bandwidth=(0.05, 0.2)),
+              "KM-SMoE": random_model(K=30, H=64, W=96, seed=3, bandwidth=(0.05, 0.2)),
+              "AS-SMoE": random_model(K=20, H=64, W=96, seed=4, bandwidth=(0.05, 0.2))}
+    fig = as_smoe_paper.fig7_figure(img, models, side=24)
+    assert len(fig.axes) == 5 and fig.axes[0].get_title() == "original"  # one row: the original and four panels
+    for ax, (name, m) in zip(fig.axes[1:], models.items()):
+        out = render(m, img.shape)
+        assert ax.get_title() == f"{name}\n{whole_psnr(out, img):.2f} dB, K = {m.n_kernels}"
+        assert not ax.collections  # no kernel ellipses
+    assert models["KM-RBF"].rbf and fig.axes[1].get_title() != fig.axes[3].get_title()
+    assert "Fig. 7" in fig._suptitle.get_text()
+    check_readable(fig)
+
+
+@covers("as_smoe_paper.fig7_gap_figure")
+def test_fig7_gap_figure_draws_each_setup_and_the_papers_gap():
+    gaps = pd.DataFrame([dict(image=im, variant="paper_text", as_setup=s, km_setup=k,
+                              as_rbf_minus_km_rbf_db=-3.0 + i + 0.5 * j, as_smoe_minus_km_smoe_db=-2.0 + i)
+                         for i, im in enumerate(("peppers", "barbara", "parrot"))
+                         for j, (s, k) in enumerate((("switch", "switch"), ("least_squares", "least_squares")))])
+    fig = as_smoe_paper.fig7_gap_figure(gaps)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["barbara", "parrot", "peppers"]
+    drawn_lines = {ln.get_label(): ln for ln in lines(ax)}
+    assert set(drawn_lines) == {"AS-RBF (paper_text, switch) - KM-RBF (switch)",
+                                "AS-RBF (paper_text, least_squares) - KM-RBF (least_squares)",
+                                "AS-SMoE (paper_text) - KM-SMoE"}
+    ln = drawn_lines["AS-RBF (paper_text, least_squares) - KM-RBF (least_squares)"]
+    expect = gaps[gaps["as_setup"] == "least_squares"].set_index("image").loc[["barbara", "parrot", "peppers"]]
+    np.testing.assert_allclose(ln.get_xdata(), [0, 1, 2])
+    np.testing.assert_allclose(ln.get_ydata(), expect["as_rbf_minus_km_rbf_db"].to_numpy())
+    paper_line = [h for h in ax.get_lines() if h.get_label() == "_paper"]
+    assert len(paper_line) == 1 and paper_line[0].get_ydata()[0] == pytest.approx(2.1)
+    assert_distinct_styles(ax)
+    check_readable(fig)
+
+
+@covers("as_smoe_paper.fig8_figure")
+def test_fig8_one_panel_per_initializer_with_psnr_and_kernels():
+    img = striped_image()
+    models = {"grid": random_model(K=40, H=64, W=96, seed=1, bandwidth=(0.05, 0.2)),
+              "kmeans": random_model(K=35, H=64, W=96, seed=2, bandwidth=(0.05, 0.2)),
+              "as_smoe": random_model(K=25, H=64, W=96, seed=3, bandwidth=(0.05, 0.2))}
+    labels = np.zeros((64, 96), int)
+    labels[30:, 50:] = 7
+    labels[:10] = 3
+    fig = as_smoe_paper.fig8_figure(img, models, labels, d_th=40)
+    visible = [ax for ax in fig.axes if ax.axison]
+    assert len(visible) == 4
+    titles = [ax.get_title() for ax in visible]
+    assert titles[2] == "MDBSCAN segmentation (d_th = 40)\n3 segments"  # the paper's Fig. 8c
+    for title, (name, m) in zip(titles[:2] + titles[3:], models.items()):
+        out = render(m, img.shape)
+        assert title == f"{name}\n{whole_psnr(out, img):.2f} dB, K = {m.n_kernels}"
+    (im,) = visible[0].get_images()
+    assert im.get_array().shape == (64, 96)  # the whole image, not a crop
+    check_readable(fig)
+    fig = as_smoe_paper.fig8_figure(img, models)
+    assert len([ax for ax in fig.axes if ax.axison]) == 3
+
+
+@covers("as_smoe_paper.fig9c_figure")
+def test_fig9c_bars_are_init_and_time_to_95pct():
+    table3 = pd.DataFrame([dict(image=im, method=m, psnr_db_ours=25.0 + j, seconds_to_95pct=10.0 * (j + 1) + i)
+                           for i, im in enumerate(("peppers", "flower")) for j, m in enumerate(("grid", "as_smoe"))])
+    table5 = pd.DataFrame([dict(image=im, method=m, seconds=0.5 if m == "grid" else 7.0 + i)
+                           for i, im in enumerate(("peppers", "flower")) for m in ("grid", "as_smoe")])
+    times = as_smoe_paper.runtime_table(table3, table5)
+    row = times[(times["image"] == "flower") & (times["method"] == "as_smoe")].iloc[0]
+    assert row["init_seconds"] == 8.0 and row["training_seconds"] == 21.0 and row["seconds"] == 29.0
+    fig = as_smoe_paper.fig9c_figure(times)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["flower", "peppers"]
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(bars) == 2 * 2 * 2  # an initialization and an optimization bar per (image, method)
+    tops = sorted(round(b.get_y() + b.get_height(), 6) for b in bars)
+    assert tops.count(29.0) == 1 and tops.count(8.0) == 1  # flower AS-SMoE: 21 s on top of its 8 s of initialization
+    assert "95%" in ax.get_ylabel()
     check_readable(fig)
 
 
@@ -410,7 +538,7 @@ def test_fig3_says_what_the_signs_are():
     check_readable(fig)
 
 
-@covers("edge_paper.fig5_figure", "edge_paper.plot_times")
+@covers("edge_paper.fig5_figure", "edge_paper.plot_times", "plotting.time_bars")
 def test_edge_fig5_and_fig6():
     rows = [dict(image=im, method=m, kernels=k, psnr_db=20 + j + k / 1000, default_point=k == 800,
                  init_seconds=1.0 + j, training_seconds=5.0 + j, seconds=6.0 + 2 * j, cpu_seconds=6.0, converged=True)
@@ -443,6 +571,28 @@ def test_edge_stages_figure():
     assert titles[1] == f"(b) line segments: {len(stages['segments'])}"
     assert titles[3] == f"(d) kernel centres: {len(stages['centres'])}"
     check_readable(fig)
+
+
+@covers("edge_paper.fig7_figure")
+def test_edge_fig7_centres_and_reconstructions_side_by_side():
+    img = striped_image()
+    cases = {"grid": (random_model(K=40, H=64, W=96, seed=1), random_model(K=31, H=64, W=96, seed=2)),
+             "edge": (random_model(K=44, H=64, W=96, seed=3), random_model(K=37, H=64, W=96, seed=4))}
+    fig = edge_paper.fig7_figure(img, cases)
+    assert len(fig.axes) == 4
+    t = [ax.get_title() for ax in fig.axes]
+    assert t[0] == "(a) grid: kernel centres\nK = 40" and t[2] == "(c) edge: kernel centres\nK = 44"
+    for title, (name, (_, final)), letter in ((t[1], list(cases.items())[0], "b"), (t[3], list(cases.items())[1], "d")):
+        out = render(final, img.shape)
+        assert title == f"({letter}) {name}: SMoE reconstruction\n{whole_psnr(out, img):.2f} dB, K = {final.n_kernels}"
+    (dots,) = fig.axes[2].collections
+    np.testing.assert_allclose(dots.get_offsets(), cases["edge"][0].mu)  # the initial centres, where they are
+    check_readable(fig)
+    window = (10, 40, 20, 60)
+    fig = edge_paper.fig7_figure(img, cases, window=window)
+    (dots,) = fig.axes[0].collections
+    np.testing.assert_allclose(dots.get_offsets(), cases["grid"][0].mu - np.array([20, 10]), rtol=1e-6, atol=1e-5)
+    assert fig.axes[1].get_images()[0].get_array().shape == (30, 40)
 
 
 # ---------------------------------------------------------------------- R-SMoE restoration

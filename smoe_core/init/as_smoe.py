@@ -123,6 +123,15 @@ Parameter exportation (IV-B):
   17.16 / 17.22 dB), so the choice is made for scale, not for that small difference.
 - Merge: all kept kernels, individually steered (Table II), form one SMoE with ``image_shape = image.shape``.
 
+AS-RBF ([AS-SMoE] Fig. 7, "RBF models also significantly benefit from the proposed segmentation-based
+initialization"; the paper does not say how the RBF network is initialized): ``rbf=True`` runs the same pipeline
+with the RBF network (eq. 1) as the local model, so each CBB's kernels carry RBF weights fitted to its pixels.
+Two things differ from the SMoE form, both because an RBF's output is not invariant to the scale of pi: pi starts
+at :func:`rbf_initial_pi` (the L initial kernels then sum to about 1 over the block; 1/L would start every CBB at
+1/L of its pixels) and the export keeps the pis as fitted (``pi_export="keep"``; the geometric up-sampling keeps
+each kernel's values, so the exported kernels reproduce each CBB's RBF function in the image). Doubling (pi/2 for
+each copy) keeps the RBF function as it keeps the SMoE's.
+
 Table I (:func:`segment_epochs_table`): "average reconstruction quality over segments" and total time of
 the Segmentation Reconstruction stage vs the number of epochs E. ``mode="algorithm1"`` (default) runs
 Algorithm 1 as in the pipeline (target stop, doubling every ``checkpoint``) with the budget E; the table's
@@ -307,13 +316,15 @@ def adaptive_kernel_adjustment(targets, ids=None, *, initial_kernels: int = 10, 
                                epochs: int = 300, checkpoint: int | None = 100, max_kernels: int | None = 80,
                                sparsity: float = 1e-4, lr: dict | None = None, seed: int = 0, jitter: float = 0.5,
                                init_sigma: float | None = None, experts_init: str = "crop", backend: str = "tiled",
-                               snapshots=(), progress: bool = True) -> LocalModels:
+                               rbf: bool = False, snapshots=(), progress: bool = True) -> LocalModels:
     """Algorithm 1 on n CBBs at once (see the module docstring for every rule).
 
     ``targets``: (n, cbb, cbb) or (n, cbb, cbb, C) float in [0, 1]. ``ids``: one non-negative integer per CBB
     (the segment labels) seeding that CBB's random numbers; default 0..n-1. ``checkpoint=None`` or
     ``max_kernels <= initial_kernels`` disables doubling; ``target_psnr=inf`` disables the target stop.
     ``snapshots``: epochs at which to record every CBB's best PSNR so far and the elapsed time (Table I).
+    ``rbf``: fit RBF networks (eq. 1, weights pi m, no normalization) instead of SMoEs, with pi starting at
+    :func:`rbf_initial_pi` instead of 1/L (module docstring, "AS-RBF").
     """
     t_start = time.perf_counter()
     tg = np.asarray(targets, np.float32)
@@ -343,7 +354,7 @@ def adaptive_kernel_adjustment(targets, ids=None, *, initial_kernels: int = 10, 
     mu = torch.tensor(np.stack([x[0] for x in inits]), dtype=dt)
     chol = torch.tensor(np.stack([x[1] for x in inits]), dtype=dt)
     experts = torch.tensor(np.stack([x[2] for x in inits]), dtype=dt)
-    pi = torch.full((n, L), 1.0 / L, dtype=dt)
+    pi = torch.full((n, L), rbf_initial_pi(cbb, L, sigma) if rbf else 1.0 / L, dtype=dt)
     params = {"mu": mu.requires_grad_(), "chol": chol.requires_grad_(), "pi": pi.requires_grad_(),
               "experts": experts.requires_grad_()}
     opt = Adam(params, dict(rates))
@@ -394,9 +405,9 @@ def adaptive_kernel_adjustment(targets, ids=None, *, initial_kernels: int = 10, 
             logpi = torch.where(alive, torch.log(p["pi"].clamp_min(torch.finfo(dt).tiny)),
                                 torch.full_like(p["pi"], NO_WEIGHT))
             if backend == "tiled":
-                out = render_tiled_batch(p["mu"], p["chol"], logpi, p["experts"], cbb)
+                out = render_tiled_batch(p["mu"], p["chol"], logpi, p["experts"], cbb, rbf=rbf)
             else:
-                out = render_dense_batch(p["mu"], p["chol"], logpi, p["experts"], feats, centre)
+                out = render_dense_batch(p["mu"], p["chol"], logpi, p["experts"], feats, centre, rbf=rbf)
             err = out - target_t[active]
             mse = (err * err).mean(dim=(1, 2))
             loss = mse + sparsity * (p["pi"] * alive).sum(1)
@@ -452,6 +463,13 @@ def adaptive_kernel_adjustment(targets, ids=None, *, initial_kernels: int = 10, 
                        experts=[f[3] for f in fields], ids=ids, steps=steps, best_step=best_step, psnr=psnr,
                        reached=reached, slots=slots, slots_at_best=slots_at_best,
                        seconds=time.perf_counter() - t_start, snapshots=snaps)
+
+
+def rbf_initial_pi(cbb: int, n_kernels: int, sigma: float) -> float:
+    """The starting pi of Algorithm 1's RBF form: cbb^2 / (2 pi sigma^2 L), at which the L radial kernels of
+    bandwidth sigma spread uniformly over the cbb x cbb block sum to about 1 (each integrates to 2 pi sigma^2), so
+    the first RBF render is about the experts (the CBB's pixels), as the first SMoE render is."""
+    return float(cbb) ** 2 / (2.0 * math.pi * float(sigma) ** 2 * int(n_kernels))
 
 
 def _psnr(mse: float) -> float:
@@ -536,7 +554,7 @@ def export_kernels(local: LocalModels, cbbs: CBBs, labels, *, pi_export: str = "
                 exported=np.bincount(idx[keep], minlength=n))
 
 
-def _segment_psnr(local: LocalModels, cbbs: CBBs, backend: str = "tiled") -> np.ndarray:
+def _segment_psnr(local: LocalModels, cbbs: CBBs, backend: str = "tiled", rbf: bool = False) -> np.ndarray:
     """PSNR (dB) of every CBB's local model over the CBB pixels inside its segment mask."""
     n, cbb = cbbs.n, cbbs.cbb
     C = cbbs.targets.shape[-1]
@@ -546,7 +564,8 @@ def _segment_psnr(local: LocalModels, cbbs: CBBs, backend: str = "tiled") -> np.
         if len(local.pi[b]) == 0 or not cbbs.masks[b].any():
             continue
         models.append(SMoE(local.mu[b].astype(np.float32), local.chol[b].astype(np.float32),
-                           local.pi[b].astype(np.float32), local.experts[b].astype(np.float32), image_shape=(cbb, cbb)))
+                           local.pi[b].astype(np.float32), local.experts[b].astype(np.float32), rbf=rbf,
+                           image_shape=(cbb, cbb)))
         rows.append(b)
     if not models:
         return out
@@ -579,8 +598,8 @@ def as_smoe(image, labels=None, *, d_th: float = 40, cbb: int = 32, corona: int 
             target_psnr: float = 25.0, epochs: int = 300, checkpoint: int | None = 100,
             max_kernels: int | None = 80, sparsity: float = 1e-4, lr: dict | None = None, seed: int = 0,
             jitter: float = 0.5, init_sigma: float | None = None, experts_init: str = "crop",
-            pi_export: str = "count", mask_margin: int = 0, keep_rule: str = "image", antialias: bool = True,
-            backend: str = "tiled",
+            pi_export: str | None = None, mask_margin: int = 0, keep_rule: str = "image", antialias: bool = True,
+            backend: str = "tiled", rbf: bool = False,
             color_space: str | None = None, progress: bool = True, workers: int | None = None,
             scheduler=None) -> InitResult:
     """AS-SMoE initialization: segments -> CBBs -> Algorithm 1 (batched) -> exported global SMoE.
@@ -588,6 +607,9 @@ def as_smoe(image, labels=None, *, d_th: float = 40, cbb: int = 32, corona: int 
     ``image``: float in [0, 1], (H, W) (the paper: gray) or (H, W, C). ``labels``: (H, W) integer segment
     map; None runs ``smoe_core.segment.mdbscan(image, d_th=d_th)``. The other parameters are those of
     :func:`crop_cbbs`, :func:`adaptive_kernel_adjustment` and :func:`export_kernels` (module docstring).
+    ``pi_export`` None is "count" for an SMoE and "keep" for an RBF. ``rbf=True`` is AS-RBF: Algorithm 1 fits RBF
+    networks in the CBBs and the exported model is an RBF network (``pi_export`` must then be "keep", the only
+    rule that keeps each CBB's RBF function; module docstring).
 
     The record holds: method, seconds (total), seconds_segmentation, seconds_local (Algorithm 1),
     seconds_other (cropping, export), segmentation ("mdbscan" or "given"), n_segments, n_local_kernels
@@ -604,6 +626,10 @@ def as_smoe(image, labels=None, *, d_th: float = 40, cbb: int = 32, corona: int 
     """
     t0 = time.perf_counter()
     img = check_image(image, bounded=True)
+    if pi_export is None:
+        pi_export = "keep" if rbf else "count"
+    if rbf and pi_export != "keep":
+        raise ValueError(f"an RBF network's output scales with pi: rbf=True needs pi_export='keep', got {pi_export!r}")
     H, W = img.shape[:2]
     labels, t_seg, seg_source = segment_image(img, labels, d_th)
     t1 = time.perf_counter()
@@ -611,7 +637,7 @@ def as_smoe(image, labels=None, *, d_th: float = 40, cbb: int = 32, corona: int 
     t_crop = time.perf_counter() - t1
     local_kw = dict(initial_kernels=initial_kernels, target_psnr=target_psnr, epochs=epochs, checkpoint=checkpoint,
                     max_kernels=max_kernels, sparsity=sparsity, lr=lr, seed=seed, jitter=jitter,
-                    init_sigma=init_sigma, experts_init=experts_init, backend=backend)
+                    init_sigma=init_sigma, experts_init=experts_init, backend=backend, rbf=bool(rbf))
     seed_ids = cbb_seed_ids(cbbs.labels)
     if uses_dask(workers, scheduler):
         n_chunks = max(1, min(cbbs.n, 2 * max(int(workers or 1), 1)))
@@ -627,8 +653,9 @@ def as_smoe(image, labels=None, *, d_th: float = 40, cbb: int = 32, corona: int 
         raise RuntimeError("no kernel survived the export (every local kernel lies outside its segment)")
     C = cbbs.targets.shape[-1]
     model = SMoE(ex["mu"].astype(np.float32), ex["chol"].astype(np.float32), ex["pi"].astype(np.float32),
-                 ex["experts"].reshape(-1, C).astype(np.float32), image_shape=(H, W), color_space=color_space)
-    seg_psnr = _segment_psnr(local, cbbs)
+                 ex["experts"].reshape(-1, C).astype(np.float32), rbf=bool(rbf), image_shape=(H, W),
+                 color_space=color_space)
+    seg_psnr = _segment_psnr(local, cbbs, rbf=bool(rbf))
     t_export = time.perf_counter() - t2
     per_cbb = pd.DataFrame(dict(
         label=cbbs.labels, row0=cbbs.origin[:, 0], col0=cbbs.origin[:, 1], side=cbbs.side, scale=cbbs.scale,
@@ -649,7 +676,7 @@ def as_smoe(image, labels=None, *, d_th: float = 40, cbb: int = 32, corona: int 
                       lr=dict(DEFAULT_LOCAL_LR, **(lr or {})), seed=seed, jitter=jitter, init_sigma=init_sigma,
                       experts_init=experts_init, pi_export=pi_export, mask_margin=mask_margin, keep_rule=keep_rule,
                       antialias=antialias,
-                      backend=backend),
+                      backend=backend, rbf=bool(rbf)),
         per_cbb=per_cbb, labels=labels)
     return InitResult(model, record)
 

@@ -230,15 +230,17 @@ def tile_lists(model: SMoE, shape=None, *, scale: float = 1.0, tile: int = DEFAU
                        scale=float(scale), cutoff=cutoff, fill=fill)
 
 
-def render_tiled_batch(mu, chol, logpi, experts, side: int, *, n_threads: int | None = None) -> torch.Tensor:
+def render_tiled_batch(mu, chol, logpi, experts, side: int, *, n_threads: int | None = None,
+                       rbf: bool = False) -> torch.Tensor:
     """(B, side * side, C): B models of L kernels each (``mu`` (B, L, 2), ``chol`` (B, L, 3), ``logpi``
     (B, L), ``experts`` (B, L, C), torch, CPU or CUDA) over one side x side square each, through the compiled
     tiled renderer with one binning step and one launch; differentiable. No per-model checks (the caller's
-    tensors are its own optimizer's): used by AS-SMoE's Algorithm 1 for all CBBs at once."""
+    tensors are its own optimizer's): used by AS-SMoE's Algorithm 1 for all CBBs at once. ``rbf``: the RBF
+    networks (weighted sums of kernels) over the same fields instead of SMoEs."""
     B, L = mu.shape[:2]
     C = experts.shape[-1]
     m, ch, lp, ex = mu.reshape(B * L, 2), chol.reshape(B * L, 3), logpi.reshape(B * L), experts.reshape(B * L, C)
     lists = bin_kernels(m.detach(), ch.detach(), lp.detach(), list(range(0, B * L + 1, L)), side, side)
     threads = int(n_threads) if n_threads else torch.get_num_threads()
-    out = TiledRender.apply(m, ch, lp, ex, None, lists, 1.0, MODE_SMOE, threads)
+    out = TiledRender.apply(m, ch, lp, ex, None, lists, 1.0, MODE_RBF if rbf else MODE_SMOE, threads)
     return out.reshape(B, side * side, C)

@@ -84,13 +84,15 @@ def square_features(side: int) -> tuple[torch.Tensor, float]:
     return torch.stack([xs * xs, xs * ys, ys * ys, xs, ys, torch.ones_like(xs)], 0), c
 
 
-def render_dense_batch(mu, chol, logpi, experts, feats, centre: float) -> torch.Tensor:
+def render_dense_batch(mu, chol, logpi, experts, feats, centre: float, rbf: bool = False) -> torch.Tensor:
     """(B, N, C): exact dense SMoE of B models with L kernels each (``mu`` (B, L, 2), ``chol`` (B, L, 3),
-    ``logpi`` (B, L), ``experts`` (B, L, C)) at the N pixels of ``feats`` (:func:`square_features`)."""
+    ``logpi`` (B, L), ``experts`` (B, L, C)) at the N pixels of ``feats`` (:func:`square_features`); ``rbf``:
+    the RBF networks over the same fields (weights pi K, no normalization)."""
     a11, a21, a22 = chol.unbind(-1)
     mx, my = mu[..., 0] - centre, mu[..., 1] - centre
     pxx, pxy, pyy = a11 * a11, a11 * a21, a21 * a21 + a22 * a22
     const = logpi - 0.5 * (pxx * mx * mx + 2 * pxy * mx * my + pyy * my * my)
     Wk = torch.stack([-0.5 * pxx, -pxy, -0.5 * pyy, pxx * mx + pxy * my, pxy * mx + pyy * my, const], -1)
-    gate = torch.softmax(Wk @ feats, dim=1)  # (B, L, N)
+    lw = Wk @ feats
+    gate = torch.exp(lw) if rbf else torch.softmax(lw, dim=1)  # (B, L, N)
     return (experts.transpose(1, 2) @ gate).transpose(1, 2)

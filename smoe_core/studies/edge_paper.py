@@ -12,6 +12,10 @@ Steered Mixture of Experts"), as functions the notebook ``notebooks/edge_aligned
   grid resumes where it stopped), :func:`kernels_vs_psnr_table`.
 - **Fig. 6** (section IV: time to convergence of the four initializers, per image): :func:`convergence_times`,
   :func:`plot_times`, read off the Fig. 5 runs at the default budget.
+- **Fig. 7** (section IV: (a) grid kernel centres, (b) the SMoE reconstruction from them, (c) edge-aligned kernel
+  centres, (d) their reconstruction): :func:`fig7_models` and :func:`fig7_figure`, from the Fig. 5 runs at the
+  default budget: the centres of the tile-wise initialization (every tile initialized as the run did it,
+  :func:`smoe_core.tasks.tilewise.initial_tilewise_model`) and the run's final model.
 - The paper prints no numbers for its figures (no tables either); its text makes claims about them, which
   :func:`paper_claims_table` puts beside our measurements, with the difference and whether the claim holds.
 
@@ -69,11 +73,12 @@ from ..init import get_initializer, grid, initializer_info
 from ..init.edge import ANGLES, edge, edge_layout, resolve_max_pts, sample_bilinear
 from ..io import check_image, image_key
 from ..metrics import psnr, ssim
+from ..model import SMoE
 from ..render import render
-from ..tasks.tilewise import fit_tilewise
+from ..tasks.tilewise import fit_tilewise, initial_tilewise_model
 from ..training import fit
 from .common import default_budget, load_case
-from .plotting import curves, finish, paper_order, pyplot, show_image
+from .plotting import curves, finish, paper_order, pyplot, show_image, time_bars
 
 #: The four initializers of the paper's Figs. 5 and 6, the proposed one first.
 PAPER_METHODS = ("edge", "grid", "s_smoe", "as_smoe")
@@ -433,24 +438,43 @@ def fig5_figure(fig5: pd.DataFrame):
 def plot_times(times: pd.DataFrame):
     """Fig. 6: grouped bars of the time to convergence per image (the papers' order) and method (the
     initialization hatched)."""
+    return time_bars(times, ylabel="time to convergence (s)\n(hatched: initialization)")
+
+
+# ---------------------------------------------------------------------------------------------- Fig. 7
+def fig7_models(item: dict) -> tuple:
+    """(initial model, final model) of one Fig. 5 run (``item`` of :func:`fig5_items`, run with a ``model_dir``):
+    the tile-wise initialization recomputed with the run's initializer, budget and tiles (no training; the
+    initializers of Fig. 7, grid and edge, are deterministic), and the saved final model."""
+    image = load_case(item["image"], item.get("crop"))
+    init = initial_tilewise_model(image, int(item["budget"]), initializer=_tile_initializer(item["method"]),
+                                  init_kwargs=_tile_init_kwargs(item), tiles=tuple(item["tiles"]))
+    return init, SMoE.load(fig5_model_path(item))
+
+
+def fig7_figure(image, cases: dict, *, window=None, marker_size: float = 2.0):
+    """Fig. 7: for each initializer in ``cases`` (name -> (initial model, final model); the paper: grid, then
+    edge), its kernel centres on the image and the SMoE reconstruction of the trained model, side by side; the
+    centre panels say the initial kernel count, the reconstructions their PSNR against ``image`` and kernel count.
+    ``window`` = (y0, y1, x0, x1) zooms every panel (PSNR still over the whole image)."""
     plt = pyplot()
-    images = paper_order(times["image"])
-    methods = list(dict.fromkeys(times["method"]))
-    fig, ax = plt.subplots(figsize=(1.9 * len(images) + 1.5, 3.2))
-    width = 0.8 / max(len(methods), 1)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for j, m in enumerate(methods):
-        sub = times[times["method"] == m].set_index("image").reindex(images)
-        x = np.arange(len(images)) + (j - (len(methods) - 1) / 2) * width
-        c = colours[j % len(colours)]
-        ax.bar(x, sub["training_seconds"], width, bottom=sub["init_seconds"], color=c, label=m)
-        ax.bar(x, sub["init_seconds"], width, color=c, alpha=0.5, hatch="///", edgecolor="white")
-    ax.set_xticks(np.arange(len(images)))
-    ax.set_xticklabels(images)
-    ax.set_ylabel("time to convergence (s)\n(hatched: initialization)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
-    return finish(fig)
+    H, W = image.shape[:2]
+    y0, y1, x0, x1 = window or (0, H, 0, W)
+    n = 2 * len(cases)
+    fig, axes = plt.subplots(1, n, figsize=(2.9 * n, 2.9 * (y1 - y0) / (x1 - x0) + 0.7), squeeze=False)
+    letters = "abcdefghijklmnop"
+    for i, (name, (init, final)) in enumerate(cases.items()):
+        a, b = axes[0][2 * i], axes[0][2 * i + 1]
+        show_image(a, image, f"({letters[2 * i]}) {name}: kernel centres\nK = {init.n_kernels}", window)
+        mu = init.numpy().mu.astype(np.float64) - np.array([x0, y0], np.float64)
+        a.scatter(mu[:, 0], mu[:, 1], s=marker_size, c="red", linewidths=0)
+        out = render(final, (H, W))
+        show_image(b, out, f"({letters[2 * i + 1]}) {name}: SMoE reconstruction\n"
+                           f"{psnr(out, image):.2f} dB, K = {final.n_kernels}", window)
+        for ax in (a, b):
+            ax.set_xlim(-0.5, x1 - x0 - 0.5)
+            ax.set_ylim(y1 - y0 - 0.5, -0.5)
+    return finish(fig, "Fig. 7: grid against edge-aligned initialization")
 
 
 def psnr_at_kernels(curve: pd.DataFrame, kernels: float) -> float:

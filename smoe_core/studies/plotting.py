@@ -221,7 +221,7 @@ def curves(df, x: str, y: str, *, by: str, panel: str | None = None, xlabel=None
     """Line plot of ``y`` against ``x`` per ``by`` value, one panel per ``panel`` value (e.g. per image; test
     images in the papers' order). Series keep one style over all panels (:func:`series_styles`), in ``order``
     (values of ``by``; the rest after them in order of appearance). ``markers=False`` (long histories) marks
-    about eight points per series, staggered between series. ``legend_below``: one legend for the figure
+    about eight points per series, staggered between series (every point of a series of at most eight). ``legend_below``: one legend for the figure
     under the panels (for many series) instead of one in the last panel. ``panel_titles``: panel value -> title;
     ``title`` above the figure, ``caption`` under it (:func:`finish`)."""
     plt = pyplot()
@@ -237,7 +237,7 @@ def curves(df, x: str, y: str, *, by: str, panel: str | None = None, xlabel=None
             if not len(g):
                 continue
             st = dict(styles[key])
-            if not markers:
+            if not markers and len(g) > 8:  # a long history: a few staggered markers (a short series: all)
                 every = max(1, round(len(g) / 8))
                 st["markevery"] = (min(i * max(1, every // max(len(keys), 1)), len(g) - 1), every)
             ax.plot(g[x], g[y], label=str(key), zorder=2 + i * 0.01, **st)
@@ -259,3 +259,27 @@ def curves(df, x: str, y: str, *, by: str, panel: str | None = None, xlabel=None
     if seen:
         axes[0][-1].legend(list(seen.values()), list(seen.keys()), fontsize=7)
     return finish(fig, title, caption=caption)
+
+
+def time_bars(times, *, ylabel: str, title: str | None = None):
+    """Grouped bars of run time per image (the papers' order) and method: ``training_seconds`` on top of
+    ``init_seconds`` (hatched, lighter), one colour per method in order of appearance ([EDGE] Fig. 6,
+    [AS-SMoE] Fig. 9c)."""
+    plt = pyplot()
+    images = paper_order(times["image"])
+    methods = list(dict.fromkeys(times["method"]))
+    fig, ax = plt.subplots(figsize=(1.9 * len(images) + 1.5, 3.2))
+    width = 0.8 / max(len(methods), 1)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, m in enumerate(methods):
+        sub = times[times["method"] == m].set_index("image").reindex(images)
+        x = np.arange(len(images)) + (j - (len(methods) - 1) / 2) * width
+        c = colours[j % len(colours)]
+        ax.bar(x, sub["training_seconds"], width, bottom=sub["init_seconds"], color=c, label=m)
+        ax.bar(x, sub["init_seconds"], width, color=c, alpha=0.5, hatch="///", edgecolor="white")
+    ax.set_xticks(np.arange(len(images)))
+    ax.set_xticklabels(images)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return finish(fig, title)

@@ -75,7 +75,7 @@ def register_notebook(name: str, presets: dict[str, dict], *, images=()) -> None
 register_notebook("compare_initializers", {
     # tiny centred crops, a handful of iterations: checks that every cell runs (part of the test suite)
     "smoke": dict(images=["peppers", "parrot"], crop=64, budgets={"peppers": 48, "parrot": 48}, iters=15,
-                  rbf_initializers=["kmeans"], matched_rivals=["authors_code_margin2"]),
+                  rbf_initializers=["kmeans", "as_smoe"], matched_rivals=["authors_code_margin2"]),
     # the four images at full size, 200 iterations of global optimization (the README's main command)
     "quick": dict(images=TEST_IMAGES, iters=200),
     # the papers' stopping rule (loss decrease below 1e-6), up to 5000 iterations

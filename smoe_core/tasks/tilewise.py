@@ -72,6 +72,22 @@ def merge_models(models: list[SMoE], offsets: list[tuple[int, int]], image_shape
     return SMoE(mu, **fields, rbf=ms[0].rbf, image_shape=image_shape, color_space=ms[0].color_space)
 
 
+def initial_tilewise_model(image, n_kernels: int, *, initializer="grid", init_kwargs: dict | None = None,
+                           tiles=(2, 2), tile_size: int | None = None) -> SMoE:
+    """The model :func:`fit_tilewise` starts from, before any training: ``initializer`` run on every tile with
+    the tile's share of ``n_kernels`` (the same calls as :func:`fit_tilewise`'s), merged into one model of the
+    whole image."""
+    img = check_image(image, bounded=True)
+    H, W = img.shape[:2]
+    n_kernels = check_kernels(n_kernels, (H, W))
+    rects = tile_rectangles((H, W), tiles, tile_size)
+    budgets = split_budget(n_kernels, [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in rects])
+    init_fn = get_initializer(initializer)
+    models = [init_fn(np.ascontiguousarray(img[y0:y1, x0:x1]), k, **dict(init_kwargs or {}))[0]
+              for (y0, y1, x0, x1), k in zip(rects, budgets)]
+    return merge_models(models, [(x0, y0) for y0, _, x0, _ in rects], (H, W))
+
+
 @dataclass
 class _TileTask:
     index: int
