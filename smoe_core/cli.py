@@ -693,7 +693,10 @@ def _nsmoe_run(args, loaded, src: Path, out: Path, export) -> int:
           f"{meta.get('total_steps')})")
     print(f"output: {result.shape[0]} x {result.shape[1]}, {bits}-bit -> {out}")
     if model is not None:
-        print(f"kernels: {model.n_kernels} -> {export}")
+        base = loaded.net.config.base
+        print(f"kernels: {model.n_kernels} -> {export}"
+              + (f" (the residual over the input's {base} upscale, which its render must be added to)"
+                 if base != "none" else ""))
     print(f"seconds: {seconds:.1f}")
     return 0
 

@@ -249,7 +249,8 @@ def test_cli_upscale_keeps_the_bit_depth_and_exports_kernels(tmp_path, runs, bit
     assert np.abs(arr / top - np.clip(expect, 0, 1)).max() <= 0.5 / top + 1e-6
     model = SMoE.load(npz)
     assert model.image_shape == (24, 30) and model.n_kernels > 0
-    assert f"{bits}-bit" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"{bits}-bit" in text and "residual over the input's bicubic upscale" in text  # the sr2 net's base
     # a checkpoint of the other scale, or a denoising one, is refused with one line
     rc = main(["nsmoe", "upscale", str(src), "--scale", "4", "--out", str(tmp_path / "x4.png"),
                "--checkpoint", str(runs["sr2"]), "--no-progress"])
