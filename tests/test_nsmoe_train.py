@@ -100,12 +100,13 @@ def test_schedule_halves_at_the_milestones_and_configs_are_checked():
     assert tr.learning_rate_at(cfg, int(0.9 * steps)) == cfg.learning_rate / 8
     assert cfg.network_config().width == 32 and cfg.scale == 4
     assert tr.make_config("denoise", "paper").scale == 1 and tr.make_config("blind", "quick").mode == "bsrgan_plus"
-    for task in ("sr2", "sr4", "blind"):  # variant III, decoding the residual over bicubic, in every preset
+    for task in ("sr2", "sr4"):  # variant III, decoding the residual over bicubic, in every preset
         for preset in tr.PRESETS:
             net = tr.make_config(task, preset).network_config()
             assert (net.n_kernels, net.base, net.residual_experts) == (32, "bicubic", False), (task, preset)
-    net = tr.make_config("denoise", "quick").network_config()
-    assert (net.n_kernels, net.base, net.residual_experts) == (16, "none", True)
+    for task in ("denoise", "blind"):  # the direct form
+        net = tr.make_config(task, "quick").network_config()
+        assert (net.n_kernels, net.base, net.residual_experts) == (16, "none", True)
     with pytest.raises(ValueError, match="task"):
         tr.make_config("sr3")
     with pytest.raises(ValueError, match="multiple of 3"):
