@@ -567,3 +567,20 @@ def bit_depth(name_or_path) -> int:
             return 8
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"cannot read {path} as an image ({exc})") from exc
+
+
+def atomic_write(path, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` through a temporary file in its folder (fsynced, then renamed): a reader never
+    sees a half-written file, and an interrupted write leaves the old one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -89,7 +89,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import pickle
 import struct
 import time
@@ -100,6 +99,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ...io import atomic_write
 from ...model import SMoE
 from ...render import render
 from ...training import Adam
@@ -286,17 +286,7 @@ def save_checkpoint(path, fingerprint: str, state: dict) -> Path:
     payload = pickle.dumps(state, protocol=4)
     header = json.dumps({"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "size": len(payload)}).encode()
     body = CHECKPOINT_MAGIC + struct.pack("<I", len(header)) + header + payload
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(body + hashlib.sha256(body).digest())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, body + hashlib.sha256(body).digest())
     return path
 
 

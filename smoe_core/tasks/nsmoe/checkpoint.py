@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from ...io import PACKAGE_DATA
+from ...io import PACKAGE_DATA, atomic_write
 from ...version import __version__
 
 MAGIC = b"SMoE-NSMoE-checkpoint\n"
@@ -110,22 +110,6 @@ def encode(meta: dict, model: dict, optimizer: dict | None = None, torch_rng: to
                   smoe_version=__version__, written=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     header = dict(fields, sha256=digest(fields, payload))
     return MAGIC + canonical(header) + b"\n" + payload
-
-
-def atomic_write(path, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` through a temporary file in its folder (fsynced, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save(path, meta: dict, model: dict, optimizer: dict | None = None,
