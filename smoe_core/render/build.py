@@ -37,14 +37,28 @@ BUILD_MODES = ("fast", "reproducible")
 BUILD_ENV = "SMOE_BUILD"
 
 
+#: glibc tunable that hides FMA and AVX2 from glibc's ifunc selection (libm then uses its SSE2 variants of ``exp``,
+#: ``log``, ``pow``, ...): how libm behaves on an x86-64 CPU without FMA, and so on every x86-64 CPU
+NO_FMA_LIBM = "glibc.cpu.hwcaps=-AVX2,-FMA,-FMA4,-AVX"
+
 #: the environment of a reproducible run (``smoe reproduce --build reproducible`` sets it for its notebooks):
 #: the reproducible build, PyTorch's baseline kernels (``ATEN_CPU_CAPABILITY=default``: the same code on every
 #: x86-64 CPU instead of the AVX2 / AVX-512 kernels picked per CPU), MKL's CPU-independent code path
-#: (``MKL_CBWR=COMPATIBLE``) and one thread per process (PyTorch splits its reductions by the thread count, so
-#: a machine with more cores would sum in another order; Dask workers still run in parallel). The variables
-#: are read when torch starts: set them before importing it.
+#: (``MKL_CBWR=COMPATIBLE``), oneDNN (PyTorch's convolutions) held to SSE4.1 (``ONEDNN_MAX_CPU_ISA``), and numpy
+#: held to its baseline: its SIMD loops to the baseline it was built for (``NPY_ENABLE_CPU_FEATURES=X86_V2``:
+#: numpy 2.4's baseline, so no AVX2 / AVX-512 variants of ``exp``, ``log``, ...) and its OpenBLAS to the
+#: Nehalem (SSE4.2) kernels (``OPENBLAS_CORETYPE``; else OpenBLAS picks Haswell kernels on this AMD CPU and
+#: SkylakeX kernels on an Intel AVX-512 CPU, and that alone moved the RBF least-squares weights of
+#: ``compare_initializers``' Fig. 7 by 0.006 dB in a smoke run: :mod:`smoe_core.studies.reproducibility`); and one
+#: thread per process (PyTorch splits its reductions by the thread count, so a machine with more cores would sum
+#: in another order; Dask workers still run in parallel). The variables are read when torch and numpy start: set
+#: them before importing either. glibc's libm held to its SSE2 variants (``GLIBC_TUNABLES``, :data:`NO_FMA_LIBM`):
+#: numpy's baseline loops call libm, whose FMA variants round differently (measured: the same smoke run with libm's
+#: FMA and SSE2 variants moved Fig. 7's AS-RBF PSNR by 0.001 dB).
 REPRODUCIBLE_ENV = {BUILD_ENV: "reproducible", "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE",
-                    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                    "ONEDNN_MAX_CPU_ISA": "SSE41", "NPY_ENABLE_CPU_FEATURES": "X86_V2",
+                    "OPENBLAS_CORETYPE": "Nehalem", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                    "OPENBLAS_NUM_THREADS": "1", "GLIBC_TUNABLES": NO_FMA_LIBM}
 
 
 def build_mode() -> str:
@@ -88,6 +102,18 @@ def find_compiler() -> str | None:
         if name and shutil.which(name):
             return shutil.which(name)
     return None
+
+
+def compiler_version(compiler: str | None = None) -> str:
+    """The first line of ``compiler --version`` (default: :func:`find_compiler`), "" when there is none."""
+    compiler = compiler or find_compiler()
+    if compiler is None:
+        return ""
+    try:
+        out = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.splitlines()[0].strip() if out.strip() else ""
 
 
 def cpu_signature() -> str:

@@ -47,15 +47,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..render.build import NO_FMA_LIBM
 from .results import atomic_write_csv
 
 #: what :func:`fingerprint` can run
 KINDS = ("fit", "as_smoe")
 #: environment variables that change the arithmetic (recorded with every fingerprint)
-NUMERIC_ENV = ("SMOE_BUILD", "ATEN_CPU_CAPABILITY", "GLIBC_TUNABLES", "MKL_CBWR", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-#: glibc tunable that hides FMA and AVX2 from glibc's ifunc selection (libm then uses its SSE2 variants): how
-#: libm behaves on an x86-64 CPU without FMA
-NO_FMA_LIBM = "glibc.cpu.hwcaps=-AVX2,-FMA,-FMA4,-AVX"
+NUMERIC_ENV = ("SMOE_BUILD", "ATEN_CPU_CAPABILITY", "GLIBC_TUNABLES", "MKL_CBWR", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+               "ONEDNN_MAX_CPU_ISA", "NPY_ENABLE_CPU_FEATURES", "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS")
 #: the marker line of a child's JSON answer
 MARKER = "SMOE_DETERMINISM "
 
@@ -154,7 +153,8 @@ def run_child(command: list[str], env: dict | None = None, *, threads: int = 1, 
 def default_configs() -> dict[str, tuple[dict, str | None, int]]:
     """name -> (environment, -march of the fast build or None, threads): both builds under each of PyTorch's CPU
     capabilities this CPU has; the reproducible environment (:data:`smoe_core.render.build.REPRODUCIBLE_ENV`)
-    alone, with libm's SSE2 variants (:data:`NO_FMA_LIBM`: a CPU without FMA) and on two threads; the
+    alone, with one of its pins released each (libm's own FMA variants instead of SSE2, numpy's AVX2 / AVX-512
+    loops, OpenBLAS's SkylakeX kernels as on an Intel AVX-512 CPU) and on two threads; the
     reproducible build under the top capability with libm's SSE2 variants; and the fast build compiled for two
     other x86-64 targets (AVX2 + FMA, ``x86-64-v3``; AVX-512, ``skylake-avx512``): another CPU's
     ``-march=native``; and the reproducible build's source compiled with ``-march=native`` (whether its values
@@ -171,7 +171,9 @@ def default_configs() -> dict[str, tuple[dict, str | None, int]]:
         for cap in caps:
             out[f"{build}/{cap}"] = (dict(SMOE_BUILD=build, ATEN_CPU_CAPABILITY=cap), None, 1)
     out["reproducible env"] = (dict(REPRODUCIBLE_ENV), None, 1)
-    out["reproducible env/libm-sse2"] = (dict(REPRODUCIBLE_ENV, GLIBC_TUNABLES=NO_FMA_LIBM), None, 1)
+    out["reproducible env/libm-fma"] = (dict(REPRODUCIBLE_ENV, GLIBC_TUNABLES=""), None, 1)
+    out["reproducible env/numpy-simd"] = (dict(REPRODUCIBLE_ENV, NPY_ENABLE_CPU_FEATURES=""), None, 1)
+    out["reproducible env/openblas-skylakex"] = (dict(REPRODUCIBLE_ENV, OPENBLAS_CORETYPE="SkylakeX"), None, 1)
     out["reproducible env/2 threads"] = (dict(REPRODUCIBLE_ENV, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2"), None, 2)
     out[f"reproducible/{top}/libm-sse2"] = (dict(SMOE_BUILD="reproducible", ATEN_CPU_CAPABILITY=top,
                                                 GLIBC_TUNABLES=NO_FMA_LIBM), None, 1)

@@ -52,6 +52,28 @@ def numeric_environment() -> dict:
     return dict(build=build_mode(), cpu_capability=torch.backends.cpu.get_cpu_capability())
 
 
+#: the distributions whose versions decide a result's last bits (recorded in every manifest.json, ``software``)
+NUMERIC_DISTRIBUTIONS = ("torch", "numpy", "scipy", "scikit-image", "pillow", "pandas", "bm3d", "constriction",
+                         "lpips", "stlpips-pytorch", "dask")
+
+
+def software_versions() -> dict:
+    """{python, glibc, compiler, and the version of each of :data:`NUMERIC_DISTRIBUTIONS` (None if absent)}: what,
+    besides the code, the build and the CPU, a reproduction needs the same (README "Reproducible builds")."""
+    import platform
+    from importlib import metadata
+
+    from ..render.build import compiler_version
+
+    out = dict(python=platform.python_version(), glibc="-".join(platform.libc_ver()), compiler=compiler_version())
+    for name in NUMERIC_DISTRIBUTIONS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def git_commit(path: Path | None = None) -> str:
     """The repository's HEAD commit (with "+dirty" if tracked files outside results/ differ), or "unknown"
     outside a checkout (e.g. a regular ``pip install``). ``path``: a folder in the repository (default: the one
@@ -229,7 +251,7 @@ class ResultsStore:
         self.meta = dict(package_version=__version__, git_commit=git_commit(), preset=preset, seed=int(seed),
                          backend=backend, **numeric_environment())
         self.parameters = dict(parameters or {})
-        manifest = dict(self.meta, notebook=notebook, parameters=self.parameters,
+        manifest = dict(self.meta, notebook=notebook, parameters=self.parameters, software=software_versions(),
                         written=_dt.datetime.now().isoformat(timespec="seconds"))
         atomic_write_text(self.dir / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
 
