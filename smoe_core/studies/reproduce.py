@@ -1,5 +1,5 @@
 """``smoe reproduce``: runs the parameterized notebooks with papermill and collects their tables and figures
-into ``results/<preset>/<notebook>/`` and ``results/REPORT.md``.
+into ``results/<preset>/<notebook>/`` and ``results/REPORT.md`` (the smoke preset: ``results/smoke/REPORT.md``).
 
 Presets:
 
@@ -360,9 +360,16 @@ def _kernel_manager_class(relay: _StderrRelay):
     return RelayedKernelManager
 
 
-def build_report(results_dir="results", presets=("smoke", "quick", "paper")) -> Path:
-    """results/REPORT.md: every notebook's ``report.md`` fragment, preset by preset (latest run first)."""
+#: the presets results/REPORT.md reports; the smoke preset's runs (the test suite's, and results/smoke, the
+#: fixture of tests/test_reproducibility.py) get their own report, results/smoke/REPORT.md
+REPORT_PRESETS = ("quick", "paper")
+
+
+def build_report(results_dir="results", presets=REPORT_PRESETS, out=None) -> Path:
+    """``out`` (default ``<results_dir>/REPORT.md``): every notebook's ``report.md`` fragment of ``presets``,
+    preset by preset, with their links made relative to ``out``'s folder."""
     results_dir = Path(results_dir)
+    out = Path(out) if out is not None else results_dir / "REPORT.md"
     parts = ["# Reproduction report\n",
              "Our numbers beside the published ones, written by `smoe reproduce`; each section comes from one "
              "notebook run (its executed notebook, CSV tables and figures are in the same folder).\n"]
@@ -372,10 +379,10 @@ def build_report(results_dir="results", presets=("smoke", "quick", "paper")) -> 
             continue
         parts.append(f"\n## Preset `{preset}`\n")
         for frag in frags:
-            rel = frag.parent.relative_to(results_dir)
+            rel = Path(os.path.relpath(frag.parent, out.parent))
             text = frag.read_text()
             parts.append(text.replace("](./", f"]({rel.as_posix()}/"))
-    return atomic_write_text(results_dir / "REPORT.md", "\n".join(parts))
+    return atomic_write_text(out, "\n".join(parts))
 
 
 def build_environment_variables(build: str | None) -> dict:
@@ -431,8 +438,9 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
         for n in names:
             foreign = [i for i in images if i in known and i not in NOTEBOOK_IMAGES.get(n, ()) and i not in TEST_IMAGES]
             if foreign:
+                owners = ", ".join(m for m in names if set(foreign) & set(NOTEBOOK_IMAGES.get(m, ())))
                 raise FileNotFoundError(f"notebook {n} does not know the image(s) {foreign} (they belong to "
-                                        f"{', '.join(m for m in names if set(foreign) & set(NOTEBOOK_IMAGES.get(m, ())))}"
+                                        f"{owners}"
                                         "; run them with --only)")
 
     def waiting(holder):
@@ -448,6 +456,8 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
             _report_repairs(Path(results_dir) / preset / name, before)
             if progress:
                 print(f"{name} ({preset}): {time.perf_counter() - t0:.0f} s")
+        if preset == "smoke":
+            return build_report(results_dir, ("smoke",), out=Path(results_dir) / "smoke" / "REPORT.md")
         return build_report(results_dir)
 
 
