@@ -109,3 +109,51 @@ def test_fresh_smoke_run_reproduces_committed_results(tmp_path):
     diff = rp.compare_folders(tmp_path / "smoke", COMMITTED_SMOKE, rtol=rtol, atol=atol)
     assert diff.empty, "\n" + diff.to_string()
     shutil.rmtree(tmp_path / "smoke", ignore_errors=True)
+
+
+def write_run(root, margins, verdicts, psnr):
+    (root / "nb").mkdir(parents=True)
+    table(image=["a", "b"], margin_db=margins, holds=verdicts).to_csv(root / "nb" / "claims.csv", index=False)
+    table(image=["a", "b"], psnr=psnr, seconds=[1.0, 2.0]).to_csv(root / "nb" / "quality.csv", index=False)
+    return root
+
+
+def test_claim_spread_marks_claims_whose_verdict_flips_as_undecided(tmp_path):
+    claims = {"nb/claims": (("image",), "margin_db", "holds")}
+    runs = {"one": write_run(tmp_path / "1", [0.5, 2.0], [True, True], [30.0, 31.0]),
+            "two": write_run(tmp_path / "2", [-0.1, 1.5], [False, True], [30.2, 31.0]),
+            "three": write_run(tmp_path / "3", [0.2, 1.0], [True, True], [29.9, 31.0])}
+    d = rp.claim_spread(runs, claims=claims).set_index("item")
+    assert d.loc["a", "status"] == "undecided" and d.loc["b", "status"] == "holds"
+    assert d.loc["a", "margin"] == 0.5 and d.loc["a", "margin_min"] == -0.1 and d.loc["a", "margin_max"] == 0.5
+    assert math.isclose(d.loc["b", "margin_spread"], 1.0)
+    assert d.loc["a", "verdicts"] == "one=True; two=False; three=True"
+    assert rp.claim_spread(runs, reference="two", claims=claims).set_index("item").loc["a", "margin"] == -0.1
+    with pytest.raises(ValueError, match="reference must be one of"):
+        rp.claim_spread(runs, reference="four", claims=claims)
+    with pytest.raises(ValueError, match="at least two"):
+        rp.claim_spread({"one": runs["one"]}, claims=claims)
+
+
+def test_value_spread_ranges_per_column_without_measurements(tmp_path):
+    runs = {"one": write_run(tmp_path / "1", [0.5, 2.0], [True, True], [30.0, 31.0]),
+            "two": write_run(tmp_path / "2", [-0.1, 1.5], [False, True], [30.2, 31.0])}
+    v = rp.value_spread(runs).set_index(["table", "column"])
+    assert ("nb/quality", "seconds") not in v.index
+    assert math.isclose(v.loc[("nb/quality", "psnr"), "max_range"], 0.2, rel_tol=1e-9)
+    assert math.isclose(v.loc[("nb/quality", "psnr"), "median_range"], 0.1, rel_tol=1e-9)
+    assert math.isclose(v.loc[("nb/claims", "margin_db"), "max_range"], 0.6, rel_tol=1e-9)
+    with pytest.raises(ValueError, match="is not a folder"):
+        rp.value_spread({"one": runs["one"], "x": tmp_path / "missing"})
+
+
+def test_command_line(tmp_path, capsys):
+    runs = [write_run(tmp_path / str(i), [0.5, 2.0], [True, i == 1], [30.0, 31.0 + i]) for i in (1, 2)]
+    assert rp.main(["compare", str(runs[0]), str(runs[0])]) == 0
+    assert rp.main(["compare", str(runs[0]), str(runs[1])]) == 1
+    assert "nb/quality" in capsys.readouterr().out
+    assert rp.main(["spread", f"x={runs[0]}", f"y={runs[1]}", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "claim_spread.csv").is_file() and (tmp_path / "out" / "value_spread.csv").is_file()
+    assert rp.main(["spread", "x", f"y={runs[1]}", "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["smoe: error: runs: expected NAME=FOLDER, got 'x'"] and not (tmp_path / "o2").exists()

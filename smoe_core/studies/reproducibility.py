@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,160 @@ def software_mismatches(folder, current: dict | None = None) -> list[str]:
             if current.get(name) != version:
                 out.append(f"{notebook}: {name} recorded {version}, here {current.get(name)}")
     return out
+
+
+# ---------------------------------------------------------------------- the spread of repeated runs
+#: the claims tables and how to read them: table key -> (key columns, margin column, verdict column)
+CLAIM_TABLES = {
+    "compare_initializers/table3_claim": (("image", "variant", "protocol"), "margin_db", "claim_holds"),
+    "compare_initializers/table3_row2_claim": (("image", "variant", "protocol"), "margin_db", "claim_holds"),
+    "compare_initializers/table5_ranking": (("image", "protocol"), "margin_db", "beats_all"),
+    "edge_aligned/paper_claims_side_by_side": (("image", "figure", "claim"), "difference", "holds"),
+    "coding/claims": (("claim", "image"), "value", "holds"),
+    "n_smoe/targets": (("criterion",), "measured", "holds"),
+}
+
+
+def _verdict(v) -> float:
+    """True / False / NaN from a verdict cell (bool, "True" / "False" text, or missing)."""
+    if isinstance(v, (bool, np.bool_)):
+        return float(v)
+    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return float(v.strip().lower() == "true")
+    return np.nan
+
+
+def value_spread(runs: dict, *, keys: dict | None = None) -> pd.DataFrame:
+    """How far each number of a preset's tables moves over repeated runs under perturbations (``runs``: name ->
+    preset folder, e.g. {"fast, 2 threads": "x/quick", "reproducible": "y/quick"}; every folder ran the same
+    notebooks from one commit). One row per (table, numeric column) with machine measurements set apart
+    (:func:`measured_columns`): rows compared (rows are matched by position; tables whose row counts differ
+    between runs are reported with ``rows`` NaN), and the largest and median per-row range (max - min over the
+    runs)."""
+    if len(runs) < 2:
+        raise ValueError(f"runs must name at least two results folders, got {len(runs)}")
+    folders = {name: Path(f) for name, f in runs.items()}
+    for name, f in folders.items():
+        if not f.is_dir():
+            raise ValueError(f"runs[{name!r}] is not a folder: {f}")
+    common = sorted(set.intersection(*(set(table_keys(f)) for f in folders.values())))
+    out = []
+    for key in common:
+        frames = [comparable_rows(pd.read_csv(f / f"{key}.csv"), key) for f in folders.values()]
+        skip = set(measured_columns(frames[0].columns)) | set(MEASURED_TABLE_COLUMNS.get(key, ()))
+        cols = [c for c in frames[0].columns if c not in skip and all(c in fr.columns for fr in frames)
+                and all(pd.api.types.is_numeric_dtype(fr[c]) for fr in frames)]
+        same_rows = len({len(fr) for fr in frames}) == 1
+        for c in cols:
+            if not same_rows:
+                out.append(dict(table=key, column=c, rows=np.nan, max_range=np.nan, median_range=np.nan))
+                continue
+            m = np.stack([fr[c].to_numpy(np.float64) for fr in frames])
+            ok = ~np.isnan(m).any(0)
+            rng = (m.max(0) - m.min(0))[ok] if ok.any() else np.array([])
+            out.append(dict(table=key, column=c, rows=int(ok.sum()),
+                            max_range=float(rng.max()) if rng.size else np.nan,
+                            median_range=float(np.median(rng)) if rng.size else np.nan))
+    return pd.DataFrame(out, columns=["table", "column", "rows", "max_range", "median_range"])
+
+
+def claim_spread(runs: dict, reference: str | None = None, claims: dict | None = None) -> pd.DataFrame:
+    """Every paper claim of the preset folders ``runs`` (name -> folder; see :func:`value_spread`) under the
+    perturbations they stand for: one row per claim (table and its key columns, joined as ``item``), the margin of
+    the ``reference`` run (default: the first), the lowest and highest margin over the runs, their range
+    (``margin_spread``), the verdict of every run (``verdicts``: "name=True; ..."), and ``status``:
+
+    - "holds" / "fails": the same verdict in every run where it was decided;
+    - "undecided": the runs disagree (the claim's margin lies inside the spread the perturbations cause);
+    - "not decided": no run gives a verdict (a claim without a verdict, e.g. one the paper gives no number for).
+
+    Claims present in only some runs are compared over those. ``claims``: the claims tables (default
+    :data:`CLAIM_TABLES`)."""
+    if len(runs) < 2:
+        raise ValueError(f"runs must name at least two results folders, got {len(runs)}")
+    claims = CLAIM_TABLES if claims is None else claims
+    reference = reference or next(iter(runs))
+    if reference not in runs:
+        raise ValueError(f"reference must be one of the runs {list(runs)}, got {reference!r}")
+    out = []
+    for key, (key_cols, margin, verdict) in claims.items():
+        per_run = {}
+        for name, folder in runs.items():
+            path = Path(folder) / f"{key}.csv"
+            if path.is_file():
+                df = pd.read_csv(path)
+                if all(c in df.columns for c in (*key_cols, margin, verdict)):
+                    per_run[name] = df
+        if not per_run:
+            continue
+        items = []
+        for df in per_run.values():
+            for k in df[list(key_cols)].astype(str).itertuples(index=False):
+                if tuple(k) not in items:
+                    items.append(tuple(k))
+        for item in items:
+            margins, verdicts = {}, {}
+            for name, df in per_run.items():
+                sel = (df[list(key_cols)].astype(str) == pd.Series(item, index=list(key_cols))).all(axis=1)
+                if sel.any():
+                    row = df.loc[sel].iloc[-1]
+                    margins[name] = pd.to_numeric(pd.Series([row[margin]]), errors="coerce").iloc[0]
+                    verdicts[name] = _verdict(row[verdict])
+            decided = [v for v in verdicts.values() if not np.isnan(v)]
+            status = ("not decided" if not decided else "holds" if all(decided) else
+                      "fails" if not any(decided) else "undecided")
+            vals = np.array([m for m in margins.values() if not pd.isna(m)], dtype=np.float64)
+            out.append(dict(table=key, item=" | ".join(item), margin=margins.get(reference, np.nan),
+                            margin_min=float(vals.min()) if vals.size else np.nan,
+                            margin_max=float(vals.max()) if vals.size else np.nan,
+                            margin_spread=float(vals.max() - vals.min()) if vals.size else np.nan,
+                            runs=len(verdicts),
+                            verdicts="; ".join(f"{n}={'-' if np.isnan(v) else bool(v)}" for n, v in verdicts.items()),
+                            status=status))
+    return pd.DataFrame(out, columns=["table", "item", "margin", "margin_min", "margin_max", "margin_spread", "runs",
+                                      "verdicts", "status"])
+
+
+# ---------------------------------------------------------------------- command line
+def main(argv=None) -> int:
+    """``python -m smoe_core.studies.reproducibility compare FRESH COMMITTED`` (exit 1 when they differ) or
+    ``... spread NAME=FOLDER NAME=FOLDER ... --out DIR`` (writes claim_spread.csv and value_spread.csv)."""
+    import argparse
+
+    from .results import atomic_write_csv
+
+    ap = argparse.ArgumentParser(prog="python -m smoe_core.studies.reproducibility", description=main.__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="a fresh preset folder against a committed one")
+    c.add_argument("fresh")
+    c.add_argument("committed")
+    c.add_argument("--rtol", type=float, default=0.0)
+    c.add_argument("--atol", type=float, default=0.0)
+    s = sub.add_parser("spread", help="claims and values over runs under perturbations")
+    s.add_argument("runs", nargs="+", metavar="NAME=FOLDER", help="preset folders of one commit's runs")
+    s.add_argument("--out", required=True, help="folder for claim_spread.csv and value_spread.csv")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "compare":
+            diff = compare_folders(args.fresh, args.committed, rtol=args.rtol, atol=args.atol)
+            print("the folders agree" if diff.empty else diff.to_string(index=False))
+            return 0 if diff.empty else 1
+        runs = {}
+        for spec in args.runs:
+            name, sep, folder = spec.partition("=")
+            if not sep or not name or not folder:
+                raise ValueError(f"runs: expected NAME=FOLDER, got {spec!r}")
+            runs[name] = folder
+        claims, values = claim_spread(runs), value_spread(runs)
+        out = Path(args.out)
+        atomic_write_csv(claims, out / "claim_spread.csv")
+        atomic_write_csv(values, out / "value_spread.csv")
+        print(claims["status"].value_counts().to_string())
+        return 0
+    except ValueError as e:
+        print(f"smoe: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
