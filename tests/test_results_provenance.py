@@ -1,7 +1,9 @@
 """Committed results name the commit that made them (issue 12, item 1): no row of a table in results/ may come
 from an uncommitted tree (``+dirty``), and every commit a row names must be in the repository's history, so that
-checking it out reproduces the row. Tables whose rerun from a clean commit is still pending are listed in
-:data:`PENDING_RERUN` as strict expected failures: the day they are regenerated the test fails until they are
+checking it out reproduces the row; and no committed quick or paper table may be one the current code no longer
+writes, or hold rows of a configuration it no longer runs (checked against results/smoke, which the current code
+reproduces exactly: tests/test_reproducibility.py). Tables whose rerun from a clean commit is still pending are
+listed in :data:`PENDING_RERUN` as strict expected failures: the day they are regenerated the test fails until they are
 taken off the list."""
 from __future__ import annotations
 
@@ -17,8 +19,7 @@ RESULTS = ROOT / "results"
 #: tables with +dirty rows whose clean-commit rerun (``smoe reproduce --preset paper --only compare_initializers``,
 #: image by image) has not been done yet
 PENDING_RERUN = {f"paper/compare_initializers/{name}.csv" for name in
-                 ("table3_paper_protocol", "table3_final_quality", "table3_rbf", "table5_init_quality",
-                  "table5_paper_protocol")}
+                 ("table3_paper_protocol", "table3_final_quality", "table5_init_quality", "table5_paper_protocol")}
 
 
 def result_tables() -> list[Path]:
@@ -64,3 +65,46 @@ def test_every_named_commit_is_in_the_history():
         if _git("cat-file", "-t", sha) != "commit":
             missing.append(c)
     assert not missing, f"commits named in results/ but not in the history: {missing}"
+
+
+#: quick / paper tables the smoke preset does not write, and why (a switch the smoke preset leaves off)
+PRESET_ONLY_TABLES = {
+    "compare_initializers/table3_paper_protocol": "paper_protocol_final: Table III from the paper's random experts",
+    "compare_initializers/table3_paper_protocol_side_by_side": "paper_protocol_final, as above",
+}
+#: configuration columns: their values in a quick / paper table must be values the current code writes
+CONFIG_COLUMNS = ("method", "variant", "protocol", "training", "gating", "init", "task")
+#: values the smoke preset does not write, and why: (table, column) -> {value: reason}
+PRESET_ONLY_VALUES = {
+    ("compare_initializers/table3_claim", "protocol"): {"paper (random experts)": "paper_protocol_final"},
+    ("compare_initializers/table3_claim_summary", "protocol"): {"paper (random experts)": "paper_protocol_final"},
+    ("r_smoe/denoise_runs", "method"): {"smoe S=8": "the notebook's default fusion_models = 8 (smoke: 2)"},
+}
+
+
+def preset_tables() -> list[Path]:
+    return [p for preset in ("quick", "paper") for p in sorted((RESULTS / preset).glob("*/*.csv"))
+            if not p.name.endswith(".duplicates.csv")]
+
+
+@pytest.mark.parametrize("path", preset_tables(), ids=lambda p: str(p.relative_to(RESULTS)))
+def test_committed_tables_are_tables_the_code_writes(path):
+    """Every quick / paper table is one the smoke preset writes too (or is listed in PRESET_ONLY_TABLES), and its
+    configuration columns hold only values the smoke preset writes or the preset's own parameters name."""
+    import json
+
+    from smoe_core.studies import reproduce
+
+    key = f"{path.parent.name}/{path.stem}"
+    smoke = RESULTS / "smoke" / path.parent.name / path.name
+    if not smoke.is_file():
+        assert key in PRESET_ONLY_TABLES, f"{path.relative_to(RESULTS)}: no current notebook writes this table"
+        return
+    preset = path.parent.parent.name
+    params = json.dumps(reproduce.notebook_parameters(path.parent.name, preset, results_dir=RESULTS))
+    ours, current = pd.read_csv(path), pd.read_csv(smoke)
+    for c in CONFIG_COLUMNS:
+        if c in ours.columns and c in current.columns:
+            allowed = set(current[c].dropna().astype(str)) | set(PRESET_ONLY_VALUES.get((key, c), {}))
+            stale = {v for v in set(ours[c].dropna().astype(str)) - allowed if json.dumps(v) not in params}
+            assert not stale, f"{path.relative_to(RESULTS)}: {c} values no current configuration runs: {sorted(stale)}"
