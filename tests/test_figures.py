@@ -341,6 +341,37 @@ def test_fig10_integer_workers_one_point_each():
         as_smoe_segments.fig10_figure(old)
 
 
+@covers("as_smoe_segments.fig10_breakdown_figure")
+def test_fig10_breakdown_bars_stack_to_the_wall_time():
+    rows = [dict(dask_workers=0, phase="serial, 1 thread", wall_seconds=10.0, max_worker_seconds=10.0,
+                 overhead_seconds=0.0, cluster_start_seconds=float("nan"), ideal_seconds=10.0),
+            dict(dask_workers=2, phase="cold", wall_seconds=14.0, max_worker_seconds=6.0, overhead_seconds=8.0,
+                 cluster_start_seconds=2.0, ideal_seconds=5.5),
+            dict(dask_workers=2, phase="warm", wall_seconds=6.2, max_worker_seconds=6.0, overhead_seconds=0.2,
+                 cluster_start_seconds=float("nan"), ideal_seconds=5.5)]
+    fig = as_smoe_segments.fig10_breakdown_figure(pd.DataFrame(rows))
+    (ax,) = fig.axes
+    labels = {round(v): t.get_text() for v, t in zip(ax.get_yticks(), ax.get_yticklabels())}
+    assert labels == {2: "serial, 1 thread", 1: "2 workers, cold", 0: "2 workers, warm"}  # top to bottom
+    ends = {}
+    for patch in ax.patches:  # the three stacked bar series: tasks, overhead, cluster start
+        y = round(patch.get_y() + patch.get_height() / 2)
+        ends[y] = max(ends.get(y, 0.0), patch.get_x() + patch.get_width())
+    assert ends == {2: 10.0, 1: 16.0, 0: 6.2}  # the cold run's bar includes the cluster's start
+    (ideal,) = lines(ax)
+    assert list(ideal.get_xdata()) == [10.0, 5.5, 5.5] and list(ideal.get_ydata()) == [2, 1, 0]
+    check_readable(fig)
+
+
+def test_lpt_makespan_known_answers():
+    assert as_smoe_segments.lpt_makespan([4, 3, 2, 2], 1) == 11
+    assert as_smoe_segments.lpt_makespan([4, 3, 2, 2], 2) == 6  # {4, 2} and {3, 2}
+    assert as_smoe_segments.lpt_makespan([4.0, 2.3, 2.2, 3.7], 4) == 4.0
+    assert as_smoe_segments.lpt_makespan([], 3) == 0
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        as_smoe_segments.lpt_makespan([1.0], 0)
+
+
 @covers("as_smoe_segments.table1_explanation_figure")
 def test_table1_explanation_figure():
     runs = pd.DataFrame([dict(setting=s, seed=sd, epochs=e, mean_psnr=10 + k + math.log(e) + sd)

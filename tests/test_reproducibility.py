@@ -24,8 +24,8 @@ def table(**cols):
 def test_measured_columns_are_set_apart():
     cols = ["psnr_db", "seconds", "init_seconds", "cpu_seconds", "tiled_ms", "ms_per_iteration", "time_s_ours",
             "peak_mb", "speedup", "memory_ratio", "load_avg_1min", "sha256", "git_commit", "date",
-            "package_version", "L_init", "mse", "items", "build"]
-    assert rp.measured_columns(cols) == cols[1:15]
+            "package_version", "wall_vs_serial", "processes_used", "L_init", "mse", "items", "build"]
+    assert rp.measured_columns(cols) == cols[1:17]
 
 
 def test_identical_tables_agree_and_measurements_may_differ():

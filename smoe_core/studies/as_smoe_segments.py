@@ -429,3 +429,131 @@ def fig10_figure(totals: pd.DataFrame):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return finish(fig)
+
+
+# ---------------------------------------------------------------------- where Fig. 10's time goes
+def timed_task(item: dict) -> dict:
+    """:func:`timed_init` with the whole task timed in the process that runs it (loading the image included),
+    and that process's id (module-level so Dask can pickle it)."""
+    import os
+
+    t0 = time.perf_counter()
+    row = timed_init(item)
+    return dict(row, task_seconds=time.perf_counter() - t0, pid=os.getpid())
+
+
+def timed_batch(items: list) -> list:
+    """:func:`timed_task` of every item, in one task (task batching: one round trip per worker)."""
+    return [timed_task(it) for it in items]
+
+
+def lpt_makespan(seconds, workers: int) -> float:
+    """The wall time of tasks of the given durations on ``workers`` identical workers, each task given to the
+    least-loaded worker, longest first (the LPT rule; within 4/3 of the optimum): what a parallel run costs with no
+    overhead at all."""
+    if int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    loads = [0.0] * int(workers)
+    for s in sorted((float(x) for x in seconds), reverse=True):
+        i = loads.index(min(loads))
+        loads[i] += s
+    return max(loads)
+
+
+def fig10_breakdown(images, method: str = "as_smoe", *, workers_list=(1, 2), d_th=40, budgets=None, crop=None,
+                    seed=0) -> pd.DataFrame:
+    """Where the time of Fig. 10's Dask runs goes (issue 12's contradiction: 2 Dask workers slower than 1).
+
+    For each worker count w: a ``dask.distributed.LocalCluster`` of w one-thread processes is started
+    (``cluster_start``: its wall time), then the same initializations run three times on it: ``cold`` (the
+    workers' first tasks: they import smoe_core and torch, load the compiled kernels and the image), ``warm``
+    (the same tasks again on the same workers) and ``batched`` (warm, the items split into w lists, one task per
+    worker). Two ``serial`` rows (w = 0) run them in this process after one untimed warm-up run: ``serial, 1
+    thread`` (as every Dask task runs: :func:`smoe_core.parallel.run_tasks` gives each task one torch thread) and
+    ``serial, N threads`` (torch's own thread count, as Fig. 10's serial run; on a loaded machine torch's threads
+    wait for each other and this run can be many times slower than one thread). Each row: wall
+    time, the tasks' own times summed (``sum_task_seconds``, measured inside the task), the slowest worker's
+    total (``max_worker_seconds``), the overhead outside the tasks (wall - slowest worker), the ideal wall time
+    of the one-thread serial per-task times on w workers (:func:`lpt_makespan`, no overhead at all) and the wall
+    time against the one-thread serial run's (``wall_vs_serial``). Run it on an idle machine: it measures time."""
+    import torch
+    from dask.distributed import Client, LocalCluster
+
+    from ..parallel import torch_threads
+
+    items = grid_items(images, [method], d_th=d_th, budgets=budgets, crop=crop, seed=seed, model_dir=".")
+    if not items:
+        raise ValueError("images: no image to initialize")
+    rows = []
+
+    def summarize(phase, w, wall, results, start=np.nan):
+        per_worker: dict = {}
+        for r in results:
+            per_worker[r["pid"]] = per_worker.get(r["pid"], 0.0) + r["task_seconds"]
+        slowest = max(per_worker.values())
+        rows.append(dict(method=method, dask_workers=int(w), phase=phase, wall_seconds=wall,
+                         cluster_start_seconds=start, sum_task_seconds=sum(r["task_seconds"] for r in results),
+                         max_worker_seconds=slowest, overhead_seconds=wall - slowest,
+                         processes_used=len(per_worker)))
+
+    timed_batch(items)  # warm-up of this process
+    with torch_threads(1):
+        t0 = time.perf_counter()
+        serial = timed_batch(items)
+        summarize("serial, 1 thread", 0, time.perf_counter() - t0, serial)
+    t0 = time.perf_counter()
+    res = timed_batch(items)
+    summarize(f"serial, {torch.get_num_threads()} threads", 0, time.perf_counter() - t0, res)
+    for w in workers_list:
+        w = int(w)
+        if w < 1:
+            raise ValueError(f"workers_list: worker counts must be >= 1, got {w}")
+        t0 = time.perf_counter()
+        cluster = LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=40)
+        client = Client(cluster)
+        start = time.perf_counter() - t0
+        try:
+            for phase in ("cold", "warm"):
+                t0 = time.perf_counter()
+                res = client.gather(client.map(timed_task, items, pure=False))
+                summarize(phase, w, time.perf_counter() - t0, res, start if phase == "cold" else np.nan)
+            chunks = [items[i::w] for i in range(w) if items[i::w]]
+            t0 = time.perf_counter()
+            res = [r for part in client.gather([client.submit(timed_batch, c, pure=False) for c in chunks])
+                   for r in part]
+            summarize("batched", w, time.perf_counter() - t0, res)
+        finally:
+            client.close()
+            cluster.close()
+    df = pd.DataFrame(rows)
+    serial_times = [r["task_seconds"] for r in serial]
+    df["ideal_seconds"] = [lpt_makespan(serial_times, max(int(w), 1)) for w in df["dask_workers"]]
+    df["wall_vs_serial"] = df["wall_seconds"] / float(df["wall_seconds"].iloc[0])
+    return df
+
+
+def fig10_breakdown_figure(df: pd.DataFrame):
+    """Stacked horizontal bars per (workers, phase), top to bottom in the table's order: the slowest worker's task
+    time, the overhead outside the tasks and, for the cold run, the cluster's start; the ideal wall time (serial
+    task times on w workers, no overhead) as a marker."""
+    plt = pyplot()
+    n = len(df)
+    fig, ax = plt.subplots(figsize=(5.6, 0.45 * n + 1.2))
+    labels = [(p if int(w) == 0 else f"{int(w)} worker{'s' if int(w) > 1 else ''}, {p}")
+              for w, p in zip(df["dask_workers"], df["phase"])]
+    y = np.arange(n)[::-1]
+    work = df["max_worker_seconds"].to_numpy(float)
+    over = np.clip(df["overhead_seconds"].to_numpy(float), 0, None)
+    start = np.nan_to_num(df["cluster_start_seconds"].to_numpy(float))
+    ax.barh(y, work, color="#4c72b0", label="slowest worker's tasks")
+    ax.barh(y, over, left=work, color="#dd8452", label="outside the tasks (imports, scheduling, transfer)")
+    ax.barh(y, start, left=work + over, color="#c44e52", hatch="//", label="cluster start")
+    ax.plot(df["ideal_seconds"], y, linestyle="none", marker="|", markersize=16, markeredgewidth=2, color="k",
+            label="ideal: serial task times on w workers")
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_xlabel("wall time, all images (s)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False, ncol=2)
+    return finish(fig)

@@ -88,7 +88,7 @@ register_notebook("compare_initializers", {
 register_notebook("as_smoe_segments", {
     # Table I's rise: all nine settings (segments.table1_settings) on the tiny crop: seconds
     "smoke": dict(images=["peppers"], crop=96, thresholds=[40, 50], epochs=[20, 40], workers_list=[0],
-                  explain_seeds=[0]),
+                  explain_seeds=[0], breakdown_workers=[1]),
     # Table I's rise: nine settings x 400 epochs on the four images' 1067 CBBs, one seed (5 minutes under load 8)
     "quick": dict(images=TEST_IMAGES, workers_list=[0, 2], explain_seeds=[0]),
     # three seeds per setting

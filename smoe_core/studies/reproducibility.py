@@ -36,7 +36,7 @@ from .results import software_versions
 
 #: regular expressions (searched in a column name) of columns that measure the machine
 MEASURED_COLUMN_PATTERNS = (r"seconds", r"(^|_)ms($|_)", r"(^|_)time_s($|_)", r"peak_mb", r"memory_ratio",
-                            r"speedup", r"load_avg", r"sha256")
+                            r"speedup", r"load_avg", r"sha256", r"_vs_serial", r"processes_used")
 #: provenance columns that name the run, not its numbers
 RUN_COLUMNS = ("git_commit", "date", "package_version")
 #: rows built on a timing: table key ("notebook/table") -> {column: value}
