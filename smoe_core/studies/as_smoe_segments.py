@@ -470,8 +470,8 @@ def fig10_breakdown(images, method: str = "as_smoe", *, workers_list=(1, 2), d_t
     (the same tasks again on the same workers) and ``batched`` (warm, the items split into w lists, one task per
     worker). Two ``serial`` rows (w = 0) run them in this process after one untimed warm-up run: ``serial, 1
     thread`` (as every Dask task runs: :func:`smoe_core.parallel.run_tasks` gives each task one torch thread) and
-    ``serial, N threads`` (torch's own thread count, as Fig. 10's serial run; on a loaded machine torch's threads
-    wait for each other and this run can be many times slower than one thread). Each row: wall
+    ``serial, torch's threads`` (torch's own thread count, ``threads``, as Fig. 10's serial run; on a loaded machine
+    torch's threads wait for each other and this run can be many times slower than one thread). Each row: wall
     time, the tasks' own times summed (``sum_task_seconds``, measured inside the task), the slowest worker's
     total (``max_worker_seconds``), the overhead outside the tasks (wall - slowest worker), the ideal wall time
     of the one-thread serial per-task times on w workers (:func:`lpt_makespan`, no overhead at all) and the wall
@@ -491,7 +491,7 @@ def fig10_breakdown(images, method: str = "as_smoe", *, workers_list=(1, 2), d_t
         for r in results:
             per_worker[r["pid"]] = per_worker.get(r["pid"], 0.0) + r["task_seconds"]
         slowest = max(per_worker.values())
-        rows.append(dict(method=method, dask_workers=int(w), phase=phase, wall_seconds=wall,
+        rows.append(dict(method=method, dask_workers=int(w), phase=phase, threads=1, wall_seconds=wall,
                          cluster_start_seconds=start, sum_task_seconds=sum(r["task_seconds"] for r in results),
                          max_worker_seconds=slowest, overhead_seconds=wall - slowest,
                          processes_used=len(per_worker)))
@@ -503,7 +503,8 @@ def fig10_breakdown(images, method: str = "as_smoe", *, workers_list=(1, 2), d_t
         summarize("serial, 1 thread", 0, time.perf_counter() - t0, serial)
     t0 = time.perf_counter()
     res = timed_batch(items)
-    summarize(f"serial, {torch.get_num_threads()} threads", 0, time.perf_counter() - t0, res)
+    summarize("serial, torch's threads", 0, time.perf_counter() - t0, res)
+    rows[-1]["threads"] = torch.get_num_threads()
     for w in workers_list:
         w = int(w)
         if w < 1:
