@@ -11,6 +11,13 @@ Dask starts its worker processes with "spawn", which imports the calling script 
 this with workers must keep its work under ``if __name__ == "__main__":`` (the ``smoe`` command and notebooks
 need nothing).
 
+Our clusters keep glibc's own malloc trim threshold in the workers (:func:`local_cluster`). Dask sets
+``MALLOC_TRIM_THRESHOLD_=65536`` in every worker it spawns, so that freed memory goes back to the OS at once; our
+tasks allocate and free arrays of megabytes all the time, and with that setting each one is unmapped and faulted in
+again: the AS-SMoE initializations of the four test images took 1.6-1.8x as long in one process with Dask's value as
+with glibc's default (9.6-10.9 s against 5.9-7.4 s, one thread, this machine), which made Fig. 10's Dask runs slower
+than the serial one (:func:`smoe_core.studies.as_smoe_segments.fig10_breakdown` measures both).
+
 Identical results: every task runs with ``torch.set_num_threads(threads_per_task)`` (default 1) whether it
 runs here or on a worker, so reductions inside torch happen in the same order; the tiled renderer's
 gradients do not depend on the thread count at all (one gradient row per tile entry, summed in a fixed
@@ -44,6 +51,20 @@ def _call(item, fn, threads):
         return fn(item)
 
 
+def local_cluster(workers: int, *, dask_malloc_trim: bool = False):
+    """A ``dask.distributed.LocalCluster`` of ``workers`` one-thread processes, no dashboard. The workers keep
+    glibc's malloc trim threshold unless ``dask_malloc_trim`` (Dask's default, 64 KiB: module docstring)."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    if int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    settings = {} if dask_malloc_trim else {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    with dask.config.set(settings):
+        return LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=40)
+
+
 def uses_dask(workers: int | None, scheduler) -> bool:
     return scheduler is not None or (workers is not None and int(workers) > 1)
 
@@ -64,12 +85,11 @@ def run_tasks(fn: Callable[[Any], Any], items: Iterable, *, workers: int | None 
             if on_result is not None:
                 on_result(i, out[-1])
         return out
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, as_completed
 
     own_cluster = None
     if scheduler is None:
-        own_cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
+        own_cluster = local_cluster(int(workers))
         client = Client(own_cluster)
     elif isinstance(scheduler, Client):
         client = scheduler

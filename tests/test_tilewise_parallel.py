@@ -47,6 +47,32 @@ def test_run_tasks_serial_and_dask_agree():
     assert run_tasks(_square, range(6), workers=2, progress=False) == [0, 1, 4, 9, 16, 25]
 
 
+def _malloc_trim_threshold(_):
+    import os
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_our_clusters_keep_glibcs_malloc_trim_threshold(monkeypatch):
+    """Dask's workers get MALLOC_TRIM_THRESHOLD_=65536 unless told otherwise (1.6-1.8x slower tasks here:
+    smoe_core.parallel's docstring); run_tasks' and local_cluster's workers do not, unless asked."""
+    from dask.distributed import Client
+
+    from smoe_core.parallel import local_cluster
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert run_tasks(_malloc_trim_threshold, range(2), workers=2, progress=False) == [None, None]
+    for trim, expected in ((False, None), (True, "65536")):
+        cluster = local_cluster(1, dask_malloc_trim=trim)
+        try:
+            with Client(cluster) as client:
+                assert client.submit(_malloc_trim_threshold, 0).result() == expected
+        finally:
+            cluster.close()
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        local_cluster(0)
+
+
 def smooth_image(H=48, W=64):
     yy, xx = np.mgrid[0:H, 0:W]
     return np.clip(0.5 + 0.3 * np.sin(xx / 6.0 + yy / 9.0) + 0.15 * (xx > W / 2), 0, 1).astype(np.float32)

@@ -468,7 +468,8 @@ def fig10_breakdown(images, method: str = "as_smoe", *, workers_list=(1, 2), d_t
     (``cluster_start``: its wall time), then the same initializations run three times on it: ``cold`` (the
     workers' first tasks: they import smoe_core and torch, load the compiled kernels and the image), ``warm``
     (the same tasks again on the same workers) and ``batched`` (warm, the items split into w lists, one task per
-    worker). Two ``serial`` rows (w = 0) run them in this process after one untimed warm-up run: ``serial, 1
+    worker), on a cluster of :func:`smoe_core.parallel.local_cluster` (glibc's malloc trim threshold); and ``warm,
+    Dask's malloc trim`` on a cluster with Dask's own ``MALLOC_TRIM_THRESHOLD_`` (64 KiB), after an untimed run. Two ``serial`` rows (w = 0) run them in this process after one untimed warm-up run: ``serial, 1
     thread`` (as every Dask task runs: :func:`smoe_core.parallel.run_tasks` gives each task one torch thread) and
     ``serial, torch's threads`` (torch's own thread count, ``threads``, as Fig. 10's serial run; on a loaded machine
     torch's threads wait for each other and this run can be many times slower than one thread). Each row: wall
@@ -477,9 +478,9 @@ def fig10_breakdown(images, method: str = "as_smoe", *, workers_list=(1, 2), d_t
     of the one-thread serial per-task times on w workers (:func:`lpt_makespan`, no overhead at all) and the wall
     time against the one-thread serial run's (``wall_vs_serial``). Run it on an idle machine: it measures time."""
     import torch
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
-    from ..parallel import torch_threads
+    from ..parallel import local_cluster, torch_threads
 
     items = grid_items(images, [method], d_th=d_th, budgets=budgets, crop=crop, seed=seed, model_dir=".")
     if not items:
@@ -509,24 +510,30 @@ def fig10_breakdown(images, method: str = "as_smoe", *, workers_list=(1, 2), d_t
         w = int(w)
         if w < 1:
             raise ValueError(f"workers_list: worker counts must be >= 1, got {w}")
-        t0 = time.perf_counter()
-        cluster = LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=40)
-        client = Client(cluster)
-        start = time.perf_counter() - t0
-        try:
-            for phase in ("cold", "warm"):
-                t0 = time.perf_counter()
-                res = client.gather(client.map(timed_task, items, pure=False))
-                summarize(phase, w, time.perf_counter() - t0, res, start if phase == "cold" else np.nan)
-            chunks = [items[i::w] for i in range(w) if items[i::w]]
+        for trim in (False, True):
             t0 = time.perf_counter()
-            res = [r for part in client.gather([client.submit(timed_batch, c, pure=False) for c in chunks])
-                   for r in part]
-            summarize("batched", w, time.perf_counter() - t0, res)
-        finally:
-            client.close()
-            cluster.close()
+            cluster = local_cluster(w, dask_malloc_trim=trim)
+            client = Client(cluster)
+            start = time.perf_counter() - t0
+            try:
+                if trim:  # the same warm run with Dask's malloc trim threshold in the workers
+                    client.gather(client.map(timed_task, items, pure=False))
+                    t0 = time.perf_counter()
+                    res = client.gather(client.map(timed_task, items, pure=False))
+                    summarize("warm, Dask's malloc trim", w, time.perf_counter() - t0, res)
+                    continue
+                for phase in ("cold", "warm"):
+                    t0 = time.perf_counter()
+                    res = client.gather(client.map(timed_task, items, pure=False))
+                    summarize(phase, w, time.perf_counter() - t0, res, start if phase == "cold" else np.nan)
+                chunks = [items[i::w] for i in range(w) if items[i::w]]
+                t0 = time.perf_counter()
+                res = [r for part in client.gather([client.submit(timed_batch, c, pure=False) for c in chunks])
+                       for r in part]
+                summarize("batched", w, time.perf_counter() - t0, res)
+            finally:
+                client.close()
+                cluster.close()
     df = pd.DataFrame(rows)
     serial_times = [r["task_seconds"] for r in serial]
     df["ideal_seconds"] = [lpt_makespan(serial_times, max(int(w), 1)) for w in df["dask_workers"]]
