@@ -363,6 +363,25 @@ def test_fig10_breakdown_bars_stack_to_the_wall_time():
     check_readable(fig)
 
 
+def test_fig10_breakdown_summary_reads_the_table():
+    nan = float("nan")
+    rows = [dict(dask_workers=0, phase="serial, 1 thread", threads=1, wall_seconds=7.0, sum_task_seconds=7.0,
+                 cluster_start_seconds=nan, overhead_seconds=0.0, ideal_seconds=7.0),
+            dict(dask_workers=0, phase="serial, torch's threads", threads=2, wall_seconds=4.5, sum_task_seconds=4.5,
+                 cluster_start_seconds=nan, overhead_seconds=0.0, ideal_seconds=7.0),
+            dict(dask_workers=2, phase="cold", threads=1, wall_seconds=7.5, sum_task_seconds=9.9,
+                 cluster_start_seconds=0.7, overhead_seconds=2.3, ideal_seconds=3.5),
+            dict(dask_workers=2, phase="warm", threads=1, wall_seconds=5.25, sum_task_seconds=9.9,
+                 cluster_start_seconds=nan, overhead_seconds=0.0, ideal_seconds=3.5)]
+    text = as_smoe_segments.fig10_breakdown_summary(pd.DataFrame(rows))
+    assert text.startswith("Serial: 7.0 s with one torch thread, 4.5 s with torch's 2 threads.")
+    assert "cold 7.5 s (cluster start 0.7 s not included, 2.3 s outside the tasks" in text
+    assert "warm 5.2 s (-25% against one-thread serial; ideal 3.5 s, -50%)" in text
+    assert "the tasks took 9.9 s in all against 7.0 s serially" in text and "malloc" not in text
+    with pytest.raises(ValueError, match="no serial one-thread row"):
+        as_smoe_segments.fig10_breakdown_summary(pd.DataFrame(rows[2:]))
+
+
 def test_lpt_makespan_known_answers():
     assert as_smoe_segments.lpt_makespan([4, 3, 2, 2], 1) == 11
     assert as_smoe_segments.lpt_makespan([4, 3, 2, 2], 2) == 6  # {4, 2} and {3, 2}

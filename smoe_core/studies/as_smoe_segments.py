@@ -565,3 +565,35 @@ def fig10_breakdown_figure(df: pd.DataFrame):
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False, ncol=2)
     return finish(fig)
+
+
+def fig10_breakdown_summary(df: pd.DataFrame) -> str:
+    """The conclusion read off a :func:`fig10_breakdown` table, in sentences with its numbers (for the report)."""
+    def row(w, phase):
+        sel = df[(df["dask_workers"] == w) & (df["phase"] == phase)]
+        return None if sel.empty else sel.iloc[0]
+
+    s1, sn = row(0, "serial, 1 thread"), row(0, "serial, torch's threads")
+    if s1 is None:
+        raise ValueError("the breakdown has no serial one-thread row")
+    out = [f"Serial: {s1.wall_seconds:.1f} s with one torch thread"
+           + (f", {sn.wall_seconds:.1f} s with torch's {int(sn.threads)} threads" if sn is not None else "") + "."]
+    for w in sorted(int(x) for x in set(df["dask_workers"]) if int(x) > 0):
+        cold, warm, batched, trim = (row(w, p) for p in ("cold", "warm", "batched", "warm, Dask's malloc trim"))
+        parts = [f"{w} worker{'s' if w > 1 else ''}:"]
+        if cold is not None:
+            parts.append(f"cold {cold.wall_seconds:.1f} s (cluster start {cold.cluster_start_seconds:.1f} s not "
+                         f"included, {cold.overhead_seconds:.1f} s outside the tasks: the workers import smoe_core "
+                         "and torch on their first task);")
+        if warm is not None:
+            parts.append(f"warm {warm.wall_seconds:.1f} s ({100 * (warm.wall_seconds / s1.wall_seconds - 1):+.0f}% "
+                         f"against one-thread serial; ideal {warm.ideal_seconds:.1f} s, "
+                         f"{100 * (warm.ideal_seconds / s1.wall_seconds - 1):+.0f}%); the tasks took "
+                         f"{warm.sum_task_seconds:.1f} s in all against {s1.sum_task_seconds:.1f} s serially;")
+        if batched is not None:
+            parts.append(f"batched {batched.wall_seconds:.1f} s;")
+        if trim is not None and warm is not None:
+            parts.append(f"warm with Dask's malloc trim threshold {trim.wall_seconds:.1f} s "
+                         f"({trim.wall_seconds / warm.wall_seconds:.2f}x our warm run).")
+        out.append(" ".join(parts))
+    return " ".join(out)
