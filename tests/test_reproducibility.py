@@ -154,6 +154,22 @@ def test_command_line(tmp_path, capsys):
     assert "nb/quality" in capsys.readouterr().out
     assert rp.main(["spread", f"x={runs[0]}", f"y={runs[1]}", "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "claim_spread.csv").is_file() and (tmp_path / "out" / "value_spread.csv").is_file()
+    assert pd.read_csv(tmp_path / "out" / "runs.csv").empty  # the hand-made runs have no manifests
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.startswith("## How far the numbers move") and "`x`, `y`" in report
+    assert "| nb/quality | psnr | 2 | 1 | 0.5 |" in report  # psnr moved by 1 in both rows
     assert rp.main(["spread", "x", f"y={runs[1]}", "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["smoe: error: runs: expected NAME=FOLDER, got 'x'"] and not (tmp_path / "o2").exists()
+
+
+def test_report_includes_the_spread(tmp_path):
+    (tmp_path / "quick" / "nb").mkdir(parents=True)
+    (tmp_path / "quick" / "nb" / "report.md").write_text("### nb\n![fig](./fig.png)\n")
+    assert "How far" not in reproduce.build_report(tmp_path).read_text()
+    (tmp_path / "reproducibility").mkdir()
+    (tmp_path / "reproducibility" / "report.md").write_text("## How far the numbers move\n")
+    text = reproduce.build_report(tmp_path).read_text()
+    assert "](quick/nb/fig.png)" in text and text.rstrip().endswith("## How far the numbers move")
+    smoke = reproduce.build_report(tmp_path, ("smoke",), out=tmp_path / "smoke" / "REPORT.md").read_text()
+    assert "How far" not in smoke

@@ -382,6 +382,9 @@ def build_report(results_dir="results", presets=REPORT_PRESETS, out=None) -> Pat
             rel = Path(os.path.relpath(frag.parent, out.parent))
             text = frag.read_text()
             parts.append(text.replace("](./", f"]({rel.as_posix()}/"))
+    spread = results_dir / "reproducibility" / "report.md"  # python -m smoe_core.studies.reproducibility spread
+    if presets == REPORT_PRESETS and spread.is_file():
+        parts.append("\n" + spread.read_text())
     return atomic_write_text(out, "\n".join(parts))
 
 

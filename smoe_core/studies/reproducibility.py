@@ -248,7 +248,7 @@ def claim_spread(runs: dict, reference: str | None = None, claims: dict | None =
             status = ("not decided" if not decided else "holds" if all(decided) else
                       "fails" if not any(decided) else "undecided")
             vals = np.array([m for m in margins.values() if not pd.isna(m)], dtype=np.float64)
-            out.append(dict(table=key, item=" | ".join(item), margin=margins.get(reference, np.nan),
+            out.append(dict(table=key, item=" / ".join(item), margin=margins.get(reference, np.nan),
                             margin_min=float(vals.min()) if vals.size else np.nan,
                             margin_max=float(vals.max()) if vals.size else np.nan,
                             margin_spread=float(vals.max() - vals.min()) if vals.size else np.nan,
@@ -259,13 +259,52 @@ def claim_spread(runs: dict, reference: str | None = None, claims: dict | None =
                                       "verdicts", "status"])
 
 
+def run_provenance(runs: dict) -> pd.DataFrame:
+    """One row per (run, notebook) of the preset folders ``runs``: the commit, build, PyTorch CPU capability and
+    torch thread count their manifests record (None where a manifest predates the field)."""
+    rows = []
+    for name, folder in runs.items():
+        for m in sorted(Path(folder).glob("*/manifest.json")):
+            info = json.loads(m.read_text())
+            rows.append(dict(run=name, notebook=m.parent.name, git_commit=info.get("git_commit"),
+                             build=info.get("build"), cpu_capability=info.get("cpu_capability"),
+                             torch_threads=info.get("torch_threads")))
+    return pd.DataFrame(rows, columns=["run", "notebook", "git_commit", "build", "cpu_capability", "torch_threads"])
+
+
+def spread_report(claims: pd.DataFrame, values: pd.DataFrame, provenance: pd.DataFrame, runs: dict) -> str:
+    """The report fragment of a spread: what was run, how the claims fare under it, and the numbers that move
+    most (markdown)."""
+    from .common import markdown_table
+
+    counts = claims["status"].value_counts()
+    names = ", ".join(f"`{n}`" for n in runs)
+    lines = ["## How far the numbers move: runs under perturbations\n",
+             f"The same notebooks from one commit, run as {names} "
+             "(`python -m smoe_core.studies.reproducibility spread`; machine measurements such as times are set "
+             "apart). A claim is **undecided** when its verdict differs between these runs: its margin lies inside "
+             "the spread they cause.\n",
+             markdown_table(provenance) + "\n",
+             "Claims: " + ", ".join(f"{int(counts.get(k, 0))} {k}" for k in ("holds", "fails", "undecided",
+                                                                                "not decided")) + ".\n"]
+    undecided = claims[claims["status"] == "undecided"]
+    if len(undecided):
+        lines += ["### Undecided claims\n", markdown_table(undecided.drop(columns=["runs"]), floatfmt=".3f") + "\n"]
+    lines += ["### Every claim\n", markdown_table(claims.drop(columns=["runs"]), floatfmt=".3f") + "\n"]
+    moved = values[values["max_range"] > 0].sort_values("max_range", ascending=False)
+    lines += [f"### Numbers that move ({len(moved)} of {len(values)} columns; the 25 largest ranges)\n",
+              markdown_table(moved.head(25), floatfmt=".4g") + "\n"]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------- command line
 def main(argv=None) -> int:
     """``python -m smoe_core.studies.reproducibility compare FRESH COMMITTED`` (exit 1 when they differ) or
-    ``... spread NAME=FOLDER NAME=FOLDER ... --out DIR`` (writes claim_spread.csv and value_spread.csv)."""
+    ``... spread NAME=FOLDER NAME=FOLDER ... --out DIR`` (writes claim_spread.csv, value_spread.csv, runs.csv and
+    report.md, which results/REPORT.md includes when DIR is results/reproducibility)."""
     import argparse
 
-    from .results import atomic_write_csv
+    from .results import atomic_write_csv, atomic_write_text
 
     ap = argparse.ArgumentParser(prog="python -m smoe_core.studies.reproducibility", description=main.__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -289,10 +328,12 @@ def main(argv=None) -> int:
             if not sep or not name or not folder:
                 raise ValueError(f"runs: expected NAME=FOLDER, got {spec!r}")
             runs[name] = folder
-        claims, values = claim_spread(runs), value_spread(runs)
+        claims, values, prov = claim_spread(runs), value_spread(runs), run_provenance(runs)
         out = Path(args.out)
         atomic_write_csv(claims, out / "claim_spread.csv")
         atomic_write_csv(values, out / "value_spread.csv")
+        atomic_write_csv(prov, out / "runs.csv")
+        atomic_write_text(out / "report.md", spread_report(claims, values, prov, runs))
         print(claims["status"].value_counts().to_string())
         return 0
     except ValueError as e:

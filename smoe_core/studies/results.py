@@ -86,7 +86,8 @@ def git_commit(path: Path | None = None) -> str:
             return "unknown"
         # outputs under results/ do not make the code dirty (a run that clears results/ first is still clean)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)results"], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+                                ":(exclude)results"], cwd=cwd, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -251,7 +252,10 @@ class ResultsStore:
         self.meta = dict(package_version=__version__, git_commit=git_commit(), preset=preset, seed=int(seed),
                          backend=backend, **numeric_environment())
         self.parameters = dict(parameters or {})
+        import torch
+
         manifest = dict(self.meta, notebook=notebook, parameters=self.parameters, software=software_versions(),
+                        torch_threads=torch.get_num_threads(),
                         written=_dt.datetime.now().isoformat(timespec="seconds"))
         atomic_write_text(self.dir / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
 
@@ -298,8 +302,8 @@ class ResultsStore:
                  key_columns, *, progress: bool = True, workers: int | None = None, scheduler=None) -> pd.DataFrame:
         """Runs ``fn(item)`` for every item not yet in table ``name`` (by ``key_columns``; an item whose key
         repeats an earlier item's runs once), appending its row(s) as soon as it finishes; returns the table.
-        The table is first repaired of duplicate keys (:func:`repair_table`). ``fn`` returns a row dict or a list of them. With
-        ``workers``/``scheduler`` the items run on Dask (:func:`smoe_core.parallel.run_tasks`)."""
+        The table is first repaired of duplicate keys (:func:`repair_table`). ``fn`` returns a row dict or a list of
+        them. With ``workers``/``scheduler`` the items run on Dask (:func:`smoe_core.parallel.run_tasks`)."""
         from ..parallel import run_tasks
 
         items = list(items)
