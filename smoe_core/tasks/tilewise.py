@@ -72,20 +72,35 @@ def merge_models(models: list[SMoE], offsets: list[tuple[int, int]], image_shape
     return SMoE(mu, **fields, rbf=ms[0].rbf, image_shape=image_shape, color_space=ms[0].color_space)
 
 
+def tile_plan(image, n_kernels: int, tiles=(2, 2), tile_size: int | None = None):
+    """The checked image, its tiles (:func:`tile_rectangles`) and each tile's share of ``n_kernels``
+    (:func:`split_budget`, by area): ``(image, rects, budgets)``, as :func:`fit_tilewise` and
+    :func:`initial_tilewise_model` cut it."""
+    img = check_image(image, bounded=True)
+    H, W = img.shape[:2]
+    n_kernels = check_kernels(n_kernels, (H, W))
+    rects = tile_rectangles((H, W), tiles, tile_size)
+    return img, rects, split_budget(n_kernels, [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in rects])
+
+
+def tile_images(img: np.ndarray, rects) -> list[np.ndarray]:
+    """The tiles ``rects`` of ``img``, each a contiguous copy."""
+    return [np.ascontiguousarray(img[y0:y1, x0:x1]) for y0, y1, x0, x1 in rects]
+
+
+def init_tile(tile: np.ndarray, n_kernels: int, initializer="grid", init_kwargs: dict | None = None):
+    """``initializer`` (a registered name or a function) on one tile: its ``(model, record)``."""
+    return get_initializer(initializer)(tile, n_kernels, **dict(init_kwargs or {}))
+
+
 def initial_tilewise_model(image, n_kernels: int, *, initializer="grid", init_kwargs: dict | None = None,
                            tiles=(2, 2), tile_size: int | None = None) -> SMoE:
     """The model :func:`fit_tilewise` starts from, before any training: ``initializer`` run on every tile with
     the tile's share of ``n_kernels`` (the same calls as :func:`fit_tilewise`'s), merged into one model of the
     whole image."""
-    img = check_image(image, bounded=True)
-    H, W = img.shape[:2]
-    n_kernels = check_kernels(n_kernels, (H, W))
-    rects = tile_rectangles((H, W), tiles, tile_size)
-    budgets = split_budget(n_kernels, [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in rects])
-    init_fn = get_initializer(initializer)
-    models = [init_fn(np.ascontiguousarray(img[y0:y1, x0:x1]), k, **dict(init_kwargs or {}))[0]
-              for (y0, y1, x0, x1), k in zip(rects, budgets)]
-    return merge_models(models, [(x0, y0) for y0, _, x0, _ in rects], (H, W))
+    img, rects, budgets = tile_plan(image, n_kernels, tiles, tile_size)
+    models = [init_tile(t, k, initializer, init_kwargs)[0] for t, k in zip(tile_images(img, rects), budgets)]
+    return merge_models(models, [(x0, y0) for y0, _, x0, _ in rects], img.shape[:2])
 
 
 @dataclass
@@ -101,8 +116,7 @@ class _TileTask:
 
 def _fit_tile(task: _TileTask):
     t0 = time.perf_counter()
-    init_fn = get_initializer(task.initializer)
-    model, record = init_fn(task.image, task.n_kernels, **task.init_kwargs)
+    model, record = init_tile(task.image, task.n_kernels, task.initializer, task.init_kwargs)
     fit_kwargs = dict(task.fit_kwargs)
     fit_kwargs["sparsity"] = fit_kwargs.get("sparsity", 0.0) / max(model.n_kernels, 1) ** 2
     fitted, hist = fit(task.image, model, seed=task.seed, progress=False, **fit_kwargs)
@@ -122,15 +136,12 @@ def fit_tilewise(image, n_kernels: int, *, initializer="grid", init_kwargs: dict
     InitResult``. Returns ``(model, record)``: the fine-tuned model and a record with the per-tile table
     (``record["tiles"]``, a DataFrame), the merged kernel count, seconds per stage and the fine-tuning history.
     """
-    img = check_image(image, bounded=True)
+    img, rects, budgets = tile_plan(image, n_kernels, tiles, tile_size)
     H, W = img.shape[:2]
-    n_kernels = check_kernels(n_kernels, (H, W))
-    rects = tile_rectangles((H, W), tiles, tile_size)
-    budgets = split_budget(n_kernels, [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in rects])
     fit_kwargs = dict(iters=tile_iters, sparsity=sparsity, regularizer="l1_squared", prune_below=prune_below,
                       lr=lr, backend=backend, tol=tol)
-    tasks = [_TileTask(i, np.ascontiguousarray(img[y0:y1, x0:x1]), k, initializer, dict(init_kwargs or {}),
-                       fit_kwargs, seed + i) for i, ((y0, y1, x0, x1), k) in enumerate(zip(rects, budgets))]
+    tasks = [_TileTask(i, t, k, initializer, dict(init_kwargs or {}), fit_kwargs, seed + i)
+             for i, (t, k) in enumerate(zip(tile_images(img, rects), budgets))]
     t0 = time.perf_counter()
     results = run_tasks(_fit_tile, tasks, workers=workers, scheduler=scheduler, progress=progress, desc="tiles")
     t_tiles = time.perf_counter() - t0
