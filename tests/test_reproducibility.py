@@ -145,6 +145,13 @@ def test_value_spread_ranges_per_column_without_measurements(tmp_path):
     assert math.isclose(v.loc[("nb/claims", "margin_db"), "max_range"], 0.6, rel_tol=1e-9)
     with pytest.raises(ValueError, match="is not a folder"):
         rp.value_spread({"one": runs["one"], "x": tmp_path / "missing"})
+    (runs["two"] / "nb" / "claims.csv").unlink()  # a table in one run only is not compared
+    (tmp_path / "3" / "nb").mkdir(parents=True)
+    table(image=["a", "b"], psnr=[30.5, 31.0], seconds=[1.0, 2.0]).to_csv(tmp_path / "3" / "nb" / "quality.csv",
+                                                                         index=False)
+    v = rp.value_spread(dict(runs, three=tmp_path / "3")).set_index(["table", "column"])
+    assert ("nb/claims", "margin_db") not in v.index and v.loc[("nb/quality", "psnr"), "runs"] == 3
+    assert math.isclose(v.loc[("nb/quality", "psnr"), "max_range"], 0.5, rel_tol=1e-9)
 
 
 def test_command_line(tmp_path, capsys):
@@ -157,7 +164,7 @@ def test_command_line(tmp_path, capsys):
     assert pd.read_csv(tmp_path / "out" / "runs.csv").empty  # the hand-made runs have no manifests
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.startswith("## How far the numbers move") and "`x`, `y`" in report
-    assert "| nb/quality | psnr | 2 | 1 | 0.5 |" in report  # psnr moved by 1 in both rows
+    assert "| nb/quality | psnr | 2 | 2 | 1 | 0.5 |" in report  # 2 runs; psnr moved by 1 in both rows
     assert rp.main(["spread", "x", f"y={runs[1]}", "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["smoe: error: runs: expected NAME=FOLDER, got 'x'"] and not (tmp_path / "o2").exists()

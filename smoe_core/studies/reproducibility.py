@@ -171,35 +171,39 @@ def _verdict(v) -> float:
 def value_spread(runs: dict, *, keys: dict | None = None) -> pd.DataFrame:
     """How far each number of a preset's tables moves over repeated runs under perturbations (``runs``: name ->
     preset folder, e.g. {"fast, 2 threads": "x/quick", "reproducible": "y/quick"}; every folder ran the same
-    notebooks from one commit). One row per (table, numeric column) with machine measurements set apart
-    (:func:`measured_columns`): rows compared (rows are matched by position; tables whose row counts differ
-    between runs are reported with ``rows`` NaN), and the largest and median per-row range (max - min over the
-    runs)."""
+    notebooks from one commit; a table is compared over the runs that have it, if two or more). One row per
+    (table, numeric column) with machine measurements set apart (:func:`measured_columns`): the runs compared,
+    rows compared (rows are matched by position; tables whose row counts differ between runs are reported with
+    ``rows`` NaN), and the largest and median per-row range (max - min over the runs)."""
     if len(runs) < 2:
         raise ValueError(f"runs must name at least two results folders, got {len(runs)}")
     folders = {name: Path(f) for name, f in runs.items()}
     for name, f in folders.items():
         if not f.is_dir():
             raise ValueError(f"runs[{name!r}] is not a folder: {f}")
-    common = sorted(set.intersection(*(set(table_keys(f)) for f in folders.values())))
+    keys = sorted(set.union(*(set(table_keys(f)) for f in folders.values())))
     out = []
-    for key in common:
-        frames = [comparable_rows(pd.read_csv(f / f"{key}.csv"), key) for f in folders.values()]
+    for key in keys:
+        frames = [comparable_rows(pd.read_csv(f / f"{key}.csv"), key) for f in folders.values()
+                  if (f / f"{key}.csv").is_file()]
+        if len(frames) < 2:
+            continue
         skip = set(measured_columns(frames[0].columns)) | set(MEASURED_TABLE_COLUMNS.get(key, ()))
         cols = [c for c in frames[0].columns if c not in skip and all(c in fr.columns for fr in frames)
                 and all(pd.api.types.is_numeric_dtype(fr[c]) for fr in frames)]
         same_rows = len({len(fr) for fr in frames}) == 1
         for c in cols:
             if not same_rows:
-                out.append(dict(table=key, column=c, rows=np.nan, max_range=np.nan, median_range=np.nan))
+                out.append(dict(table=key, column=c, runs=len(frames), rows=np.nan, max_range=np.nan,
+                                median_range=np.nan))
                 continue
             m = np.stack([fr[c].to_numpy(np.float64) for fr in frames])
             ok = ~np.isnan(m).any(0)
             rng = (m.max(0) - m.min(0))[ok] if ok.any() else np.array([])
-            out.append(dict(table=key, column=c, rows=int(ok.sum()),
+            out.append(dict(table=key, column=c, runs=len(frames), rows=int(ok.sum()),
                             max_range=float(rng.max()) if rng.size else np.nan,
                             median_range=float(np.median(rng)) if rng.size else np.nan))
-    return pd.DataFrame(out, columns=["table", "column", "rows", "max_range", "median_range"])
+    return pd.DataFrame(out, columns=["table", "column", "runs", "rows", "max_range", "median_range"])
 
 
 def claim_spread(runs: dict, reference: str | None = None, claims: dict | None = None) -> pd.DataFrame:
