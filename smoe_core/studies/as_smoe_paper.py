@@ -48,7 +48,7 @@ from ..metrics import psnr
 from ..model import SMoE
 from ..render import render
 from .common import (history, kernels_at_target, load_case, model_path, paper_table, rbf_start_model, rows_of_items,
-                     run_global, run_init, side_by_side)
+                     run_global, run_init, side_by_side, time_to_fraction)
 from .plotting import (crops_with_kernels, curves, finish, paper_order, pyplot, series_styles, show_image,
                        texture_window, time_bars)
 
@@ -692,7 +692,25 @@ def history_figure(hist: pd.DataFrame, x: str = "seconds", published: bool = Tru
                                   "psnr": pts["psnr_db"]})
             return curves(pd.concat([hist, extra], ignore_index=True), x, "psnr", by="method", panel="image",
                           xlabel=xlabel, ylabel="PSNR (dB)", markers=False, legend_below=True)
-    return curves(hist, x, "psnr", by="method", panel="image", xlabel=xlabel, ylabel="PSNR (dB)", markers=False)
+    fig = curves(hist, x, "psnr", by="method", panel="image", xlabel=xlabel, ylabel="PSNR (dB)", markers=False)
+    if x == "seconds" and len(hist):  # the paper's triangles: where each run reaches 95% of its best PSNR
+        styles = series_styles(list(dict.fromkeys(list(paper_order(hist["method"])))))
+        for ax, img in zip(fig.axes, paper_order(hist["image"])):
+            sub = hist[hist["image"] == img]
+            for m, g in sub.groupby("method", sort=False):
+                g = g.sort_values(x)
+                t = time_to_fraction(g, 0.95, x)
+                p95 = float(g.loc[g[x] == t, "psnr"].iloc[0])
+                ax.plot([t], [p95], linestyle="none", marker="v", markersize=8, color=styles[m]["color"],
+                        markeredgecolor="k", zorder=5, label="_95")
+        fig.axes[-1].plot([], [], linestyle="none", marker="v", color="0.5", markeredgecolor="k",
+                          label="95% of best PSNR")
+        seen = {}  # label -> handle over all panels, as curves() builds its legend; "_" labels are left out
+        for ax in fig.axes:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+        fig.axes[-1].legend(list(seen.values()), list(seen.keys()), fontsize=7)
+    return fig
 
 
 def claim_figure(points: pd.DataFrame, published: bool = True):

@@ -56,6 +56,17 @@ def default_budget(image_name: str) -> int:
     return 3500 if image_key(image_name) == "barbara" else 1500
 
 
+def time_to_fraction(hist: pd.DataFrame, fraction: float = 0.95, x: str = "seconds") -> float:
+    """The first ``x`` (time) of a training history at which its PSNR reaches ``fraction`` of its best (NaN for an
+    empty history): Table III's ``seconds_to_95pct`` and the triangles of [AS-SMoE] Figs. 9a/b."""
+    if not 0 < float(fraction) <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if not len(hist):
+        return float("nan")
+    best = hist["psnr"].max()
+    return float(hist.loc[hist["psnr"] >= fraction * best, x].iloc[0])
+
+
 def load_case(name_or_path, crop: int | None = None, color: bool = False) -> np.ndarray:
     """The image of an experiment: a test image's name or a path; ``crop`` takes the centred crop of that side
     (the ``smoke`` preset)."""
@@ -158,8 +169,7 @@ def run_global(item: dict) -> dict:
     fitted.save(model_path(item["model_dir"], item, stage))
     hist.to_csv(model_path(item["model_dir"], item, stage).with_suffix(".history.csv"), index=False)
     out = render(fitted)
-    best = hist["psnr"].max()
-    t95 = float(hist.loc[hist["psnr"] >= 0.95 * best, "seconds"].iloc[0]) if len(hist) else np.nan
+    t95 = time_to_fraction(hist, 0.95)
     row = dict(L_init=model.n_kernels, L_opt=fitted.n_kernels, psnr_db=psnr(out, image), ssim=ssim(out, image),
                iterations=len(hist), seconds=seconds, seconds_to_95pct=t95)
     row.update(perceptual_columns(out, image))
