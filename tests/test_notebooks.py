@@ -27,6 +27,16 @@ def test_smoke_preset_runs_notebook(tmp_path, name):
         assert (claim["claim_holds"] == (claim["beats_both"] & claim["no_more_kernels"])).all()
     text = report.read_text()
     assert "## Preset `smoke`" in text and "| --- |" in text
+    if name in ("compare_initializers", "as_smoe_segments"):  # the committed figures can be redrawn from the run
+        from smoe_core.studies.redraw import redraw
+
+        tables = {p: p.read_bytes() for p in out.glob("*.csv")}
+        written = {p.name for p in redraw(tmp_path, "smoke", only=[name])}
+        expected = ({"fig9c_runtime.png", "fig7_rbf_gap_by_setup.png", "fig8_initializations_peppers.png",
+                     "fig7_rbf_vs_smoe_peppers.png", "fig9_psnr_vs_time.png"} if name == "compare_initializers"
+                    else {"fig10_breakdown.png", "fig10_time_vs_workers.png"})
+        assert expected <= written, sorted(written)
+        assert {p: p.read_bytes() for p in out.glob("*.csv")} == tables
 
 
 def test_unknown_notebook_and_preset(tmp_path):

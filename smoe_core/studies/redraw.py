@@ -12,9 +12,13 @@ manifest's parameters define):
 - ``as_smoe_segments``: Fig. 4 from ``fig4_segment_sizes.csv``; Fig. 10 from ``fig10_init_time_vs_workers.csv``
   (a table written before the ``dask_workers`` column gets it from the manifest's ``workers_list``,
   :func:`smoe_core.studies.as_smoe_segments.with_dask_workers`); Table I's explanation from
-  ``table1_explanation.csv`` (the paper's curve when the manifest's images are the test images).
+  ``table1_explanation.csv`` (the paper's curve when the manifest's images are the test images); where its time
+  goes from ``fig10_breakdown.csv``.
 - ``compare_initializers``: Figs. 9 and 5 from the saved histories (``models/*_final.history.csv``), Table III's
-  claim figure from the Table III tables, Figs. 6/8 from the final models (rendered) and the images.
+  claim figure from the Table III tables, Fig. 6 from the final models (rendered) and the images, Fig. 8 from
+  the initial models (with MDBSCAN's segments, recomputed, when a segmenting initializer is among them), Fig. 7
+  from the saved RBF and SMoE models (``fig7_rbf_setup``) and ``fig7_rbf_gaps.csv``, Fig. 9c from
+  ``fig9c_runtime.csv``.
 - ``edge_aligned``: Fig. 3 from ``fig3_expert_iterations.csv``; Figs. 5 and 6 from ``fig5_psnr_vs_kernels.csv``,
   the rows of the manifest's items only.
 - ``r_smoe``: Figs. 4 and 5 from their tables; speed and memory from ``speed_memory_runs.csv``, the manifest's
@@ -33,7 +37,7 @@ from ..init import INITIALIZERS, initializer_info
 from ..io import image_key
 from ..model import SMoE
 from . import as_smoe_paper, as_smoe_segments, edge_paper, r_smoe_paper
-from .common import grid_items, load_case, only_test_images, paper_table, rows_of_items
+from .common import grid_items, load_case, only_test_images, paper_table, rows_of_items, segmentation_labels
 from .results import save_figure
 
 NOTEBOOKS = ("as_smoe_segments", "compare_initializers", "edge_aligned", "r_smoe")
@@ -66,6 +70,9 @@ def redraw_as_smoe_segments(folder) -> list[Path]:
             paper = paper.iloc[0:0]
         out.append(save_figure(as_smoe_segments.table1_explanation_figure(explain, paper),
                                folder / "table1_explanation.png"))
+    breakdown = _table(folder, "fig10_breakdown")
+    if len(breakdown):
+        out.append(save_figure(as_smoe_segments.fig10_breakdown_figure(breakdown), folder / "fig10_breakdown.png"))
     return out
 
 
@@ -107,16 +114,37 @@ def redraw_compare_initializers(folder) -> list[Path]:
             matched = matched.assign(image=matched["image"].map(image_key)).drop_duplicates(keys, keep="last")
         points = as_smoe_paper.claim_points(side, protocol, variants, matched)
         out.append(save_figure(as_smoe_paper.claim_figure(points), folder / "fig_table3_claim_psnr_vs_kernels.png"))
+    runtimes = _table(folder, "fig9c_runtime")
+    if len(runtimes):
+        out.append(save_figure(as_smoe_paper.fig9c_figure(runtimes), folder / "fig9c_runtime.png"))
+    gaps = _table(folder, "fig7_rbf_gaps")
+    if len(gaps):
+        out.append(save_figure(as_smoe_paper.fig7_gap_figure(gaps), folder / "fig7_rbf_gap_by_setup.png"))
+    rbf_methods = [m for m in ("kmeans", "as_smoe") if m in params["initializers"]]
+    fig7_items = grid_items(images, rbf_methods, d_th=params["d_th"], budgets=params.get("budgets"),
+                            crop=params.get("crop"), seed=params.get("seed", 0), model_dir=models)
+    fig7 = as_smoe_paper.fig7_models(fig7_items, params.get("fig7_rbf_setup", "least_squares"))
     for image in images:
-        finals = {}
+        img = None
+        finals, inits = {}, {}
         for m in methods:
-            p = _model_file(models, image, m, params["d_th"], "final")
-            if p.is_file():
-                finals[m] = SMoE.load(p)
-        if finals:
+            for stage, found in (("final", finals), ("init", inits)):
+                p = _model_file(models, image, m, params["d_th"], stage)
+                if p.is_file():
+                    found[m] = SMoE.load(p)
+        if finals or inits or image_key(image) in fig7:
             img = load_case(image, params.get("crop"))
+        if finals:
             out.append(save_figure(as_smoe_paper.fig6_crops_figure(img, finals),
                                    folder / f"fig6_crops_{image_key(image)}.png"))
+        if inits:  # Fig. 8, with the segments when a segmenting initializer is among them
+            segmenting = any(initializer_info(m).segments for m in inits if m in INITIALIZERS)
+            labels = segmentation_labels(image, params["d_th"], params.get("crop")) if segmenting else None
+            out.append(save_figure(as_smoe_paper.fig8_figure(img, inits, labels, params["d_th"]),
+                                   folder / f"fig8_initializations_{image_key(image)}.png"))
+        if image_key(image) in fig7:
+            out.append(save_figure(as_smoe_paper.fig7_figure(img, fig7[image_key(image)]),
+                                   folder / f"fig7_rbf_vs_smoe_{image_key(image)}.png"))
     return out
 
 
@@ -146,7 +174,8 @@ def redraw_r_smoe(folder) -> list[Path]:
     fig5 = _table(folder, "fig5_quality_vs_pool_size")
     for ch in params.get("fig_channels", ["gray", "rgb"]):
         if len(fig4) and (fig4["channels"] == ch).any():
-            out.append(save_figure(r_smoe_paper.fig4_figure(fig4, ch), folder / f"fig4_psnr_vs_kernels_per_block_{ch}.png"))
+            out.append(save_figure(r_smoe_paper.fig4_figure(fig4, ch),
+                                   folder / f"fig4_psnr_vs_kernels_per_block_{ch}.png"))
         if len(fig5) and (fig5["channels"] == ch).any():
             out.append(save_figure(r_smoe_paper.fig5_figure(fig5, ch), folder / f"fig5_quality_vs_pool_size_{ch}.png"))
     runs = _table(folder, "speed_memory_runs")
