@@ -701,9 +701,9 @@ def history_figure(hist: pd.DataFrame, x: str = "seconds", published: bool = Tru
                 g = g.sort_values(x)
                 t = time_to_fraction(g, 0.95, x)
                 p95 = float(g.loc[g[x] == t, "psnr"].iloc[0])
-                ax.plot([t], [p95], linestyle="none", marker="v", markersize=8, color=styles[m]["color"],
-                        markeredgecolor="k", zorder=5, label="_95")
-        fig.axes[-1].plot([], [], linestyle="none", marker="v", color="0.5", markeredgecolor="k",
+                ax.plot([t], [p95], linestyle="none", marker="v", markersize=10, color=styles[m]["color"],
+                        markeredgecolor="k", markeredgewidth=1.5, zorder=5, label="_95")
+        fig.axes[-1].plot([], [], linestyle="none", marker="v", markersize=10, color="0.5", markeredgecolor="k",
                           label="95% of best PSNR")
         seen = {}  # label -> handle over all panels, as curves() builds its legend; "_" labels are left out
         for ax in fig.axes:
