@@ -21,9 +21,18 @@ SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE
   kernels' geometry, so centres, scales and angles get no gradient, and the experts' gradient is the residual
   averaged under the initial broad gates, close to 0 (the residual of an interpolation is locally zero-mean). The
   quick x2 training (8,000 steps) stayed there: its decoded residual correlates 0.05 with the true one and adds
-  0.01 dB to the base on 16 validation crops. Ways out (not built yet): a data-driven initial geometry (kernels
-  steered by the LR block's structure tensor, so that each kernel's gate covers one side of an edge and its
-  expert's gradient is not averaged away), or the direct form trained longer.
+  0.01 dB to the base on 16 validation crops. Measured since (x2, 2,000-step pilots and least-squares probes on
+  the validation crops; not built into the package): the same network fits 8 fixed crops (+1.3 dB over its base
+  in 500 steps), so the loop and the decoder's gradients work; keeping only textured training crops (HR std
+  >= 0.03: a third of the crops are flat background), a 5x learning rate, or normalizing each block's contrast
+  (experts scaled by the block's std) all stay at the base (31.17 dB against 31.17). The reason is the decoder's
+  geometry: with the head's initial grid, the best experts that are *linear* in a 7 x 7 LR neighbourhood, fitted
+  by least squares over 6,144 training blocks, add 0.005 dB; with a hand-steered geometry (kernel pairs on
+  both sides of the 12 strongest LR edges, elongated along them, plus a background grid) 0.03 dB; a dense
+  unsharp-mask residual on the bicubic image adds 0.28 dB. So at the start no small step of the geometry or the
+  experts improves the loss, and the 4.9 dB the kernels can hold (the oracle, above) needs geometry far from
+  any start we tried. Not built: a data-driven geometry that makes a linear expert predictor useful, or
+  training far longer than the quick preset (the authors train 48 h on 4 GPUs).
 - Output: not clipped (the authors clamp to [0, 1], which stops the gradient of out-of-range pixels); clip for
   display and metrics.
 - :func:`pixel_loss`: L1, or L2 (mean squared error) for x2, the authors' choice per scale (``kind`` forces
