@@ -30,8 +30,8 @@ SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE
   by least squares over 6,144 training blocks, add 0.005 dB; with a hand-steered geometry (kernel pairs on
   both sides of the 12 strongest LR edges, elongated along them, plus a background grid; 4,096 blocks)
   0.03 dB; a dense unsharp-mask residual on the bicubic image adds 0.28 dB. So at the start no small step of the
-  geometry or the experts improves the loss, and the 4.9 dB the kernels can hold (the oracle, above) needs geometry far from
-  any start we tried. Not built: a data-driven geometry that makes a linear expert predictor useful, or
+  geometry or the experts improves the loss, and the 4.9 dB the kernels can hold (the oracle, above) needs geometry
+  far from any start we tried. Not built: a data-driven geometry that makes a linear expert predictor useful, or
   training far longer than the quick preset (the authors train 48 h on 4 GPUs).
 - Output: not clipped (the authors clamp to [0, 1], which stops the gradient of out-of-range pixels); clip for
   display and metrics.
