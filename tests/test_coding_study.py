@@ -258,11 +258,30 @@ def test_smoe_item_rows_files_and_resume(tmp_path, monkeypatch):
     again = common.run_items("smoe_points", items, cp.run_smoe_item, cp.SMOE_KEYS, store, progress=False)
     pd.testing.assert_frame_equal(again, df)
     assert len(store.table("smoe_points")) == len(df)
+    # every row records its settings; a changed schedule refuses to reuse them (the key is image and training)
+    assert (df["settings"] == items[0]["settings"]).all()
+    cp.check_smoe_rows(store.table("smoe_points"), items)  # the same settings: fine
+    changed = cp.smoe_items(["lena"], ["qat"], crop=32, sigma=0, out_dir=tmp_path / "files", preset="smoke",
+                            snapshots=[1, 2, 3], overrides=dict(SMOKE_OVERRIDES, pretrain_iters=11))
+    with pytest.raises(ValueError, match=r"lena \(qat\) made with other settings"):
+        cp.check_smoe_rows(store.table("smoe_points"), changed)
+    cp.check_smoe_rows(store.table("smoe_points").drop(columns="settings"), changed)  # older rows: unchecked
     # the tables that follow: points, figure-free pieces
     pts = cp.points_table(df, pd.DataFrame())
     assert set(pts["codec"]) == {"smoe"} and len(pts) == len(df)
     cov = cp.points_in_range(df, 0.0, 100.0)
     assert cov.loc[0, "points_in_range"] == len(df)
+
+
+def test_item_settings_fingerprint_what_decides_the_points():
+    base = cp.smoe_items(["lena"], ["qat", "ptq"], crop=32, out_dir="/a", threads=1)
+    assert base[0]["settings"] == base[1]["settings"] and len(base[0]["settings"]) == 12
+    # where files go and the thread count do not change it; the crop, the schedule and its overrides do
+    assert cp.smoe_items(["lena"], ["qat"], crop=32, out_dir="/b", cache_dir="/c", threads=2)[0]["settings"] == \
+        base[0]["settings"]
+    for kw in (dict(crop=48), dict(crop=32, preset="paper"), dict(crop=32, overrides={"pretrain_iters": 5}),
+               dict(crop=32, snapshot_kernel_fractions=[0.5]), dict(crop=32, sigma=0)):
+        assert cp.smoe_items(["lena"], ["qat"], **kw)[0]["settings"] != base[0]["settings"], kw
 
 
 def test_snapshot_targets_and_geometric_fractions_by_hand():

@@ -381,13 +381,45 @@ def smoe_items(images, trainings=TRAININGS, *, crop=None, sigma=PREFILTER_SIGMA,
         raise ValueError(f"unknown training(s) {bad} (choose from {', '.join(TRAININGS)})")
     fractions = sorted(set(_check_fractions(snapshot_kernel_fractions or (), "snapshot_kernel_fractions")),
                        reverse=True)
-    return [dict(image=str(im), training=t, crop=crop, sigma=sigma, full_image=bool(full_image),
-                 cache_dir=None if cache_dir is None else str(cache_dir),
-                 out_dir=None if out_dir is None else str(out_dir), preset=preset,
-                 snapshots=sorted({int(s) for s in snapshots}), snapshot_kernel_fractions=fractions,
-                 min_kernel_fraction=float(min_kernel_fraction), overrides=dict(overrides or {}), backend=backend,
-                 threads=threads)
-            for im in images for t in trainings]
+    items = [dict(image=str(im), training=t, crop=crop, sigma=sigma, full_image=bool(full_image),
+                  cache_dir=None if cache_dir is None else str(cache_dir),
+                  out_dir=None if out_dir is None else str(out_dir), preset=preset,
+                  snapshots=sorted({int(s) for s in snapshots}), snapshot_kernel_fractions=fractions,
+                  min_kernel_fraction=float(min_kernel_fraction), overrides=dict(overrides or {}), backend=backend,
+                  threads=threads)
+             for im in images for t in trainings]
+    return [dict(it, settings=item_settings(it)) for it in items]
+
+
+#: the fields of a grid item that decide its rate points (not where files go, nor the thread count)
+SETTINGS_FIELDS = ("crop", "sigma", "full_image", "preset", "snapshots", "snapshot_kernel_fractions",
+                   "min_kernel_fraction", "overrides", "backend")
+
+
+def item_settings(item: dict) -> str:
+    """A 12-hex fingerprint of an item's :data:`SETTINGS_FIELDS` (SHA-256 of their JSON): recorded in every row
+    (``settings``) so that rows of other settings are never taken for this item's (:func:`check_smoe_rows`)."""
+    import hashlib
+    import json
+
+    text = json.dumps({k: item.get(k) for k in SETTINGS_FIELDS}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def check_smoe_rows(table: pd.DataFrame, items) -> None:
+    """Refuses (ValueError) to resume a table whose rows of an item's (image, training) were made with other
+    settings: the grid's key is (image, training) (:data:`SMOE_KEYS`), so without this check a changed schedule
+    or crop would silently reuse the old rate points. Rows written before the ``settings`` column existed cannot
+    be checked and are accepted."""
+    if table is None or not len(table) or "settings" not in table.columns:
+        return
+    for it in items:
+        rows = table[(table["image"].astype(str) == str(it["image"])) & (table["training"] == it["training"])]
+        other = sorted({str(v) for v in rows["settings"].dropna()} - {it["settings"]})
+        if other:
+            raise ValueError(f"smoe_points already holds rate points of {it['image']} ({it['training']}) made with "
+                             f"other settings ({', '.join(other)}; these are {it['settings']}): remove those rows "
+                             "or run into another results folder")
 
 
 def smoe_file_path(out_dir, image, training: str, label: str) -> Path:
@@ -460,7 +492,7 @@ def run_smoe_item(item: dict) -> list[dict]:
                          bytes=len(data), bpp=bpp_of(len(data), (H, W)), psnr=q["psnr"], ssim611=q["ssim611"],
                          psnr_unquantized=qu["psnr"], ssim611_unquantized=qu["ssim611"], grid_kernels=k1 * k2,
                          target_kernels=kw.get("target_kernels"), seconds=seconds, cpu_seconds=cpu_seconds,
-                         file=fname))
+                         file=fname, settings=item.get("settings") or item_settings(item)))
     if resume is not None and resume.exists():  # the rate points are written: the path's state is no longer needed
         resume.unlink()
     return rows
@@ -1042,12 +1074,13 @@ def claims_markdown(claims: pd.DataFrame) -> str:
 
 
 __all__ = ["PAPER", "CODING_IMAGES", "PREFILTER_SIGMA", "JPEG_QUALITIES", "BASELINE_CODECS", "CODEC_LABELS",
-           "SMOE_KEYS", "BASELINE_KEYS", "TRAININGS", "BD_METHODS", "PAPER_SAVINGS_PCT", "PAPER_BEATS_JPEG",
+           "SMOE_KEYS", "SETTINGS_FIELDS", "BASELINE_KEYS", "TRAININGS", "BD_METHODS", "PAPER_SAVINGS_PCT",
+           "PAPER_BEATS_JPEG",
            "PAPER_FIG2", "PAPER_FIG3_KERNELS", "coding_data_dir", "coding_image_path", "coding_image_key",
            "centre_crop", "load_original", "prefilter", "reference_path", "reference_image", "jpeg_bytes",
            "jp2_bytes", "decode_file", "quality", "baseline_point", "jp2_targets", "baseline_items",
            "run_baseline_item", "smoe_schedule", "snapshot_targets", "geometric_fractions", "smoe_items",
-           "smoe_file_path", "resume_path", "run_smoe_item", "load_smoe_point",
+           "item_settings", "check_smoe_rows", "smoe_file_path", "resume_path", "run_smoe_item", "load_smoe_point",
            "points_table", "curve", "rd_front", "anchor_in_range", "bd_rate", "bd_table", "bd_summary",
            "quality_at_rate", "rate_at_quality", "pointwise_table", "ablation_table", "claims_table",
            "points_in_range", "smoe_rd_table", "wins_table", "findings", "rd_figure", "jpeg_at_rate", "crop_window",
