@@ -110,10 +110,15 @@ def compiler_version(compiler: str | None = None) -> str:
     if compiler is None:
         return ""
     try:
-        out = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+        out = version_output(compiler)
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.splitlines()[0].strip() if out.strip() else ""
+
+
+def version_output(compiler: str) -> str:
+    """The whole output of ``compiler --version`` (part of :func:`compile_cached`'s cache key)."""
+    return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
 
 
 def cpu_signature() -> str:
@@ -146,7 +151,7 @@ def compile_cached(source: str, flags: list[str], *, depends=(), stem: str, erro
     h = hashlib.sha256()
     for name in (source, *depends):
         h.update((KERNEL_DIR / name).read_bytes())
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    version = version_output(compiler)
     for part in (" ".join(flags), version, platform.machine(), cpu_signature() if cpu_specific else ""):
         h.update(part.encode())
     path = cache_dir() / f"{stem}_{h.hexdigest()[:16]}.so"

@@ -49,7 +49,7 @@ from ..model import SMoE
 from ..render import render
 from .common import (history, kernels_at_target, load_case, model_path, paper_table, rbf_start_model, rows_of_items,
                      run_global, run_init, side_by_side, time_to_fraction)
-from .plotting import (crops_with_kernels, curves, finish, paper_order, pyplot, series_styles, show_image,
+from .plotting import (crops_with_kernels, curves, finish, legend_entries, paper_order, pyplot, series_styles, show_image,
                        texture_window, time_bars)
 
 #: The radial baselines: the initializers with an expert rule (``experts="random"`` gives the paper protocol).
@@ -705,10 +705,7 @@ def history_figure(hist: pd.DataFrame, x: str = "seconds", published: bool = Tru
                         markeredgecolor="k", markeredgewidth=1.5, zorder=5, label="_95")
         fig.axes[-1].plot([], [], linestyle="none", marker="v", markersize=10, color="0.5", markeredgecolor="k",
                           label="95% of best PSNR")
-        seen = {}  # label -> handle over all panels, as curves() builds its legend; "_" labels are left out
-        for ax in fig.axes:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                seen.setdefault(lab, h)
+        seen = legend_entries(fig.axes)
         fig.axes[-1].legend(list(seen.values()), list(seen.keys()), fontsize=7)
     return fig
 

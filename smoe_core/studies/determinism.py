@@ -47,14 +47,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..render.build import NO_FMA_LIBM
+from ..render.build import NO_FMA_LIBM, REPRODUCIBLE_ENV
 from .results import atomic_write_csv
 
 #: what :func:`fingerprint` can run
 KINDS = ("fit", "as_smoe")
 #: environment variables that change the arithmetic (recorded with every fingerprint)
-NUMERIC_ENV = ("SMOE_BUILD", "ATEN_CPU_CAPABILITY", "GLIBC_TUNABLES", "MKL_CBWR", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-               "ONEDNN_MAX_CPU_ISA", "NPY_ENABLE_CPU_FEATURES", "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS")
+#: (the variables the reproducible environment pins)
+NUMERIC_ENV = tuple(REPRODUCIBLE_ENV)
 #: the marker line of a child's JSON answer
 MARKER = "SMOE_DETERMINISM "
 
@@ -161,8 +161,6 @@ def default_configs() -> dict[str, tuple[dict, str | None, int]]:
     depend on the instruction set at all)."""
     import torch
 
-    from ..render.build import REPRODUCIBLE_ENV
-
     caps = ["default", "avx2", "avx512"]
     top = torch.backends.cpu.get_cpu_capability().lower()
     caps = caps[:caps.index(top) + 1] if top in caps else ["default"]
@@ -255,8 +253,6 @@ def build_speed_table(configs: dict | None = None, repeats: int = 3, **kw) -> pd
     fast build, the reproducible build alone, and the whole reproducible environment), one
     fresh one-thread process per (repeat, configuration), the configurations interleaved within each repeat;
     one row per configuration with the median over ``repeats`` and every repeat's value."""
-    from ..render.build import REPRODUCIBLE_ENV
-
     configs = configs or {"fast": dict(SMOE_BUILD="fast"), "reproducible build": dict(SMOE_BUILD="reproducible"),
                           "reproducible env": dict(REPRODUCIBLE_ENV)}
     runs: dict[str, list[dict]] = {k: [] for k in configs}

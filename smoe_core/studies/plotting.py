@@ -215,6 +215,16 @@ def crops_with_kernels(image, models: dict, renders: dict | None = None, *, crop
     return finish(fig, title)
 
 
+def legend_entries(axes) -> dict:
+    """label -> handle over all ``axes`` (a series may be missing from some panels), in order of appearance;
+    matplotlib leaves out labels starting with "_"."""
+    seen = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    return seen
+
+
 def curves(df, x: str, y: str, *, by: str, panel: str | None = None, xlabel=None, ylabel=None, logx=False,
            logy=False, markers=True, legend_below: bool = False, order=None, panel_titles: dict | None = None,
            title: str | None = None, caption: str | None = None):
@@ -250,10 +260,7 @@ def curves(df, x: str, y: str, *, by: str, panel: str | None = None, xlabel=None
         if logy:
             readable_log_axis(ax, df[y], "y")
         ax.grid(alpha=0.3)
-    seen = {}  # label -> handle, over all panels (a series may be missing from some)
-    for ax in axes[0]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(lab, h)
+    seen = legend_entries(axes[0])
     if legend_below:
         return finish(fig, title, legend=(list(seen.values()), list(seen.keys())), caption=caption)
     if seen:

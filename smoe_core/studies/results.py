@@ -34,6 +34,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from ..io import atomic_write
 from ..version import __version__
 
 #: provenance columns of every row: ``build`` is the build mode of the compiled kernels ("fast" or
@@ -94,21 +95,13 @@ def git_commit(path: Path | None = None) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    """``text`` (UTF-8) written atomically (:func:`smoe_core.io.atomic_write`)."""
+    return atomic_write(path, text.encode("utf-8"))
 
 
 def atomic_write_csv(df: pd.DataFrame, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    """``df`` as CSV (no index) written atomically (:func:`smoe_core.io.atomic_write`)."""
+    return atomic_write(path, df.to_csv(index=False).encode("utf-8"))
 
 
 # ---------------------------------------------------------------------- the results folder's lock
