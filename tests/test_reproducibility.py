@@ -168,6 +168,9 @@ def test_command_line(tmp_path, capsys):
     assert rp.main(["spread", "x", f"y={runs[1]}", "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["smoe: error: runs: expected NAME=FOLDER, got 'x'"] and not (tmp_path / "o2").exists()
+    assert rp.main(["compare", str(runs[0]), str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("smoe: error: committed must be a results folder")
 
 
 def test_report_includes_the_spread(tmp_path):

@@ -49,8 +49,8 @@ from ..model import SMoE
 from ..render import render
 from .common import (history, kernels_at_target, load_case, model_path, paper_table, rbf_start_model, rows_of_items,
                      run_global, run_init, side_by_side, time_to_fraction)
-from .plotting import (crops_with_kernels, curves, finish, legend_entries, paper_order, pyplot, series_styles, show_image,
-                       texture_window, time_bars)
+from .plotting import (crops_with_kernels, curves, finish, legend_entries, paper_order, pyplot, series_styles,
+                       show_image, texture_window, time_bars)
 
 #: The radial baselines: the initializers with an expert rule (``experts="random"`` gives the paper protocol).
 RADIAL = tuple(n for n in INITIALIZERS if INITIALIZERS.info(n).expert_rules)
