@@ -19,7 +19,11 @@ with glibc's default (9.6-10.9 s against 5.9-7.4 s, one thread, this machine), w
 than the serial one (:func:`smoe_core.studies.as_smoe_segments.fig10_breakdown` measures both).
 
 Identical results: every task runs with ``torch.set_num_threads(threads_per_task)`` (default 1) whether it
-runs here or on a worker, so reductions inside torch happen in the same order; the tiled renderer's
+runs here or on a worker, so reductions inside torch happen in the same order, and with the BLAS libraries
+numpy and scipy load (OpenBLAS) held to the same number of threads (:func:`blas_threads`, threadpoolctl):
+OpenBLAS splits its dot products and norms by its thread count, which is the machine's core count unless
+pinned, and scipy's LSQR (the RBF start of the segmentation paper's Fig. 7) then gave weights differing by
+4e-6 between one and two threads, which the global optimization after it grew to 1.9 dB; the tiled renderer's
 gradients do not depend on the thread count at all (one gradient row per tile entry, summed in a fixed
 order). Each task gets its own seed from its item, never from shared global state.
 """
@@ -46,8 +50,21 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def blas_threads(n: int | None):
+    """Temporarily holds the BLAS libraries loaded in this process (numpy's and scipy's OpenBLAS) to ``n``
+    threads (threadpoolctl; None: leave them)."""
+    if n is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=int(n), user_api="blas"):
+        yield
+
+
 def _call(item, fn, threads):
-    with torch_threads(threads):
+    with torch_threads(threads), blas_threads(threads):
         return fn(item)
 
 

@@ -139,3 +139,51 @@ def test_user_initializer_registers_and_runs_tilewise():
     assert model.n_kernels == 4
     unregister_initializer("centre_test")
     assert "centre_test" not in INITIALIZERS
+
+
+def _blas_and_torch_threads(_):
+    import torch
+    from threadpoolctl import threadpool_info
+
+    return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}), torch.get_num_threads()
+
+
+def _lsqr_weights(model_and_image):
+    """scipy's LSQR on the RBF design matrix, as smoe_core.init.rbf_weights.rbf_least_squares solves it, in
+    float64 (rbf_least_squares returns float32, which hides the last bits on a well-conditioned system)."""
+    from scipy.sparse.linalg import lsqr
+
+    from smoe_core.init.rbf_weights import kernel_design_matrix
+
+    model, img = model_and_image
+    return lsqr(kernel_design_matrix(model, img.shape), img.ravel().astype(np.float64), damp=1e-3, iter_lim=500)[0]
+
+
+def _rbf_weights(n_blas, threads_per_task=1):
+    """The RBF least-squares weights (scipy's LSQR) of a fixed model and a 160 x 160 image (vectors long enough
+    for OpenBLAS to split them), with ``n_blas`` BLAS threads around the task."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(3)
+    img = rng.uniform(0, 1, (160, 160)).astype(np.float32)
+    with threadpool_limits(n_blas, "blas"):
+        return run_tasks(_lsqr_weights, [(grid(img, 400).model, img)], progress=False,
+                         threads_per_task=threads_per_task)[0]
+
+
+def test_tasks_pin_blas_threads_so_lsqr_does_not_depend_on_the_core_count():
+    """OpenBLAS splits dot products and norms by its thread count; LSQR's weights moved by 4e-6 between one
+    and two BLAS threads (smoe_core.parallel's docstring). A task runs with BLAS and torch held to
+    threads_per_task, so the weights are the same whatever the caller's BLAS setting."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("no BLAS library that threadpoolctl controls is loaded")
+    with threadpool_limits(2, "blas"):
+        assert run_tasks(_blas_and_torch_threads, [0], progress=False, threads_per_task=1) == [([1], 1)]
+        assert run_tasks(_blas_and_torch_threads, [0], progress=False, threads_per_task=2) == [([2], 2)]
+    np.testing.assert_array_equal(_rbf_weights(1), _rbf_weights(2))
+    # the pin is what makes them equal: left alone (threads_per_task=None), the two settings differ
+    unpinned = _rbf_weights(1, None), _rbf_weights(2, None)
+    assert not np.array_equal(*unpinned)
