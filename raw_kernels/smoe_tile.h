@@ -58,6 +58,18 @@ SMOE_HD T expert_value(const T* expert, const T* slope, int c, T dx, T dy) {
   return m;
 }
 
+// Kernel k's C expert values (and with LIN its 2C slopes) copied into e[C] (and sl[2C]).
+template <typename T, int C, bool LIN>
+SMOE_HD void load_expert(const T* experts, const T* slopes, int k, T* e, T* sl) {
+  for (int c = 0; c < C; ++c) {
+    e[c] = experts[(size_t)C * k + c];
+    if (LIN) {
+      sl[2 * c] = slopes[(size_t)2 * C * k + 2 * c];
+      sl[2 * c + 1] = slopes[(size_t)2 * C * k + 2 * c + 1];
+    }
+  }
+}
+
 // d loss / d l_j at one pixel, given the gate g (softmax weight for SMoE, exp(l) for RBF), the upstream
 // gradient of the pixel's C channels, the pixel's output y and the kernel's expert values m_j(x).
 //   SMoE: dy_c/dl_j = g (m_jc - y_c);   RBF: dy_c/dl_j = g m_jc.

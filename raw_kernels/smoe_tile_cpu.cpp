@@ -162,13 +162,7 @@ void forward_impl(const T* mu, const T* chol, const T* logpi, const T* experts, 
         const T* __restrict Lj = L.data() + (size_t)j * np;
         const T mux = mu[2 * k], muy = mu[2 * k + 1];
         T e[C], sl[2 * C];
-        for (int c = 0; c < C; ++c) {
-          e[c] = experts[(size_t)C * k + c];
-          if (LIN) {
-            sl[2 * c] = slopes[(size_t)2 * C * k + 2 * c];
-            sl[2 * c + 1] = slopes[(size_t)2 * C * k + 2 * c + 1];
-          }
-        }
+        smoe::load_expert<T, C, LIN>(experts, slopes, k, e, sl);
 #pragma omp simd
         for (int p = 0; p < np; ++p) {
           // both operands loaded unconditionally, so the select is if-converted (vectorized) also without
@@ -252,13 +246,7 @@ void backward_impl(const T* mu, const T* chol, const T* logpi, const T* experts,
           T m[2] = {mu[2 * k], mu[2 * k + 1]}, a[3] = {chol[3 * k], chol[3 * k + 1], chol[3 * k + 2]};
           const T lp = logpi[k];
           T e[C], sl[2 * C];
-          for (int c = 0; c < C; ++c) {
-            e[c] = experts[(size_t)C * k + c];
-            if (LIN) {
-              sl[2 * c] = slopes[(size_t)2 * C * k + 2 * c];
-              sl[2 * c + 1] = slopes[(size_t)2 * C * k + 2 * c + 1];
-            }
-          }
+          smoe::load_expert<T, C, LIN>(experts, slopes, k, e, sl);
 #pragma omp simd
           for (int p = 0; p < np; ++p) {
             T dx, dy, u, v;

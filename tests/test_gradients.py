@@ -93,9 +93,12 @@ def test_degenerate_models_have_finite_gradients():
     assert all(torch.isfinite(v).all() for v in g.values())
     one = random_model(K=1, H=8, W=8, seed=1).torch(requires_grad=True)
     g1 = grads(one, "cpu", torch.ones(8, 8))
-    # one kernel: the output is its expert everywhere, so only the expert has a gradient
+    # one kernel: the output is its expert everywhere, so only the expert has a gradient; the others are zero up
+    # to rounding (the fast build's y = acc / S is not m bit for bit on every CPU: on an AMD EPYC 1.3e-6 for mu and
+    # 2.6e-5 for chol, whose gradient carries the squared offsets; the RBF rule g m_j in place of g (m_j - y) gives
+    # 5 for mu and 81 for chol on this model)
     assert float(g1["experts"][0, 0]) == pytest.approx(64.0)
-    assert float(g1["mu"].abs().max()) == 0.0 and float(g1["chol"].abs().max()) == 0.0
+    assert float(g1["mu"].abs().max()) < 1e-4 and float(g1["chol"].abs().max()) < 1e-4
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
