@@ -562,6 +562,27 @@ def test_fig8_one_panel_per_initializer_with_psnr_and_kernels():
     assert len([ax for ax in fig.axes if ax.axison]) == 3
 
 
+@covers("as_smoe_paper.fig8_case_figure")
+def test_fig8_case_adds_the_segmentation_panel_only_for_a_segmenting_initializer():
+    """The notebook's and redraw's Fig. 8 for a test image: the image as the run cropped it, and the MDBSCAN
+    panel (the labels of smoe_core.studies.common.segmentation_labels) only when S-SMoE or AS-SMoE is drawn."""
+    from smoe_core.studies.common import load_case, segmentation_labels
+
+    crop = 48
+    models = {"grid": random_model(K=20, H=crop, W=crop, seed=1, bandwidth=(0.05, 0.2)),
+              "s_smoe": random_model(K=15, H=crop, W=crop, seed=2, bandwidth=(0.05, 0.2))}
+    fig = as_smoe_paper.fig8_case_figure("peppers", models, 40, crop)
+    visible = [ax for ax in fig.axes if ax.axison]
+    assert len(visible) == 3
+    n_segments = len(np.unique(segmentation_labels("peppers", 40, crop)))
+    assert visible[2].get_title() == f"MDBSCAN segmentation (d_th = 40)\n{n_segments} segments"
+    (im,) = visible[0].get_images()
+    assert np.allclose(im.get_array(), np.clip(render(models["grid"], (crop, crop)), 0, 1), atol=1e-6)
+    assert load_case("peppers", crop).shape[:2] == (crop, crop)
+    fig = as_smoe_paper.fig8_case_figure("peppers", {"grid": models["grid"]}, 40, crop)
+    assert len([ax for ax in fig.axes if ax.axison]) == 1
+
+
 @covers("as_smoe_paper.fig9c_figure")
 def test_fig9c_bars_are_init_and_time_to_95pct():
     table3 = pd.DataFrame([dict(image=im, method=m, psnr_db_ours=25.0 + j, seconds_to_95pct=10.0 * (j + 1) + i)

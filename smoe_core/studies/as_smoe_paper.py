@@ -48,7 +48,7 @@ from ..metrics import psnr
 from ..model import SMoE
 from ..render import render
 from .common import (history, kernels_at_target, load_case, model_path, paper_table, rbf_start_model, rows_of_items,
-                     run_global, run_init, side_by_side, time_to_fraction)
+                     run_global, run_init, segmentation_labels, side_by_side, time_to_fraction)
 from .plotting import (crops_with_kernels, curves, finish, legend_entries, paper_order, pyplot, series_styles,
                        show_image, texture_window, time_bars)
 
@@ -337,7 +337,8 @@ def table3_claim(table3: pd.DataFrame, table3_protocol: pd.DataFrame | None = No
             candidates[(image_key(r["image"]), r["variant"])] = (float(r["psnr_db"]), float(r["L_opt"]))
     matched_base = {}
     if matched is not None and len(matched):
-        names = {"ours": "ours, rivals at AS-SMoE's L_init", "paper": "paper (random experts), rivals at AS-SMoE's L_init"}
+        names = {"ours": "ours, rivals at AS-SMoE's L_init",
+                 "paper": "paper (random experts), rivals at AS-SMoE's L_init"}
         for _, r in matched.iterrows():
             key = (image_key(r["image"]), r["variant"])
             matched_base.setdefault(key, {}).setdefault(names[r["protocol"]], {})[(key[0], r["method"])] = (
@@ -415,8 +416,9 @@ RBF_KEYS = ["image", "method", "variant", "setup"]
 def rbf_setup_items(items, setups=tuple(RBF_SETUPS), methods=("kmeans", "as_smoe"), variant_items=(),
                     variant_setups=("least_squares",)) -> list[dict]:
     """One RBF item per (item of ``items`` whose method is in ``methods``, setup of ``setups``) and per (item of
-    ``variant_items``, setup of ``variant_setups``); the ``rbf_local`` setups for AS-SMoE only: ``rbf=True``, ``setup``, ``variant`` ("paper_text"
-    for the plain AS-SMoE, "-" for other methods), ``rbf_start`` and a ``tag`` that keeps the saved models apart;
+    ``variant_items``, setup of ``variant_setups``); the ``rbf_local`` setups for AS-SMoE only: ``rbf=True``,
+    ``setup``, ``variant`` ("paper_text" for the plain AS-SMoE, "-" for other methods), ``rbf_start`` and a ``tag``
+    that keeps the saved models apart;
     ``base_tag`` is the tag of the item whose initial model the setup starts from."""
     unknown = set(setups) - set(RBF_SETUPS)
     if unknown:
@@ -607,6 +609,15 @@ def fig7_figure(image, models: dict, *, side: int = 96, window=None):
 
 
 # ---------------------------------------------------------------------- Fig. 8: the initializations
+def fig8_case_figure(image, models: dict, d_th, crop=None):
+    """Fig. 8 for one test image (``image``: its name or path, ``crop`` as the run's): :func:`fig8_figure` over
+    the image as the run saw it, with the MDBSCAN segmentation panel when a segmenting initializer (S-SMoE,
+    AS-SMoE) is among ``models`` (name -> initial model). The notebook and the redraw command both call this."""
+    segmenting = any(initializer_info(m).segments for m in models if m in INITIALIZERS)
+    labels = segmentation_labels(image, d_th, crop) if segmenting else None
+    return fig8_figure(load_case(image, crop), models, labels, d_th)
+
+
 def fig8_figure(image, models: dict, labels=None, d_th=None):
     """Fig. 8: the initializations themselves, one panel per initializer (``models``: name -> initial model, each
     rendered over the whole image), titled with its PSNR against ``image`` and its kernel count; with ``labels``
@@ -662,7 +673,8 @@ def fig9c_figure(times: pd.DataFrame):
 
 
 # ---------------------------------------------------------------------- figures
-def published_points(methods=None, images=None, rows=(1, 2), label: str = "{method} (paper, Table III)") -> pd.DataFrame:
+def published_points(methods=None, images=None, rows=(1, 2),
+                     label: str = "{method} (paper, Table III)") -> pd.DataFrame:
     """The paper's Table III rows as points (image, method, series, L_opt, psnr_db, row) for the figures of PSNR
     against kernels (Fig. 5 and Table III's claim): one series per method (rows 1 and 2 its two points), named by
     ``label``; ``methods`` and ``images`` select."""

@@ -37,7 +37,7 @@ from ..init import INITIALIZERS, initializer_info
 from ..io import image_key
 from ..model import SMoE
 from . import as_smoe_paper, as_smoe_segments, edge_paper, r_smoe_paper
-from .common import grid_items, load_case, only_test_images, paper_table, rows_of_items, segmentation_labels
+from .common import grid_items, load_case, only_test_images, paper_table, rows_of_items
 from .results import save_figure
 
 NOTEBOOKS = ("as_smoe_segments", "compare_initializers", "edge_aligned", "r_smoe")
@@ -137,10 +137,8 @@ def redraw_compare_initializers(folder) -> list[Path]:
         if finals:
             out.append(save_figure(as_smoe_paper.fig6_crops_figure(img, finals),
                                    folder / f"fig6_crops_{image_key(image)}.png"))
-        if inits:  # Fig. 8, with the segments when a segmenting initializer is among them
-            segmenting = any(initializer_info(m).segments for m in inits if m in INITIALIZERS)
-            labels = segmentation_labels(image, params["d_th"], params.get("crop")) if segmenting else None
-            out.append(save_figure(as_smoe_paper.fig8_figure(img, inits, labels, params["d_th"]),
+        if inits:  # Fig. 8
+            out.append(save_figure(as_smoe_paper.fig8_case_figure(image, inits, params["d_th"], params.get("crop")),
                                    folder / f"fig8_initializations_{image_key(image)}.png"))
         if image_key(image) in fig7:
             out.append(save_figure(as_smoe_paper.fig7_figure(img, fig7[image_key(image)]),
