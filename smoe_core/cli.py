@@ -276,7 +276,8 @@ def cmd_fit(args) -> int:
             raise ValueError("--seconds is not supported with --tiles; use --tile-iters and --iters")
         model, record = fit_tilewise(
             image, args.kernels, initializer=args.init, init_kwargs=init_kw, tiles=tuple(args.tiles),
-            tile_iters=args.tile_iters, sparsity=args.sparsity, finetune_iters=500 if args.iters is None else args.iters,
+            tile_iters=args.tile_iters, sparsity=args.sparsity,
+            finetune_iters=500 if args.iters is None else args.iters,
             lr=lr or None, backend=args.backend, tol=1e-6 if args.tol is None else args.tol, seed=args.seed,
             workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
         model0, hist = record["merged_model"], record["history"]
@@ -465,7 +466,7 @@ def cmd_reproduce(args) -> int:
     # reproduce() resolves --images (relative paths made absolute) and refuses a missing one before any work
     report = reproduce(args.preset, only=args.only, results_dir=args.results, workers=args.workers or None,
                        scheduler=args.scheduler, progress=not args.no_progress, images=args.images, wait=args.wait,
-                       build=args.build)
+                       build=args.build, seed=args.seed)
     print(f"report: {report}")
     return 0
 
@@ -511,7 +512,8 @@ def cmd_denoise(args) -> int:
                             progress=not args.no_progress)
     _save_staged(out, clean)
     print(f"image: {args.image} ({H} x {W}, {_color_name(noisy)})")
-    print(f"models: {record['models']} (shifts {record['shifts'][0]} .. {record['shifts'][-1]}, border {record['border']})")
+    print(f"models: {record['models']} (shifts {record['shifts'][0]} .. {record['shifts'][-1]}, "
+          f"border {record['border']})")
     print(f"kernels per model: {record['n_kernels']}, iterations: {record['iters']}")
     print(f"seconds: {record['seconds']:.1f}")
     print(f"denoised: {out}")
@@ -849,7 +851,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("fit", help="initialize and fit a model to an image")
-    p.add_argument("image", metavar="IMAGE", help="an image file or a test image name (barbara, flower, parrot, peppers)")
+    p.add_argument("image", metavar="IMAGE",
+                   help="an image file or a test image name (barbara, flower, parrot, peppers)")
     p.add_argument("--kernels", type=positive_int, required=True, metavar="N", help="kernel budget")
     p.add_argument("--init", choices=_LazyChoices(".init", "INITIALIZERS", sort=True), default="grid", metavar="NAME",
                    help="initializer: %(choices)s (default: grid)")
@@ -922,7 +925,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models fused, 1..64 (default 8; 1 = a single model)")
     p.add_argument("--kernels", type=positive_int, default=None, metavar="N",
                    help="kernels per model (default: one per 64 pixels)")
-    p.add_argument("--iters", type=nonnegative_int, default=None, metavar="N", help="iterations per model (default 300)")
+    p.add_argument("--iters", type=nonnegative_int, default=None, metavar="N",
+                   help="iterations per model (default 300)")
     p.add_argument("--color", action="store_true", help="denoise the RGB image (default: gray)")
     p.add_argument("--border", choices=("reflect", "crop", "roll"), default="reflect",
                    help="how shifted frames are filled at the borders (default reflect)")
@@ -982,6 +986,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reproducible: the same numbers on every x86-64 machine (the compiled kernels without "
                         "-march=native and fast-math, PyTorch's baseline CPU kernels, one thread per process; "
                         "slower); fast: this CPU's fastest build; default: $SMOE_BUILD (fast when unset)")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="every notebook's seed (default 0): other random starts, to see how far the numbers move "
+                        "with the seed; a results folder holding another seed's results is refused (use --results)")
     p.add_argument("--wait", action="store_true",
                    help="if another smoe reproduce is using the results folder, wait for it to finish (default: "
                         "refuse at once)")

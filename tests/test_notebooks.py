@@ -44,3 +44,43 @@ def test_unknown_notebook_and_preset(tmp_path):
         reproduce.reproduce("smoke", only="nope", results_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown preset"):
         reproduce.notebook_parameters("compare_initializers", "huge", results_dir=tmp_path)
+
+
+def test_every_notebook_defaults_to_the_default_seed():
+    """`smoe reproduce` without --seed runs every notebook with DEFAULT_SEED: the notebooks' own default."""
+    import papermill
+
+    for name in reproduce.available_notebooks():
+        params = papermill.inspect_notebook(str(reproduce.notebook_dir() / f"{name}.ipynb"))
+        assert params["seed"]["default"] == str(reproduce.DEFAULT_SEED), name
+        assert "seed" not in reproduce.notebook_parameters(name, "smoke", results_dir=".")
+        assert reproduce.notebook_parameters(name, "smoke", results_dir=".", seed=7)["seed"] == 7
+
+
+@pytest.mark.parametrize("bad", [-1, 2**31, 1.5, True, "1"])
+def test_bad_seed_is_refused(tmp_path, bad):
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        reproduce.reproduce("smoke", only="r_smoe", results_dir=tmp_path, seed=bad)
+    assert not (tmp_path / "smoke").exists()
+
+
+def test_a_folder_of_another_seed_is_refused_before_any_notebook_runs(tmp_path, capsys):
+    """Finished rows are found by configuration, not seed: a run with seed 1 into seed-0 results would skip
+    every finished item and mix its own rows in. Refused before any notebook starts, nothing written."""
+    import json
+
+    from smoe_core.cli import main
+
+    folder = tmp_path / "smoke" / "r_smoe"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"parameters": {"seed": 0}}))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="holds the results of seed 0.*another results folder"):
+        reproduce.reproduce("smoke", only=["edge_aligned", "r_smoe"], results_dir=tmp_path, seed=1)
+    rc = main(["reproduce", "--preset", "smoke", "--only", "r_smoe", "--results", str(tmp_path), "--seed", "1",
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len([ln for ln in err.splitlines() if ln.startswith("smoe: error:")]) == 1, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    reproduce.check_results_seed(folder, 0)  # the same seed goes on
+    reproduce.check_results_seed(tmp_path / "smoke" / "edge_aligned", 1)  # no results yet: any seed

@@ -18,6 +18,13 @@ environment for the run, so the notebook kernels and their Dask workers start in
 build and PyTorch CPU capability (:data:`smoe_core.studies.results.META_COLUMNS`). Rows already in a table are
 reused whatever build wrote them (their ``build`` column says which).
 
+``seed`` (``smoe reproduce --seed N``) sets every notebook's ``seed`` parameter (default
+:data:`DEFAULT_SEED`, every notebook's own default): other random starts (K-Means, S-SMoE's placements, the
+random experts, training batches), to measure how far the numbers move with the seed
+(:mod:`smoe_core.studies.reproducibility`). Finished rows are found by their configuration, not their seed, so
+a run refuses a notebook folder that holds another seed's results (:func:`check_seed`): give such a run its own
+``results_dir``.
+
 A run holds the lock of its results folder from start to end (:func:`smoe_core.studies.results.results_lock`):
 a second run on the same folder refuses at once, naming the pid holding it, or with ``wait=True``
 (``smoe reproduce --wait``) waits for it. Images given as paths are passed to the notebooks as absolute paths
@@ -28,6 +35,8 @@ traceback of the interrupted cell) are not relayed.
 from __future__ import annotations
 
 import contextlib
+import json
+import numbers
 import os
 import signal
 import subprocess
@@ -214,12 +223,47 @@ def notebook_image(name_or_path, known=()) -> str:
     return key if key in IO_TEST_IMAGES else str(path.resolve())
 
 
+#: every notebook's own default ``seed`` parameter (tests/test_notebooks.py checks it)
+DEFAULT_SEED = 0
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int (None: :data:`DEFAULT_SEED`); ValueError for anything but a non-negative integer."""
+    if seed is None:
+        return DEFAULT_SEED
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**31:
+        raise ValueError(f"seed must be an integer from 0 to 2**31 - 1, got {seed!r}")
+    return int(seed)
+
+
+def results_seed(folder) -> int | None:
+    """The seed of the run that wrote a notebook's results ``folder`` (its manifest.json; None when there is
+    none or it names none)."""
+    p = Path(folder) / "manifest.json"
+    if not p.is_file():
+        return None
+    try:
+        seed = json.loads(p.read_text()).get("parameters", {}).get("seed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if seed is None else int(seed)
+
+
+def check_results_seed(folder, seed: int) -> None:
+    """ValueError when ``folder`` holds results of a seed other than ``seed`` (module docstring)."""
+    held = results_seed(folder)
+    if held is not None and held != seed:
+        raise ValueError(f"{folder} holds the results of seed {held}; a run with seed {seed} would be mixed into "
+                         "them (finished rows are found by configuration, not seed): give it another results folder "
+                         "(--results)")
+
+
 def notebook_parameters(name: str, preset: str, *, results_dir, workers=None, scheduler=None,
-                        images=None) -> dict:
+                        images=None, seed=None) -> dict:
     """The papermill parameters of a notebook at a preset. ``images`` (test-image names or paths) replaces the
     preset's image list, to run a long preset in pieces: results of every piece land in the same tables (the
     grids are keyed by image), and a later full run only computes what is missing. Paths are made absolute
-    (:func:`notebook_image`)."""
+    (:func:`notebook_image`). ``seed``: the notebook's ``seed`` parameter (None: its default)."""
     if name not in PRESETS:
         raise ValueError(f"unknown notebook {name!r} (known: {', '.join(PRESETS)})")
     if preset not in PRESETS[name]:
@@ -229,11 +273,13 @@ def notebook_parameters(name: str, preset: str, *, results_dir, workers=None, sc
         params["images"] = [notebook_image(i, NOTEBOOK_IMAGES.get(name, ())) for i in images]
     params.update(preset=preset, results_dir=str(Path(results_dir).resolve()), workers=workers or 0,
                   scheduler=scheduler or "")
+    if seed is not None:
+        params["seed"] = check_seed(seed)
     return params
 
 
 def run_notebook(name: str, preset: str, *, results_dir="results", workers=None, scheduler=None,
-                 progress: bool = True, images=None) -> Path:
+                 progress: bool = True, images=None, seed=None) -> Path:
     """Executes ``notebooks/<name>.ipynb`` with the preset's parameters; returns the executed notebook's path."""
     import papermill
 
@@ -245,7 +291,8 @@ def run_notebook(name: str, preset: str, *, results_dir="results", workers=None,
     out = out_dir / f"{name}.ipynb"
     tmp = out_dir / f".{name}.{os.getpid()}.tmp.ipynb"
     params = notebook_parameters(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler,
-                                 images=images)
+                                 images=images, seed=seed)
+    check_results_seed(out_dir, check_seed(seed))
     failed = out_dir / f"{name}.failed.ipynb"
     relay = _StderrRelay()
     try:
@@ -417,12 +464,15 @@ def build_environment(build: str | None):
 
 
 def reproduce(preset: str = "quick", *, only=None, results_dir="results", workers=None, scheduler=None,
-              progress: bool = True, images=None, wait: bool = False, build: str | None = None) -> Path:
+              progress: bool = True, images=None, wait: bool = False, build: str | None = None,
+              seed=None) -> Path:
     """Runs the notebooks (all, or ``only``) at ``preset`` and rebuilds results/REPORT.md; returns its path.
     ``images`` replaces the presets' image lists (:func:`notebook_parameters`). ``build``: "reproducible" runs
     the notebooks in the reproducible environment, "fast" in the fast build, None as the environment is
     (module docstring). The run holds the lock of ``results_dir`` (module docstring):
-    :class:`~smoe_core.studies.results.ResultsInUse` when another run holds it, unless ``wait``."""
+    :class:`~smoe_core.studies.results.ResultsInUse` when another run holds it, unless ``wait``. ``seed``: every
+    notebook's seed (module docstring); a notebook folder holding another seed's results is refused before any
+    notebook runs."""
     if preset not in ("smoke", "quick", "paper"):
         raise ValueError(f"unknown preset {preset!r} (known: smoke, quick, paper)")
     build_environment_variables(build)  # an unknown build refused before any work
@@ -446,6 +496,10 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
                                         f"{owners}"
                                         "; run them with --only)")
 
+    seed_value = check_seed(seed)
+    for n in names:
+        check_results_seed(Path(results_dir) / preset / n, seed_value)
+
     def waiting(holder):
         print(f"waiting for results folder {results_dir}, in use by another run ({holder})", file=sys.stderr,
               flush=True)
@@ -455,7 +509,7 @@ def reproduce(preset: str = "quick", *, only=None, results_dir="results", worker
             t0 = time.perf_counter()
             before = _duplicate_counts(Path(results_dir) / preset / name)
             run_notebook(name, preset, results_dir=results_dir, workers=workers, scheduler=scheduler,
-                         progress=progress, images=images)
+                         progress=progress, images=images, seed=seed)
             _report_repairs(Path(results_dir) / preset / name, before)
             if progress:
                 print(f"{name} ({preset}): {time.perf_counter() - t0:.0f} s")
