@@ -678,7 +678,12 @@ def _nsmoe_run(args, loaded, src: Path, out: Path, export) -> int:
     if H * s * W * s > MAX_OUTPUT_PIXELS:
         raise ValueError(f"{args.image} at x{s} gives a {H * s} x {W * s} image, more than {MAX_OUTPUT_PIXELS} pixels")
     t0 = time.perf_counter()
-    result, model = restore(loaded.net, image, chunk=args.chunk, export=export is not None,
+    from .tasks.nsmoe.blocks import TEST_STRIDE
+
+    stride = TEST_STRIDE if args.stride is None else args.stride
+    if not 1 <= stride <= loaded.net.config.block:
+        raise ValueError(f"--stride must be from 1 to the block size {loaded.net.config.block}, got {stride}")
+    result, model = restore(loaded.net, image, stride=stride, chunk=args.chunk, export=export is not None,
                             progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     staged = _Staged()
@@ -693,7 +698,7 @@ def _nsmoe_run(args, loaded, src: Path, out: Path, export) -> int:
     print(f"image: {args.image} ({H} x {W}, gray, {bits}-bit)")
     print(f"checkpoint: {loaded.checkpoint.path} ({meta['task']}, preset {meta.get('preset')}, step {meta['step']} of "
           f"{meta.get('total_steps')})")
-    print(f"output: {result.shape[0]} x {result.shape[1]}, {bits}-bit -> {out}")
+    print(f"output: {result.shape[0]} x {result.shape[1]}, {bits}-bit -> {out} (blocks at stride {stride})")
     if model is not None:
         base = loaded.net.config.base
         print(f"kernels: {model.n_kernels} -> {export}"
@@ -1046,6 +1051,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "smoe_core/data/nsmoe/<task>.ckpt)")
         q.add_argument("--export-kernels", dest="export_kernels", default=None, metavar="MODEL.npz",
                        help="also write the predicted kernels as an SMoE model file (smoe render MODEL.npz --scale S)")
+        q.add_argument("--stride", type=positive_int, default=None, metavar="N",
+                       help="LR pixels between the blocks' corners, 1 to the block size (default 4, as the "
+                            "authors' tests: overlap 12); the run time scales with 1 / stride^2")
         q.add_argument("--chunk", type=positive_int, default=64, metavar="N",
                        help="blocks encoded at a time (bounds memory: about 0.4 GB at x4; default 64)")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -257,6 +257,19 @@ def test_cli_upscale_keeps_the_bit_depth_and_exports_kernels(tmp_path, runs, bit
                "--checkpoint", str(runs["sr2"]), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and len(_errors(err)) == 1 and "x2" in err and not (tmp_path / "x4.png").exists()
+    # --stride: the blocks' spacing, as restore(stride=...); outside 1 .. block size refused with one line
+    coarse = tmp_path / "coarse.png"
+    rc = main(["nsmoe", "upscale", str(src), "--scale", "2", "--out", str(coarse), "--checkpoint", str(runs["sr2"]),
+               "--stride", "8", "--no-progress"])
+    assert rc == 0 and "stride 8" in capsys.readouterr().out
+    expect8, _ = infer.restore(loaded.net, load_image(src), stride=8)
+    assert np.abs(np.asarray(Image.open(coarse)) / top - np.clip(expect8, 0, 1)).max() <= 0.5 / top + 1e-6
+    assert np.abs(expect8 - expect).max() > 1e-4  # another stride, another average
+    for bad in ("17", "0"):
+        rc = main(["nsmoe", "upscale", str(src), "--scale", "2", "--out", str(tmp_path / "bad.png"),
+                   "--checkpoint", str(runs["sr2"]), "--stride", bad, "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(_errors(err)) == 1 and "stride" in err and not (tmp_path / "bad.png").exists()
 
 
 def test_cli_denoise_16_bit(tmp_path, runs, capsys):
