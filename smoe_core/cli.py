@@ -585,9 +585,11 @@ def cmd_nsmoe(args) -> int:
 
 def cmd_nsmoe_train(args) -> int:
     from .tasks.nsmoe import checkpoint as ckpt
-    from .tasks.nsmoe.train import make_config, train
+    from .tasks.nsmoe.train import make_config, shared_encoder_overrides, train
 
-    out = Path(args.out) if args.out else Path("results") / "nsmoe" / f"{args.task}_{args.preset}"
+    shared = args.encoder == "shared"
+    out = Path(args.out) if args.out else (Path("results") / "nsmoe"
+                                           / f"{args.task}_{args.preset}{'_shared' if shared else ''}")
     out = _check_output_dir(out, "--out")
     path = out / f"{args.task}.ckpt"
     seed = args.seed
@@ -607,7 +609,8 @@ def cmd_nsmoe_train(args) -> int:
         state = ckpt.load(path)
         raise ValueError(f"{out} already holds a run of {args.task} (step {state.step} of "
                          f"{state.meta.get('total_steps')}): pass --resume to continue it, or choose another --out")
-    cfg = make_config(args.task, args.preset, 0 if seed is None else seed)
+    cfg = make_config(args.task, args.preset, 0 if seed is None else seed,
+                      **(shared_encoder_overrides(args.task, args.preset) if shared else {}))
     _nsmoe_data_installed()
     result = train(cfg, out, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress)
     what = {"sr2": "x2, bicubic", "sr4": "x4, bicubic", "denoise": "scale 1, Gaussian noise sigma 5-50",
@@ -1013,6 +1016,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default sr2")
     q.add_argument("--out", default=None, metavar="DIR",
                    help="run folder: <task>.ckpt and history.csv (default results/nsmoe/<task>_<preset>)")
+    q.add_argument("--encoder", choices=("block", "shared"), default="block",
+                   help="block: the authors' encoder, each block on its own (default); shared: one fully "
+                        "convolutional trunk over each crop, pooled per kernel cell (our variant; trained on crops of "
+                        "two blocks a side)")
     q.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     q.add_argument("--seed", type=nonnegative_int, default=None, metavar="N",
                    help="seed of the weights, crops and degradations (default 0; on --resume, the run's)")
@@ -1054,8 +1061,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--stride", type=positive_int, default=None, metavar="N",
                        help="LR pixels between the blocks' corners, 1 to the block size (default 4, as the "
                             "authors' tests: overlap 12); the run time scales with 1 / stride^2")
-        q.add_argument("--chunk", type=positive_int, default=64, metavar="N",
-                       help="blocks encoded at a time (bounds memory: about 0.4 GB at x4; default 64)")
+        q.add_argument("--chunk", type=positive_int, default=None, metavar="N",
+                       help="blocks encoded at a time (bounds memory: about 0.4 GB at x4 with the authors' block "
+                            "encoder; default 64, 512 with the shared encoder)")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
         q.set_defaults(func=cmd_nsmoe_upscale if name == "upscale" else cmd_nsmoe_denoise)
     return parser

@@ -112,6 +112,32 @@ class SMoE:
         """Raises ValueError, naming the field, on inconsistent shapes, mixed array kinds, non-float or
         non-finite parameters, a singular kernel (``chol``'s a11 or a22 zero: P = A A^T is then singular, the
         kernel unbounded) or a model in which no kernel has pi > 0 (nothing carries weight)."""
+        self.check_structure()
+        K = self.n_kernels
+        names = [n for n, x in self.fields().items() if x is not None]
+        if self.is_torch:  # one device synchronization for all the value checks
+            with torch.no_grad():
+                flags = [torch.isfinite(getattr(self, n)).all() for n in names]
+                flags += [((self.chol[:, 0] != 0) & (self.chol[:, 2] != 0)).all(), (self.pi > 0).any()]
+                ok = torch.stack(flags).tolist()
+        else:
+            ok = [bool(np.isfinite(getattr(self, n)).all()) for n in names]
+            ok += [bool(((self.chol[:, 0] != 0) & (self.chol[:, 2] != 0)).all()), bool((self.pi > 0).any())]
+        for n, good in zip(names, ok):
+            if not good:
+                raise ValueError(f"{n} contains NaN or infinite values")
+        if not ok[-2]:
+            chol = self.chol.detach().cpu().numpy() if self.is_torch else np.asarray(self.chol)
+            j = int(np.flatnonzero((chol[:, 0] == 0) | (chol[:, 2] == 0))[0])
+            raise ValueError(f"chol of kernel {j} has a11 = {chol[j, 0]:g}, a22 = {chol[j, 2]:g}: both must be "
+                             "non-zero (P = A A^T is singular otherwise)")
+        if not ok[-1]:
+            raise ValueError(f"pi must be > 0 for at least one kernel (a kernel with pi <= 0 carries no weight); "
+                             f"all {K} are <= 0")
+
+    def check_structure(self) -> None:
+        """The checks of :meth:`check` that do not read the values: array kinds, float dtypes, shapes, at least
+        one kernel (ValueError naming the field)."""
         arrays = [x for x in self.fields().values() if x is not None]
         kinds = {_is_torch(x) for x in arrays}
         if len(kinds) != 1:
@@ -140,26 +166,6 @@ class SMoE:
             raise ValueError(f"slopes must have shape ({K}, {C}, 2), got {tuple(self.slopes.shape)}")
         if K == 0:
             raise ValueError("the model has zero kernels")
-        names = [n for n, x in self.fields().items() if x is not None]
-        if self.is_torch:  # one device synchronization for all the value checks
-            with torch.no_grad():
-                flags = [torch.isfinite(getattr(self, n)).all() for n in names]
-                flags += [((self.chol[:, 0] != 0) & (self.chol[:, 2] != 0)).all(), (self.pi > 0).any()]
-                ok = torch.stack(flags).tolist()
-        else:
-            ok = [bool(np.isfinite(getattr(self, n)).all()) for n in names]
-            ok += [bool(((self.chol[:, 0] != 0) & (self.chol[:, 2] != 0)).all()), bool((self.pi > 0).any())]
-        for n, good in zip(names, ok):
-            if not good:
-                raise ValueError(f"{n} contains NaN or infinite values")
-        if not ok[-2]:
-            chol = self.chol.detach().cpu().numpy() if self.is_torch else np.asarray(self.chol)
-            j = int(np.flatnonzero((chol[:, 0] == 0) | (chol[:, 2] == 0))[0])
-            raise ValueError(f"chol of kernel {j} has a11 = {chol[j, 0]:g}, a22 = {chol[j, 2]:g}: both must be "
-                             "non-zero (P = A A^T is singular otherwise)")
-        if not ok[-1]:
-            raise ValueError(f"pi must be > 0 for at least one kernel (a kernel with pi <= 0 carries no weight); "
-                             f"all {K} are <= 0")
 
     # ------------------------------------------------------------------ precision matrices
     def precision(self):
@@ -196,7 +202,8 @@ class SMoE:
     # ------------------------------------------------------------------ conversions
     def numpy(self) -> "SMoE":
         """A float32 numpy copy (detached)."""
-        conv = {k: (None if v is None else (v.detach().cpu().numpy() if _is_torch(v) else np.asarray(v)).astype(np.float32))
+        conv = {k: (None if v is None
+                    else (v.detach().cpu().numpy() if _is_torch(v) else np.asarray(v)).astype(np.float32))
                 for k, v in self.fields().items()}
         return SMoE(**conv, **self._meta())
 
@@ -259,6 +266,57 @@ class SMoE:
             raise ValueError(f"{path} is not an SMoE model file (missing fields)")
         return cls(**fields, rbf=meta.get("rbf", False), image_shape=meta.get("image_shape"),
                    color_space=meta.get("color_space"))
+
+
+def check_models(models) -> None:
+    """:meth:`SMoE.check` of every model of a list, with the value checks done once over all models' fields
+    together (a render of thousands of small models, such as N-SMoE's blocks, spent most of its time in one check
+    per model). The same models pass and fail as with one :meth:`SMoE.check` each: when the joint checks find a
+    bad value, the first failing model's own check raises, its message prefixed by the model's index (when there is
+    more than one). The models must be all numpy or all torch (on one device)."""
+    models = list(models)
+
+    def failing(i: int, m: SMoE):
+        try:
+            m.check()
+        except ValueError as exc:
+            raise ValueError(f"model {i}: {exc}" if len(models) > 1 else str(exc)) from None
+
+    for i, m in enumerate(models):
+        try:
+            m.check_structure()
+        except ValueError:
+            for j in range(i + 1):  # the first model that fails its own check, as one check per model would find
+                failing(j, models[j])
+    if not models:
+        return
+    torch_models = models[0].is_torch
+    names = [n for n, x in models[0].fields().items() if x is not None]
+    if any(m.is_torch != torch_models or [n for n, x in m.fields().items() if x is not None] != names
+           for m in models):
+        for i, m in enumerate(models):  # mixed kinds: each model on its own
+            failing(i, m)
+        return
+    counts = [m.n_kernels for m in models]
+    if torch_models:
+        with torch.no_grad():
+            cat = {n: torch.cat([getattr(m, n).detach().reshape(m.n_kernels, -1) for m in models]) for n in names}
+            owner = torch.repeat_interleave(torch.arange(len(models), device=cat["pi"].device),
+                                            torch.tensor(counts, device=cat["pi"].device))
+            weighted = torch.zeros(len(models), device=cat["pi"].device).index_add_(
+                0, owner, (cat["pi"][:, 0] > 0).float())
+            flags = [torch.isfinite(cat[n]).all() for n in names]
+            flags += [((cat["chol"][:, 0] != 0) & (cat["chol"][:, 2] != 0)).all(), (weighted > 0).all()]
+            ok = all(torch.stack(flags).tolist())
+    else:
+        cat = {n: np.concatenate([np.asarray(getattr(m, n)).reshape(m.n_kernels, -1) for m in models]) for n in names}
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        weighted = np.add.reduceat((cat["pi"][:, 0] > 0).astype(np.int64), starts)
+        ok = (all(bool(np.isfinite(cat[n]).all()) for n in names)
+              and bool(((cat["chol"][:, 0] != 0) & (cat["chol"][:, 2] != 0)).all()) and bool((weighted > 0).all()))
+    if not ok:
+        for i, m in enumerate(models):
+            failing(i, m)
 
 
 def _check_image_shape(image_shape):

@@ -86,3 +86,47 @@ def test_torch_conversion_makes_leaves():
     assert all(getattr(m, k).is_leaf and getattr(m, k).requires_grad for k in ("mu", "chol", "pi", "experts"))
     n = m.numpy()
     assert isinstance(n.mu, np.ndarray) and n.mu.dtype == np.float32
+
+
+def _spoiled(m: SMoE, how: str) -> SMoE:
+    """A copy of numpy model ``m`` with one defect (or none)."""
+    mu, chol, pi, experts = m.mu.copy(), m.chol.copy(), m.pi.copy(), m.experts.copy()
+    if how == "nan_mu":
+        mu[1, 0] = np.nan
+    elif how == "inf_experts":
+        experts[0, 0] = np.inf
+    elif how == "singular":
+        chol[2, 2] = 0.0
+    elif how == "no_weight":
+        pi[:] = 0.0
+    elif how == "bad_shape":
+        pi = pi[:-1]
+    return SMoE(mu, chol, pi, experts, image_shape=m.image_shape, validate=False)
+
+
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_check_models_accepts_and_refuses_as_one_check_per_model(as_torch):
+    """check_models (render_many's joint validation) passes exactly the lists whose every model passes
+    SMoE.check, and a failure names the first bad model and carries its own check's message."""
+    from smoe_core.model import check_models
+
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        n = int(rng.integers(1, 6))
+        hows = [str(rng.choice(["ok", "ok", "ok", "nan_mu", "inf_experts", "singular", "no_weight", "bad_shape"]))
+                for _ in range(n)]
+        models = [_spoiled(random_model(K=int(rng.integers(3, 8)), H=12, W=12, seed=trial * 10 + i), h)
+                  for i, h in enumerate(hows)]
+        if as_torch:
+            models = [SMoE(*(torch.from_numpy(np.ascontiguousarray(x)) for x in (m.mu, m.chol, m.pi, m.experts)),
+                           image_shape=m.image_shape, validate=False) for m in models]
+        first_bad = next((i for i, h in enumerate(hows) if h != "ok"), None)
+        if first_bad is None:
+            check_models(models)
+            continue
+        with pytest.raises(ValueError) as info:
+            models[first_bad].check()
+        expected = str(info.value)
+        with pytest.raises(ValueError) as joint:
+            check_models(models)
+        assert str(joint.value) == (f"model {first_bad}: {expected}" if n > 1 else expected)

@@ -174,3 +174,127 @@ def test_smoke_training_lowers_the_l1_loss_and_is_deterministic():
     assert full_loss(net) < 0.92 * before
     assert np.mean(hist[-5:]) < 0.92 * np.mean(hist[:5]), hist
     assert run(10)[1] == hist[:10]
+
+
+# ---------------------------------------------------------------------- the shared encoder (our variant)
+def _shared(scale=2, n_kernels=4, block=4, width=6, depth=2, **kw):
+    from smoe_core.tasks.nsmoe.model import NSMoEConfig
+
+    return NSMoE(NSMoEConfig(scale=scale, n_kernels=n_kernels, block=block, encoder="shared", trunk_width=width,
+                             trunk_depth=depth, **kw))
+
+
+def _randomize(net, std=0.2):
+    with torch.no_grad():  # random weights everywhere but the head bias (the zero-started convs too)
+        for name, p in net.named_parameters():
+            if name != "encoder.out_bias":
+                p.normal_(0, std)
+
+
+def test_shared_encoder_numbers_are_a_linear_map_of_cell_means():
+    """Kernel j of the block at (r0, c0) gets out(mean of the trunk's features over its cell) + bias_j, the
+    cell being rows r0 + row ch .. and columns c0 + col cw .. (checked against a direct slice and mean)."""
+    from smoe_core.tasks.nsmoe.shared_encoder import SharedEncoder
+
+    torch.manual_seed(3)
+    enc = SharedEncoder(block=8, channels=1, per_kernel=7, grid=(2, 4), width=5, depth=1)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.normal_(0, 0.3)
+    img = torch.rand(2, 1, 13, 11)
+    origins = blk.block_origins((13, 11), 8, 3)
+    got = enc.encode_image(img, origins).reshape(2, len(origins), 8, 7)
+    feats = enc.trunk(img)
+    assert enc.cell == (4, 2)
+    for b in range(2):
+        for i, (r0, c0) in enumerate(origins.tolist()):
+            for j in range(8):
+                row, col = divmod(j, 4)
+                r, c = r0 + 4 * row, c0 + 2 * col
+                mean = feats[b, :, r:r + 4, c:c + 2].mean(dim=(1, 2))
+                torch.testing.assert_close(got[b, i, j], enc.out(mean) + enc.out_bias[j], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="whole cells"):
+        SharedEncoder(block=10, grid=(4, 4))
+
+
+def test_shared_encoder_is_translation_equivariant_and_blocks_alone_see_only_themselves():
+    """The trunk has no normalization: a block's numbers depend on its neighbourhood only (here: shifting the
+    image by the stride shifts the blocks), and forward() on cut blocks equals encode_image on each block alone."""
+    torch.manual_seed(4)
+    net = _shared(block=4, width=6, depth=1)
+    _randomize(net)
+    enc = net.encoder
+    img = torch.rand(1, 1, 20, 20)
+    o = torch.tensor([[8, 8]])
+    a = enc.encode_image(img, o)
+    b = enc.encode_image(img[..., 2:, 2:], o - 2)  # the same neighbourhood (receptive field 7 px), 2 px shifted
+    torch.testing.assert_close(a, b)
+    brightened = img.clone()
+    brightened[..., :2, :] += 0.5  # far outside the receptive field of the block at (8, 8)
+    torch.testing.assert_close(enc.encode_image(brightened, o), a)
+    blocks, origins = blk.cut(img, 4, 4)
+    alone = torch.cat([enc.encode_image(blocks[i:i + 1], torch.zeros(1, 2, dtype=torch.long))
+                       for i in range(len(blocks))])
+    torch.testing.assert_close(enc(blocks), alone)
+
+
+def test_shared_encoder_gradcheck_through_render_many():
+    torch.manual_seed(5)
+    net = _shared(scale=2, stride=2).double()
+    _randomize(net)
+    lr = torch.rand(1, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: net(x), (lr,), eps=1e-6, atol=1e-5, rtol=1e-3)
+    w = net.encoder.stem.weight
+
+    def f(weight):
+        return torch.func.functional_call(net, {"encoder.stem.weight": weight}, (lr.detach(),))
+
+    assert torch.autograd.gradcheck(f, (w.detach().clone().requires_grad_(),), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def test_shared_encoder_kernels_stay_in_blocks_and_restore_equals_forward():
+    from smoe_core.tasks.nsmoe.infer import restore
+
+    torch.manual_seed(6)
+    net = _shared(scale=2, n_kernels=16, block=16, width=8, depth=2, base="bicubic", residual_experts=False).eval()
+    _randomize(net, 0.05)
+    img = torch.rand(40, 36)
+    with torch.no_grad():
+        k, origins = net.kernels(img[None, None], stride=4)
+        full = net(img[None, None], stride=4)[0, 0]
+    assert ((k.mu > -0.5) & (k.mu < 15.5)).all()
+    P = k.precision()
+    assert (torch.linalg.eigvalsh(P) > 0).all()
+    for chunk in (None, 7):
+        out, _ = restore(net, img.numpy(), chunk=chunk)
+        np.testing.assert_allclose(out, full.numpy(), atol=1e-5)
+    # an untrained shared network (zero-started trunk blocks, small head) starts at the head's grid: the bicubic
+    # base plus a near-zero residual
+    fresh = _shared(scale=2, n_kernels=16, block=16, width=8, depth=2, base="bicubic", residual_experts=False).eval()
+    with torch.no_grad():
+        base = F.interpolate(img[None, None], scale_factor=2, mode="bicubic", align_corners=False)[0, 0]
+        assert (fresh(img[None, None], stride=4)[0, 0] - base).abs().max() < 0.05
+
+
+def test_shared_encoder_training_config_and_cli_flag(tmp_path):
+    from smoe_core.tasks.nsmoe.train import make_config, shared_encoder_overrides
+
+    over = shared_encoder_overrides("sr2", "quick")
+    cfg = make_config("sr2", "quick", **over)
+    assert cfg.crop == 32 and cfg.network["encoder"] == "shared"
+    assert {k: v for k, v in cfg.network.items() if k != "encoder"} == make_config("sr2", "quick").network
+    net = NSMoE(cfg.network_config())
+    assert net.config.encoder == "shared" and net.n_parameters < 200_000
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        NSMoE(encoder="nope")
+    # the command: a smoke run with the shared encoder, on 32 px crops, whose checkpoint restores an image
+    from smoe_core.cli import main
+    from smoe_core.tasks.nsmoe.infer import load_network, restore
+
+    rc = main(["nsmoe", "train", "--preset", "smoke", "--task", "sr2", "--encoder", "shared", "--out",
+               str(tmp_path / "run"), "--no-progress"])
+    assert rc == 0
+    loaded = load_network(tmp_path / "run" / "sr2.ckpt")
+    assert loaded.net.config.encoder == "shared" and loaded.checkpoint.meta["config"]["crop"] == 32
+    out, _ = restore(loaded.net, np.random.default_rng(0).random((20, 24), dtype=np.float32))
+    assert out.shape == (40, 48) and np.isfinite(out).all()

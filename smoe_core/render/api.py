@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..limits import check_count, check_memory, check_number
-from ..model import SMoE
+from ..model import SMoE, check_models
 from . import cpu
 from .abi import MODE_RBF, MODE_SMOE
 from .autograd import TiledRender
@@ -156,7 +156,8 @@ def render_many(models, shape=None, *, backend: str = "tiled", scale: float = 1.
         raise ValueError("models must be all numpy or all torch")
     is_torch = kinds.pop()
     C = models[0].n_channels
-    if any(m.n_channels != C for m in models) or len({m.linear for m in models}) != 1 or len({m.rbf for m in models}) != 1:
+    if (any(m.n_channels != C for m in models) or len({m.linear for m in models}) != 1
+            or len({m.rbf for m in models}) != 1):
         raise ValueError("models rendered together must share channels, expert kind and rbf flag")
     shapes = {_check_shape(shape, m) for m in models}
     if len(shapes) != 1:
@@ -165,14 +166,14 @@ def render_many(models, shape=None, *, backend: str = "tiled", scale: float = 1.
     H, W = output_shape((H0, W0), scale)
     inv_scale = 1.0 / float(scale)
     _check_tiling(tile, cutoff, fill)
-    for m in models:
-        m.check()
+    check_models(models)
     # a differentiable render is a training step, whose memory fit() checked once before its first step (each
     # step reuses the memory of the last one, which this process already holds)
     if not (is_torch and any(x is not None and x.requires_grad for m in models for x in m.fields().values())):
         check_memory(render_bytes((H0, W0), C, sum(m.n_kernels for m in models), scale=scale, tile=tile, fill=fill,
                                   batch=len(models)),
-                     f"rendering {len(models)} x {H} x {W} pixels" if len(models) > 1 else f"rendering {H} x {W} pixels")
+                     f"rendering {len(models)} x {H} x {W} pixels" if len(models) > 1
+                     else f"rendering {H} x {W} pixels")
 
     device = None
     if not is_torch and backend in ("tiled", "cuda") and gpu_visible():

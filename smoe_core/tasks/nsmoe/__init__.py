@@ -6,6 +6,8 @@ github.com/anatolicvs/n-smoe, read, not copied, as each module's docstring says)
 - :mod:`.head`: the network's 7k numbers per block -> SMoE kernels (centre, two scales, angle, gate, expert);
   decoding with our gating (one ``render_many`` call) or the authors'; export as :class:`~smoe_core.model.SMoE`.
 - :mod:`.encoder`: Laplacian resizer + residual blocks with multi-head self-attention (compact: ~1.1M parameters).
+- :mod:`.shared_encoder`: our variant, one fully convolutional trunk over the whole image pooled per kernel cell
+  (75k parameters; its work per pixel does not grow with the blocks' overlap).
 - :mod:`.model`: :class:`~.model.NSMoE`, encoder + head + decoder as one torch module; losses; smoke training.
 - :mod:`.degrade`: the stochastic degradation model (BSRGAN-plus chain, and bicubic + blur), seeded.
 - :mod:`.data`: the DICOM (pydicom, pydicom-data) and scikit-image images, normalization, fixed splits, pairs.

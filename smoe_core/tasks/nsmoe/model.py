@@ -43,6 +43,10 @@ SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE
   2-core machine: encoder 0.58 s, head and ``render_many`` 0.01 s). Each block is encoded on its own, so at
   stride 2 every LR pixel is encoded by up to 64 blocks (a 32 x 32 crop has 81 blocks, a 512 x 512 image at the
   test stride 4 has 15,625): train on one-block crops (16 LR px), infer under ``torch.no_grad()``.
+- ``encoder`` (our variant): ``"block"`` is the authors' (above); ``"shared"`` runs one fully convolutional trunk
+  (``trunk_width`` x ``trunk_depth``) over each whole LR image and gives each kernel the mean feature of its cell of
+  the block (:mod:`.shared_encoder`): the work per LR pixel no longer grows with the overlap, and a training crop
+  larger than a block trains all its blocks for one trunk pass.
 - :func:`train_steps`: plain Adam steps on given (LR, HR) pairs (a smoke-training loop; the full training loop,
   with data, schedule, validation and checkpoints, is :mod:`.train`, behind ``smoe nsmoe train``).
 """
@@ -57,9 +61,13 @@ from torch import nn
 from . import blocks as blk
 from .encoder import Encoder, EncoderConfig, count_parameters
 from .head import DEFAULT_KERNELS, GATINGS, BlockKernels, KernelHead, decode, grid_shape, raw_size
+from .shared_encoder import SharedEncoder, SharedEncoderConfig
 
 LOSSES = ("l1", "l2")
 BASES = ("none", "bicubic")
+#: "block": the authors' encoder, each block on its own (:mod:`.encoder`); "shared": one fully convolutional
+#: trunk over the whole image, pooled per kernel cell (:mod:`.shared_encoder`; our variant)
+ENCODERS = ("block", "shared")
 
 
 @dataclass
@@ -82,6 +90,13 @@ class NSMoEConfig:
     attention_res: tuple = field(default=(16, 8))
     resizer_layers: int = 4
     encode_chunk: int = 512
+    encoder: str = "block"
+    trunk_width: int = 32
+    trunk_depth: int = 4
+
+    def shared_encoder_config(self) -> SharedEncoderConfig:
+        return SharedEncoderConfig(block=self.block, channels=self.channels, per_kernel=raw_size(1, self.channels),
+                                   grid=grid_shape(self.n_kernels), width=self.trunk_width, depth=self.trunk_depth)
 
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(scale=self.scale, block=self.block, channels=self.channels,
@@ -104,9 +119,12 @@ class NSMoE(nn.Module):
         if cfg.base != "none" and cfg.residual_experts:
             raise ValueError("a base image and residual experts would add the input twice: "
                              "set residual_experts=False with base=" + repr(cfg.base))
+        if cfg.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
         blk.out_size(cfg.block, cfg.scale)  # a block must be a whole number of output pixels
         self.config = cfg
-        self.encoder = Encoder(cfg.encoder_config())
+        self.encoder = (SharedEncoder(cfg.shared_encoder_config()) if cfg.encoder == "shared"
+                        else Encoder(cfg.encoder_config()))
         self.head = KernelHead(cfg.n_kernels, cfg.block, cfg.channels, std_min=cfg.std_min,
                                residual_experts=cfg.residual_experts)
         with torch.no_grad():
@@ -123,9 +141,12 @@ class NSMoE(nn.Module):
         return self.head(raw, lr_blocks)
 
     def kernels(self, lr: torch.Tensor, stride: int | None = None) -> tuple[BlockKernels, torch.Tensor]:
-        """The kernels of every block of an LR batch and the blocks' (row, col) origins."""
+        """The kernels of every block of an LR batch and the blocks' (row, col) origins (the shared encoder runs its
+        trunk once over each whole image)."""
         b = self.config.block
         lr_blocks, origins = blk.cut(lr, b, stride or self.config.stride)
+        if self.config.encoder == "shared":
+            return self.head(self.encoder.encode_image(lr, origins), lr_blocks), origins
         return self.encode(lr_blocks), origins
 
     def forward(self, lr: torch.Tensor, stride: int | None = None, gating: str | None = None) -> torch.Tensor:

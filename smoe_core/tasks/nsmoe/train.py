@@ -170,6 +170,15 @@ def make_config(task: str = "sr2", preset: str = "smoke", seed: int = 0, **overr
     return cfg
 
 
+def shared_encoder_overrides(task: str = "sr2", preset: str = "smoke") -> dict:
+    """:func:`make_config` overrides for the shared encoder (``smoe nsmoe train --encoder shared``;
+    :mod:`.shared_encoder`): the preset's network with ``encoder="shared"``, on crops of two blocks a side (32 LR
+    px: 81 blocks at stride 2 for one trunk pass, where a one-block crop would give the trunk no context beyond
+    its block)."""
+    cfg = make_config(task, preset)
+    return dict(network={**cfg.network, "encoder": "shared"}, crop=2 * cfg.network_config().block)
+
+
 def check_config(cfg: TrainConfig) -> None:
     for name in ("steps", "batch", "val_every", "val_crops", "checkpoint_every", "log_every"):
         v = getattr(cfg, name)
