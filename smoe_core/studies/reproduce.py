@@ -178,9 +178,12 @@ register_notebook("coding", {
     # of the grid: on a 64 x 64 Lena crop the paper's 50 steps left 91% of the kernels after step 29, 49% after
     # step 40 and 12% after step 49 (about 0.4 bpp at 512 x 512), so the rates below need the continuation;
     # snapshots at the kernel fractions above (checked at every pruning, every 100 iterations). One iteration at
-    # 512 x 512 (16384 kernels) takes 65-90 ms of CPU on one core (`smoe bench --coding`), so a training (10k +
-    # up to 60k + 500 per point, about 76k iterations) takes up to about 2 hours, the preset about 8 hours on two
-    # cores: run image by image (--images lena); QAT and PTQ run side by side on two workers
+    # 512 x 512 (16384 kernels) took 65-90 ms of CPU on one core (`smoe bench --coding`) on one machine and
+    # 186-200 ms on another of the same kind (idle, session 8); with the two trainings side by side each got about
+    # half a core's speed (pre-training, 10k iterations, took 34 min of CPU per training). A training (10k + up to
+    # 60k + 500 per point, about 76k iterations, cheaper as kernels are pruned) takes 2-4 CPU hours, an image
+    # (QAT and PTQ, run side by side on two workers) more than one working session: run image by image
+    # (--images lena); the trainings resume from their state files (README)
     "paper": dict(images=CODING_IMAGES, crop=None, prefilter_full_image=True, schedule="paper",
                   schedule_overrides=dict(sparsify_steps=PAPER_CONTINUED_STEPS,
                                           x_range=[0.1, 0.1 + (PAPER_CONTINUED_STEPS - 1) * 14.9 / 49]),
