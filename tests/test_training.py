@@ -1,4 +1,6 @@
 """Training: our Adam against torch.optim.Adam, pruning and compaction, determinism, losses, stopping."""
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -146,9 +148,13 @@ def test_one_model_validation_per_training_step(monkeypatch):
     check again (each check of torch fields waits for the device on a GPU)."""
     img = smooth_image(32, 32)
     model, _ = grid(img, 16)
+    render_api = importlib.import_module("smoe_core.render.api")  # smoe_core.render is also the function
+
     calls = []
     real = SMoE.check
     monkeypatch.setattr(SMoE, "check", lambda self: (calls.append(1), real(self))[1])
+    real_many = render_api.check_models  # render_many validates its models together (smoe_core.model.check_models)
+    monkeypatch.setattr(render_api, "check_models", lambda models: (calls.append(1), real_many(models))[1])
     counts = {}
     for iters in (5, 12):
         calls.clear()
