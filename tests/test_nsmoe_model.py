@@ -47,6 +47,19 @@ def test_resizer_starts_near_bilinear_and_passes_band_pass_terms():
         LaplacianResizer(2, n_layers=9)
 
 
+def assert_gradcheck_input_and_stem(net):
+    """gradcheck of a float64 network's output with respect to a 6 x 6 LR input and to the weight of its first
+    layer (through the whole encoder)."""
+    lr = torch.rand(1, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: net(x), (lr,), eps=1e-6, atol=1e-5, rtol=1e-3)
+    w = net.encoder.stem.weight
+
+    def f(weight):
+        return torch.func.functional_call(net, {"encoder.stem.weight": weight}, (lr.detach(),))
+
+    assert torch.autograd.gradcheck(f, (w.detach().clone().requires_grad_(),), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
 def test_gradcheck_through_encoder_and_render_many():
     torch.manual_seed(0)
     net = NSMoE(scale=2, stride=2, **TINY).double()
@@ -54,15 +67,7 @@ def test_gradcheck_through_encoder_and_render_many():
         for name, p in net.named_parameters():
             if name != "encoder.out_bias":
                 p.normal_(0, 0.2)
-    lr = torch.rand(1, 1, 6, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: net(x), (lr,), eps=1e-6, atol=1e-5, rtol=1e-3)
-    # and with respect to a weight of the first layer (through the whole encoder)
-    w = net.encoder.stem.weight
-
-    def f(weight):
-        return torch.func.functional_call(net, {"encoder.stem.weight": weight}, (lr.detach(),))
-
-    assert torch.autograd.gradcheck(f, (w.detach().clone().requires_grad_(),), eps=1e-6, atol=1e-5, rtol=1e-3)
+    assert_gradcheck_input_and_stem(net)
 
 
 @pytest.mark.parametrize("gating", ["smoe", "authors"])
@@ -242,14 +247,7 @@ def test_shared_encoder_gradcheck_through_render_many():
     torch.manual_seed(5)
     net = _shared(scale=2, stride=2).double()
     _randomize(net)
-    lr = torch.rand(1, 1, 6, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: net(x), (lr,), eps=1e-6, atol=1e-5, rtol=1e-3)
-    w = net.encoder.stem.weight
-
-    def f(weight):
-        return torch.func.functional_call(net, {"encoder.stem.weight": weight}, (lr.detach(),))
-
-    assert torch.autograd.gradcheck(f, (w.detach().clone().requires_grad_(),), eps=1e-6, atol=1e-5, rtol=1e-3)
+    assert_gradcheck_input_and_stem(net)
 
 
 def test_shared_encoder_kernels_stay_in_blocks_and_restore_equals_forward():

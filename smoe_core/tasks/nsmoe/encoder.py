@@ -48,6 +48,13 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def check_compact(encoder: nn.Module) -> None:
+    """ValueError when an encoder has more than :data:`MAX_PARAMETERS` parameters."""
+    n = count_parameters(encoder)
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"the encoder has {n:,} parameters, more than the compact bound {MAX_PARAMETERS:,}")
+
+
 def gaussian_taps(size: int = 5, sigma: float = 1.0) -> torch.Tensor:
     """1-D normalized Gaussian taps (the 2-D kernel is their outer product)."""
     t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
@@ -181,9 +188,7 @@ class Encoder(nn.Module):
         self.out_bias = nn.Parameter(torch.zeros(self.grid[0] * self.grid[1], cfg.per_kernel))
         with torch.no_grad():
             self.out.weight.mul_(0.01)
-        n = count_parameters(self)
-        if n > MAX_PARAMETERS:
-            raise ValueError(f"the encoder has {n:,} parameters, more than the compact bound {MAX_PARAMETERS:,}")
+        check_compact(self)
 
     @property
     def out_features(self) -> int:

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import MAX_PARAMETERS, count_parameters
+from .encoder import check_compact
 
 
 @dataclass
@@ -93,9 +93,7 @@ class SharedEncoder(nn.Module):
         self.out_bias = nn.Parameter(torch.zeros(rows * cols, cfg.per_kernel))
         with torch.no_grad():
             self.out.weight.mul_(0.01)
-        n = count_parameters(self)
-        if n > MAX_PARAMETERS:
-            raise ValueError(f"the encoder has {n:,} parameters, more than the compact bound {MAX_PARAMETERS:,}")
+        check_compact(self)
 
     @property
     def out_features(self) -> int:
