@@ -11,15 +11,21 @@ The public API lives here:
 """
 import importlib
 
-from . import metrics
+from . import render as _render_package  # noqa: F401
 from .io import load_image, save_image
-from .model import SMoE
-from .render import render, render_many, tile_lists
 from .version import __version__
 
-#: imported on first use (PEP 562): the initializers pull in scipy, pandas and the segmentation, and training pandas,
-#: which a command such as ``smoe decode`` does not need (its start-up is most of its run time)
-_LAZY = {"init": (".init", None), "fit": (".training", "fit")}
+# The subpackage smoe_core.render (torch-free to import) is loaded first and its name unbound, so that the
+# attribute ``render`` of this package is the function (imported lazily below), not the subpackage: the import
+# system binds a subpackage's name in its parent once, when the subpackage is first loaded.
+del globals()["render"]
+
+#: imported on first use (PEP 562): the model, the renderers and the metrics import torch, the initializers
+#: scipy, pandas and the segmentation, training pandas; a command such as ``smoe decode`` needs none of them
+#: (its start-up would be most of its run time)
+_LAZY = {"init": (".init", None), "fit": (".training", "fit"), "metrics": (".metrics", None),
+         "SMoE": (".model", "SMoE"), "render": (".render", "render"), "render_many": (".render", "render_many"),
+         "tile_lists": (".render", "tile_lists")}
 
 
 def __getattr__(name: str):

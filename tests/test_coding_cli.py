@@ -2,6 +2,9 @@
 encoder's own render of the quantized model, bit for bit; bad files give one ``smoe: error:`` line."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -54,6 +57,25 @@ def test_encode_decode_round_trip_is_bit_exact(coded, capsys):
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "SMoE bitstream" in text and f"active kernels: {rec['kernels']}" in text and "bpp" in text
+
+
+def test_decode_imports_no_torch_and_matches_the_torch_render(coded, tmp_path):
+    """``smoe decode`` runs without importing torch (its import is most of a decode's time) and writes the image
+    the in-process decoder gives; the torch renderers give the same image up to float rounding."""
+    _, _, out = coded
+    png = tmp_path / "dec.png"
+    code = ("import sys; from smoe_core.cli import main; rc = main(['decode', sys.argv[1], '--out', sys.argv[2]]); "
+            "print('torch' in sys.modules); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(out), str(png)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+    decoded, _ = decode_image(out.read_bytes())
+    np.testing.assert_array_equal(np.asarray(Image.open(png)).astype(np.float32),
+                                  np.clip(np.round(decoded * 255), 0, 255))
+    for backend in ("torch", "dense"):
+        other, _ = decode_image(out.read_bytes(), backend=backend)
+        np.testing.assert_allclose(other, decoded, rtol=0, atol=1e-4 if backend == "dense" else 2e-6)
 
 
 def test_encode_prints_the_figures(coded, tmp_path, capsys):

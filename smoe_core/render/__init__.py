@@ -8,13 +8,35 @@ Modules, in the style of a functional API over autograd wrappers over kernel sou
 - :mod:`.autograd`: :class:`TiledRender`, the autograd function over the compiled builds.
 - :mod:`.cpu`, :mod:`.cuda`: the two compiled builds of raw_kernels/smoe_tile.h (C++/OpenMP; CuPy NVRTC).
 - :mod:`.reference`: the pure-PyTorch reference of the tiled kernel, which the tests compare the builds with.
+- :mod:`.cpu_numpy`: the CPU build's forward pass on numpy arrays, without torch (the decoder of ``smoe decode``).
+- :mod:`.options`: backends, tiling defaults, output shapes and the memory estimate of a render (no torch).
 - :mod:`.abi`: constants shared with raw_kernels/smoe_tile.h; :mod:`.build`: compile-and-cache of C++ sources.
 
 Papers: [AS-SMoE] eqs. 1-5 (the model), [R-SMoE] Fig. 3 (tiling); see :mod:`smoe_core.papers`.
 """
-from .api import (BACKENDS, DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, check_shape, gpu_visible, log_pi, output_shape,
-                  render, render_bytes, render_many, render_tiled_batch, resolve_backend, tile_lists)
-from .binning import TileLists, bin_kernels
+import importlib
+
+from .options import BACKENDS, DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, check_shape, output_shape, render_bytes
+
+#: names imported on first use (PEP 562): they import torch, which the torch-free decoder render
+#: (:mod:`.cpu_numpy`, ``smoe decode``) does without
+_LAZY = {**{name: ".api" for name in ("gpu_visible", "log_pi", "render", "render_many", "render_tiled_batch",
+                                        "resolve_backend", "tile_lists")},
+         "TileLists": ".binning", "bin_kernels": ".binning"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = ["render", "render_many", "render_tiled_batch", "tile_lists", "TileLists", "bin_kernels", "output_shape",
-           "resolve_backend", "log_pi", "gpu_visible", "check_shape", "render_bytes", "BACKENDS", "DEFAULT_TILE", "DEFAULT_CUTOFF", "DEFAULT_FILL"]
+           "resolve_backend", "log_pi", "gpu_visible", "check_shape", "render_bytes", "BACKENDS", "DEFAULT_TILE",
+           "DEFAULT_CUTOFF", "DEFAULT_FILL"]

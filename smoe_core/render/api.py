@@ -18,13 +18,12 @@ Sampling: output pixel (r', c') at scale s samples the point ((c'+0.5)/s - 0.5, 
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import numpy as np
 import torch
 
-from ..limits import check_count, check_memory, check_number
+from ..limits import check_memory
 from ..model import SMoE, check_models
 from . import cpu
 from .abi import MODE_RBF, MODE_SMOE
@@ -32,28 +31,13 @@ from .autograd import TiledRender
 from .binning import TileLists, bin_kernels
 from .dense import render_dense_flat
 from .reference import render_tiled_torch
-
-BACKENDS = ("tiled", "cpu", "cuda", "torch", "dense")
-DEFAULT_TILE = 16
-DEFAULT_CUTOFF = 5.0
-DEFAULT_FILL = 4
-
+from .options import (BACKENDS, DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, check_shape, check_tiling,
+                      output_shape, render_bytes)
 
 def log_pi(pi: torch.Tensor) -> torch.Tensor:
     """log(pi) where pi > 0, -inf elsewhere (a kernel with pi <= 0 has no weight and no gradient)."""
     tiny = torch.finfo(pi.dtype).tiny
     return torch.where(pi > 0, torch.log(pi.clamp_min(tiny)), torch.full_like(pi, -math.inf))
-
-
-def output_shape(shape, scale: float) -> tuple[int, int]:
-    H, W = int(shape[0]), int(shape[1])
-    try:
-        ok = not isinstance(scale, (str, bytes, bool)) and float(scale) > 0 and math.isfinite(float(scale))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
-    return max(1, int(round(H * scale))), max(1, int(round(W * scale)))
 
 
 def gpu_visible() -> bool:
@@ -85,47 +69,12 @@ def _as_torch_fields(model: SMoE, device=None):
     return model.torch(device=device)
 
 
-def check_shape(shape, name: str = "shape") -> tuple[int, int]:
-    """``shape`` as (H, W): a sequence of exactly two positive integers (ValueError naming ``name`` otherwise;
-    a string such as "32x32" or a 3-item (C, H, W) is refused, not cut short)."""
-    bad = ValueError(f"{name} must be (H, W), two positive integers, got {shape!r}")
-    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 2:
-        raise bad
-    out = []
-    for v in shape:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.integer, np.floating)):
-            raise bad
-        if not (math.isfinite(float(v)) and float(v).is_integer() and v >= 1):
-            raise bad
-        out.append(int(v))
-    return out[0], out[1]
-
-
 def _check_shape(shape, model: SMoE):
     if shape is None:
         if model.image_shape is None:
             raise ValueError("give the image shape (H, W): the model does not record one")
         return model.image_shape
     return check_shape(shape)
-
-
-def _check_tiling(tile, cutoff, fill) -> None:
-    check_count(tile, "tile", minimum=1)
-    check_number(cutoff, "cutoff", positive=True)
-    check_count(fill, "fill", minimum=0)
-
-
-def render_bytes(shape, channels: int, n_kernels: int, *, scale: float = 1.0, tile: int = DEFAULT_TILE,
-                 fill: int = DEFAULT_FILL, batch: int = 1, training: bool = False) -> int:
-    """A lower estimate of the memory (bytes) a render of ``batch`` images of ``shape`` (H, W) at ``scale``
-    needs: the float32 output and its numpy copy (or, with ``training``, the output, its gradient and the
-    loss's residual), at least ``fill`` kernel ids per tile, and the kernels' parameters
-    (:mod:`smoe_core.limits`)."""
-    H, W = output_shape(shape, scale)
-    pixels = batch * H * W
-    tiles = batch * (-(-H // tile)) * (-(-W // tile))
-    images = 3 if training else 2
-    return int(4 * pixels * channels * images + 4 * tiles * (1 + max(fill, 1)) + 64 * n_kernels)
 
 
 def render(model: SMoE, shape=None, *, backend: str = "tiled", scale: float = 1.0, tile: int = DEFAULT_TILE,
@@ -165,7 +114,7 @@ def render_many(models, shape=None, *, backend: str = "tiled", scale: float = 1.
     H0, W0 = shapes.pop()
     H, W = output_shape((H0, W0), scale)
     inv_scale = 1.0 / float(scale)
-    _check_tiling(tile, cutoff, fill)
+    check_tiling(tile, cutoff, fill)
     check_models(models)
     # a differentiable render is a training step, whose memory fit() checked once before its first step (each
     # step reuses the memory of the last one, which this process already holds)
@@ -225,7 +174,7 @@ def tile_lists(model: SMoE, shape=None, *, scale: float = 1.0, tile: int = DEFAU
     """The per-tile kernel lists the tiled renderer would use (for inspection and statistics)."""
     shape = _check_shape(shape, model)
     H, W = output_shape(shape, scale)
-    _check_tiling(tile, cutoff, fill)
+    check_tiling(tile, cutoff, fill)
     t = model if model.is_torch else model.torch()
     return bin_kernels(t.mu.detach(), t.chol.detach(), log_pi(t.pi.detach()), [0, t.n_kernels], H, W, tile=tile,
                        scale=float(scale), cutoff=cutoff, fill=fill)

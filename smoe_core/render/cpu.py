@@ -14,15 +14,15 @@ Two builds, by :func:`smoe_core.render.build.build_mode` (``$SMOE_BUILD``):
   (the ``exp_gate`` clamp is kept, so the two builds compute the same function). The same machine code runs on
   every x86-64 CPU. It is slower (measured in README "Reproducible builds").
 
-Each mode's library is loaded once per process (:func:`load` picks the mode in force at the call).
+Each mode's library is loaded once per process (:func:`load` picks the mode in force at the call). Loading it
+imports no torch (:mod:`.cpu_numpy` calls it on numpy arrays); :func:`forward` and :func:`backward`, which take
+and return torch tensors, import torch when called.
 """
 from __future__ import annotations
 
 import ctypes
 import threading
 from pathlib import Path
-
-import torch
 
 from .abi import MAX_CHANNELS, grad_slots
 from .build import check_build_mode, compile_cached, portable_arch_flags
@@ -103,13 +103,15 @@ def available(mode: str | None = None) -> bool:
         return False
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
+def _ptr(t) -> int | None:
     return None if t is None else t.data_ptr()
 
 
 def forward(mu, chol, logpi, experts, slopes, lists, inv_scale, mode, n_threads):
     """(out (B, H, W, C), lse (B, H, W)): the forward pass over ``lists`` (:class:`~smoe_core.render.binning.
     TileLists`), with contiguous CPU tensors of one float dtype."""
+    import torch
+
     lib = load()
     fn = lib.smoe_tile_forward_f64 if mu.dtype == torch.float64 else lib.smoe_tile_forward_f32
     B, H, W, C = lists.batch, lists.height, lists.width, experts.shape[1]
@@ -124,6 +126,8 @@ def forward(mu, chol, logpi, experts, slopes, lists, inv_scale, mode, n_threads)
 
 def backward(mu, chol, logpi, experts, slopes, lists, inv_scale, mode, grad_out, out, lse, n_threads):
     """Per-(tile, kernel) gradient rows (n_pairs, :func:`~smoe_core.render.abi.grad_slots`)."""
+    import torch
+
     lib = load()
     fn = lib.smoe_tile_backward_f64 if mu.dtype == torch.float64 else lib.smoe_tile_backward_f32
     C = experts.shape[1]

@@ -78,7 +78,7 @@ from ..render import render
 from ..tasks.tilewise import fit_tilewise, initial_tilewise_model
 from ..training import fit
 from .common import default_budget, load_case
-from .plotting import curves, finish, paper_order, pyplot, show_image, time_bars
+from .plotting import curves, finish, pyplot, show_image, time_bars
 
 #: The four initializers of the paper's Figs. 5 and 6, the proposed one first.
 PAPER_METHODS = ("edge", "grid", "s_smoe", "as_smoe")

@@ -7,19 +7,37 @@ entropy-coded bitstream.
 - :mod:`.bitstream`: :func:`encode`, :func:`decode`, :func:`describe` (section 3 "Arithmetic Coding").
 - :mod:`.color`: :func:`rgb_to_yuv`, :func:`yuv_to_rgb` (the authors' OpenCV YUV, exact inverse).
 - :mod:`.loss`: :func:`ssim611_loss` (eq. 9 with Y:U:V = 6:1:1), :func:`ssim611` for validation.
+- :mod:`.codec`: :func:`~.codec.encode_image`, :func:`~.codec.decode_image` (``smoe encode`` / ``smoe decode``).
 - :mod:`.schedule`: :func:`train`, the paper's initialization / pre-training / sparsification / fine-tuning
   schedule with fake quantization throughout, returning the model and its quantized (file) form.
 """
-from .bitstream import FORMAT_VERSION, decode, describe, encode, encode_with_info
-from .color import rgb_to_yuv, yuv_to_rgb
-from .loss import YUV_WEIGHTS, ssim611, ssim611_loss, weighted_ssim
-from .schedule import (CodingResult, grid_init, kernel_snapshots_due, pixel_learning_rates, sparsity_schedule,
-                       train)
-from .quantize import (PI_RANGE, FakeQuantizer, QuantizedSMoE, QuantSpec, active_mask, fake_quantize,
-                       from_indices, grid_centres, grid_shape, quantize_model, ranges, step, to_indices)
+import importlib
 
-__all__ = ["FORMAT_VERSION", "decode", "describe", "encode", "encode_with_info",
-           "PI_RANGE", "FakeQuantizer", "QuantizedSMoE", "QuantSpec", "active_mask", "fake_quantize",
-           "from_indices", "grid_centres", "grid_shape", "quantize_model", "ranges", "step", "to_indices",
-           "rgb_to_yuv", "yuv_to_rgb", "YUV_WEIGHTS", "ssim611", "ssim611_loss", "weighted_ssim",
-           "CodingResult", "grid_init", "kernel_snapshots_due", "pixel_learning_rates", "sparsity_schedule", "train"]
+#: every public name, with the module that defines it; imported on first use (PEP 562), so that the decoder
+#: (``smoe decode``: :mod:`.bitstream`, :mod:`.quantize`, :mod:`.color`) starts without torch, which :mod:`.loss`
+#: and :mod:`.schedule` import
+_EXPORTS = {
+    ".bitstream": ("FORMAT_VERSION", "decode", "describe", "encode", "encode_with_info"),
+    ".color": ("rgb_to_yuv", "yuv_to_rgb"),
+    ".loss": ("YUV_WEIGHTS", "ssim611", "ssim611_loss", "weighted_ssim"),
+    ".schedule": ("CodingResult", "grid_init", "kernel_snapshots_due", "pixel_learning_rates", "sparsity_schedule",
+                  "train"),
+    ".quantize": ("PI_RANGE", "FakeQuantizer", "QuantizedSMoE", "QuantSpec", "active_mask", "fake_quantize",
+                  "from_indices", "grid_centres", "grid_shape", "quantize_model", "ranges", "step", "to_indices"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_MODULE_OF))
+
+
+__all__ = [name for names in _EXPORTS.values() for name in names]

@@ -64,7 +64,6 @@ import zlib
 import numpy as np
 from scipy import special
 
-from ...model import SMoE
 from .quantize import (CHANNEL_NAMES, PI_RANGE, QuantizedSMoE, QuantSpec, grid_shape, quantize_model,
                        range_names, stream_bits, stream_names)
 
@@ -316,6 +315,8 @@ def _as_quantized(obj, grid_index, grid, spec) -> QuantizedSMoE:
         if grid_index is not None or grid is not None or spec is not None:
             raise ValueError("grid_index, grid and spec must be None when obj is already a QuantizedSMoE")
         return obj
+    from ...model import SMoE
+
     if isinstance(obj, SMoE):
         if grid_index is None:
             raise ValueError("grid_index must be given with an SMoE: the grid cell of every kernel")

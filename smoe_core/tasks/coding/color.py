@@ -17,20 +17,28 @@ inverse. The inverse here is the exact algebraic one (R = Y + (V - 0.5) / 0.877,
 G = (Y - 0.299 R - 0.114 B) / 0.587), so rgb -> yuv -> rgb is the identity up to float rounding. OpenCV's
 ``COLOR_YUV2BGR`` instead uses rounded coefficients (2.032, -0.395, -0.581, 1.140), which is not an exact
 inverse (errors up to about 1e-3); a decoder meant to match the authors' pictures bit for bit would need those.
-Both functions take numpy arrays or torch tensors (differentiable) shaped (..., 3) with channels last.
+Both functions take numpy arrays or torch tensors (differentiable) shaped (..., 3) with channels last; the
+module does not import torch (the decoder runs without it).
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-import torch
 
 KR, KG, KB = 0.299, 0.587, 0.114
 KU, KV = 0.492, 0.877
 OFFSET = 0.5
 
 
+def _is_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch (if torch is not imported, it is not one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def _check(image, name: str):
-    if isinstance(image, torch.Tensor):
+    if _is_tensor(image):
         if not image.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {image.dtype}")
         arr = image
@@ -44,7 +52,7 @@ def _check(image, name: str):
 
 
 def _stack(parts, like):
-    return torch.stack(parts, -1) if isinstance(like, torch.Tensor) else np.stack(parts, -1)
+    return sys.modules["torch"].stack(parts, -1) if _is_tensor(like) else np.stack(parts, -1)
 
 
 def rgb_to_yuv(rgb):

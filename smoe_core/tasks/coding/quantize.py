@@ -53,16 +53,23 @@ Choices the paper leaves open, made here:
   active value by construction). The full-precision values are the ones updated.
 - Degenerate range a = b (e.g. every a21 = 0 after a grid initialization): step 0, every index 0, v_hat = a.
 - Bits: 1 to 16 per kind.
+
+torch is imported by the fake quantization alone (training): quantizing, dequantizing and
+:class:`QuantizedSMoE` work on numpy, so the decoder (``smoe decode``) starts without torch.
 """
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ...model import SMoE
+if TYPE_CHECKING:
+    import torch
+
+    from ...model import SMoE
 
 PI_RANGE = (0.0, 2.0)
 MAX_BITS = 16
@@ -70,6 +77,17 @@ MAX_BITS = 16
 CHANNEL_NAMES = {"gray": ("L",), "rgb": ("R", "G", "B"), "yuv": ("Y", "U", "V")}
 #: Grid cell side of the paper's initialization: k_{1,2} = floor(Res_{w,h} / 4).
 GRID_CELL = 4
+
+
+def _is_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch (if torch is not imported, it is not one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _host(x):
+    """``x``, or a torch tensor detached and on the CPU, ready for ``numpy.asarray``."""
+    return x.detach().cpu() if _is_tensor(x) else x
 
 
 # ---------------------------------------------------------------------------------------- specification
@@ -214,7 +232,7 @@ def to_indices(values, lo: float, hi: float, bits: int) -> np.ndarray:
     """int32 indices round((clip(v, lo, hi) - lo) / step) in [0, 2^bits - 1] (eqs. 13-15), float64 arithmetic."""
     lo, hi = _check_range(lo, hi, "lo/hi")
     bits = _check_bits(bits)
-    v = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    v = np.asarray(_host(values), dtype=np.float64)
     if not np.isfinite(v).all():
         raise ValueError("values must be finite")
     if hi == lo:
@@ -239,6 +257,8 @@ def _fake_quant(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) 
 
     ``lo``/``hi`` broadcast against ``v`` (float64 tensors); arithmetic in float64, result in v's dtype.
     """
+    import torch
+
     v64 = v.detach().to(torch.float64)
     d = (hi - lo) / (2**bits - 1)
     safe = torch.where(d > 0, d, torch.ones_like(d))
@@ -255,8 +275,10 @@ def fake_quantize(values: torch.Tensor, lo, hi, bits: int) -> torch.Tensor:
     clipped (TensorFlow's ``fake_quant_with_min_max_vars`` gradient). ``lo``/``hi`` are numbers or tensors
     broadcasting against ``values`` (e.g. one range per channel).
     """
-    if not isinstance(values, torch.Tensor):
+    if not _is_tensor(values):
         raise ValueError(f"values must be a torch tensor, got {type(values).__name__}")
+    import torch
+
     bits = _check_bits(bits)
     lo_t = torch.as_tensor(lo, dtype=torch.float64, device=values.device)
     hi_t = torch.as_tensor(hi, dtype=torch.float64, device=values.device)
@@ -281,7 +303,7 @@ def _f32_up(x: float) -> float:
 
 
 def _np(x) -> np.ndarray:
-    return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    return np.asarray(_host(x), dtype=np.float64)
 
 
 def pi_indices(pi, spec: QuantSpec | None = None) -> np.ndarray:
@@ -296,6 +318,8 @@ def active_mask(pi, spec: QuantSpec | None = None) -> np.ndarray:
 
 
 def _check_constant_smoe(model) -> None:
+    from ...model import SMoE
+
     if not isinstance(model, SMoE):
         raise ValueError(f"model must be an SMoE, got {type(model).__name__}")
     if model.rbf:
@@ -338,7 +362,7 @@ def ranges(model: SMoE, active=None, grid_mu=None, spec: QuantSpec | None = None
     if active is None:
         act = active_mask(model.pi, spec)
     else:
-        act = np.asarray(active.detach().cpu() if isinstance(active, torch.Tensor) else active)
+        act = np.asarray(_host(active))
         if act.dtype != bool or act.shape != (K,):
             raise ValueError(f"active must be a boolean array of shape ({K},), got {act.dtype} {act.shape}")
     if not act.any():
@@ -418,15 +442,23 @@ class QuantizedSMoE:
         """Grid cell (row-major) of every kernel, in order."""
         return np.flatnonzero(self.active)
 
-    def to_model(self) -> SMoE:
-        """The dequantized SMoE (numpy float32), kernels in grid order."""
+    def fields(self) -> dict[str, np.ndarray]:
+        """The dequantized fields (numpy float32, kernels in grid order): ``mu`` (K, 2), ``chol`` (K, 3), ``pi``
+        (K,), ``experts`` (K, C); what :meth:`to_model` wraps and the torch-free decoder renders."""
         g = grid_centres(self.image_shape, self.grid)[self.active]
         mu = g + np.stack([self.values("dmu_x"), self.values("dmu_y")], 1)
         chol = np.stack([self.values("a11"), self.values("a21"), self.values("a22")], 1)
         experts = np.stack([self.values(c) for c in self.channels], 1)
-        pi = self.values("pi")
-        return SMoE(mu.astype(np.float32), chol.astype(np.float32), pi.astype(np.float32),
-                    experts.astype(np.float32), image_shape=self.image_shape, color_space=self.color_space)
+        return dict(mu=mu.astype(np.float32), chol=chol.astype(np.float32), pi=self.values("pi").astype(np.float32),
+                    experts=experts.astype(np.float32))
+
+    def to_model(self) -> SMoE:
+        """The dequantized SMoE (numpy float32), kernels in grid order."""
+        from ...model import SMoE
+
+        f = self.fields()
+        return SMoE(f["mu"], f["chol"], f["pi"], f["experts"], image_shape=self.image_shape,
+                    color_space=self.color_space)
 
     def equal_indices(self, other: "QuantizedSMoE") -> bool:
         """Whether two quantized models carry the same header fields and indices."""
@@ -450,7 +482,7 @@ def quantize_model(model: SMoE, grid_index, grid, spec: QuantSpec | None = None)
     if model.image_shape is None:
         raise ValueError("model.image_shape must be set (the decoder rebuilds the grid from it)")
     k1, k2 = _check_grid(grid, model.image_shape)
-    gi = np.asarray(grid_index.detach().cpu() if isinstance(grid_index, torch.Tensor) else grid_index)
+    gi = np.asarray(_host(grid_index))
     K = model.n_kernels
     if gi.shape != (K,) or not np.issubdtype(gi.dtype, np.integer):
         raise ValueError(f"grid_index must be an integer array of shape ({K},), got {gi.dtype} {gi.shape}")
@@ -510,7 +542,7 @@ class FakeQuantizer:
 
     def keep(self, mask) -> None:
         """Keeps the rows of ``mask`` (bool (K,)), as the parameters are compacted."""
-        m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+        m = np.asarray(_host(mask))
         if m.dtype != bool or m.shape != (self.n_kernels,):
             raise ValueError(f"mask must be a boolean array of shape ({self.n_kernels},), got {m.dtype} {m.shape}")
         if not m.any():
@@ -527,6 +559,8 @@ class FakeQuantizer:
         if K != self.n_kernels:
             raise ValueError(f"params hold {K} kernels but grid_mu has {self.n_kernels}: pass "
                              "prune_below=-math.inf to fit and drop kernels with FakeQuantizer.keep")
+        import torch
+
         channels = channel_names(self.color_space, int(experts.shape[1]))
         spec = self.spec
         dev = pi.device
