@@ -5,6 +5,8 @@
   one of two build modes (``$SMOE_BUILD``: fast, or reproducible with ``SMOE_REPRODUCIBLE`` defined; see
   :mod:`smoe_core.render.build`).
 - ``smoe_tile_cuda.cu``: the GPU build, compiled by CuPy's RawModule in :mod:`smoe_core.render.cuda`.
+- ``ssim_cpu.cpp``: SSIM against a fixed reference, forward and backward (the coding paper's training loss),
+  compiled on first use by :mod:`smoe_core.tasks.coding.ssim_cpu`.
 - ``mdbscan.cpp``: the sequential loops of the MDBSCAN segmentation (:mod:`smoe_core.segment`), compiled on
   first use by :mod:`smoe_core.segment.build`.
 """

@@ -7,6 +7,7 @@ from skimage.metrics import structural_similarity
 from smoe_core import SMoE, fit, render
 from smoe_core.io import load_image
 from smoe_core.tasks.coding.color import rgb_to_yuv
+from smoe_core.tasks.coding import ssim_cpu
 from smoe_core.tasks.coding.loss import YUV_WEIGHTS, ssim611, ssim611_loss, ssim611_target, weighted_ssim
 
 
@@ -68,6 +69,35 @@ def test_prepared_target_gives_the_same_loss_and_gradient():
         ssim611_loss(rec[:-1], prepared)
     with pytest.raises(ValueError, match="SSIM window"):
         ssim611_target(torch.zeros(8, 12, 3))
+
+
+def test_compiled_kernel_matches_the_torch_ssim_and_finite_differences():
+    """The compiled SSIM (impl="kernel", the training loop's) against the torch SSIM: the value and gradient in
+    float32 and float64, gradcheck in float64, and the same bits on one and two threads."""
+    target = torch.from_numpy(rgb_to_yuv(load_image("peppers", color=True)[100:164, 220:300].astype(np.float64)))
+    gen = torch.Generator().manual_seed(4)
+    noisy = target + 0.05 * torch.randn(target.shape, dtype=torch.float64, generator=gen)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):
+        t, rec = ssim611_target(target.to(dtype)), noisy.to(dtype).requires_grad_(True)
+        by = {impl: ssim611_loss(rec, t, impl=impl) for impl in ("kernel", "torch")}
+        grads = {impl: torch.autograd.grad(v, rec)[0] for impl, v in by.items()}
+        assert abs(float(by["kernel"]) - float(by["torch"])) < tol
+        rel = float((grads["kernel"] - grads["torch"]).abs().max() / grads["torch"].abs().max())
+        assert rel < (1e-10 if dtype == torch.float64 else 2e-5)
+    small = ssim611_target(target[:12, :13])
+    x = noisy[:12, :13].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: ssim611_loss(z, small, impl="kernel"), (x,), fast_mode=True)
+    x32 = noisy.float().requires_grad_(True)
+    t32 = ssim611_target(target.float())
+    runs = []
+    for threads in (1, 2):
+        per = ssim_cpu.ssim_per_channel(x32, t32, n_threads=threads)
+        runs.append((per.detach(), torch.autograd.grad(per.sum(), x32)[0]))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    with pytest.raises(ValueError, match="impl='kernel' needs a target from ssim611_target"):
+        ssim611_loss(x32, target.float(), impl="kernel")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ssim611_loss(x32, t32, impl="fast")
 
 
 def test_same_loss_as_fit_with_channel_weights():

@@ -29,7 +29,7 @@ def test_environment_yml_agrees_with_pyproject():
 def test_kernel_sources_ship_with_the_package():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     data = project["tool"]["setuptools"]["package-data"]["raw_kernels"]
-    for src in ("smoe_tile.h", "smoe_tile_cpu.cpp", "smoe_tile_cuda.cu", "mdbscan.cpp"):
+    for src in ("smoe_tile.h", "smoe_tile_cpu.cpp", "smoe_tile_cuda.cu", "mdbscan.cpp", "ssim_cpu.cpp"):
         assert (ROOT / "raw_kernels" / src).is_file()
         assert any(Path(src).match(pattern) for pattern in data)
 
