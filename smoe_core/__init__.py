@@ -9,10 +9,9 @@ The public API lives here:
 - :mod:`smoe_core.metrics`: ``psnr``, ``ssim``.
 - :func:`load_image`, :func:`save_image`: float images in [0, 1], (H, W) gray or (H, W, C) colour.
 """
-import importlib
-
 from . import render as _render_package  # noqa: F401
 from .io import load_image, save_image
+from .lazy import lazy_exports
 from .version import __version__
 
 # The subpackage smoe_core.render (torch-free to import) is loaded first and its name unbound, so that the
@@ -23,23 +22,9 @@ del globals()["render"]
 #: imported on first use (PEP 562): the model, the renderers and the metrics import torch, the initializers
 #: scipy, pandas and the segmentation, training pandas; a command such as ``smoe decode`` needs none of them
 #: (its start-up would be most of its run time)
-_LAZY = {"init": (".init", None), "fit": (".training", "fit"), "metrics": (".metrics", None),
-         "SMoE": (".model", "SMoE"), "render": (".render", "render"), "render_many": (".render", "render_many"),
-         "tile_lists": (".render", "tile_lists")}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = importlib.import_module(module, __name__)
-        value = value if attr is None else getattr(value, attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "init": ".init", "fit": ".training:fit", "metrics": ".metrics", "SMoE": ".model:SMoE", "render": ".render:render",
+    "render_many": ".render:render_many", "tile_lists": ".render:tile_lists"})
 
 __all__ = ["SMoE", "render", "render_many", "tile_lists", "fit", "init", "metrics", "load_image", "save_image",
            "__version__"]

@@ -35,19 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .lazy import lazy_exports
+
 PROG = "smoe"
 
 # ---------------------------------------------------------------------- initializer registry
 # smoe_core.init (the registry of initializers, ``--init``'s choices) is imported when first needed: with it come
 # scipy, pandas and the segmentation, seconds of start-up that ``smoe decode`` and ``smoe info`` do not need.
-_INIT_NAMES = ("EXPERT_RULES", "INITIALIZERS", "register_initializer")
-
-
-def __getattr__(name: str):  # cli.INITIALIZERS, cli.EXPERT_RULES, cli.register_initializer (PEP 562)
-    if name in _INIT_NAMES:
-        from . import init
-        return getattr(init, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__package__, globals(), {  # cli.INITIALIZERS, ... (PEP 562)
+    name: f".init:{name}" for name in ("EXPERT_RULES", "INITIALIZERS", "register_initializer")})
 
 
 class _LazyChoices:

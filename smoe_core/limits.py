@@ -97,6 +97,22 @@ def check_memory(nbytes: float, what: str) -> None:
                          f"{format_bytes(avail)} available")
 
 
+def check_shape(shape, name: str = "shape") -> tuple[int, int]:
+    """``shape`` as (H, W): a sequence of exactly two positive integers (integral floats allowed); ValueError
+    naming ``name`` otherwise (a string such as "32x32", a bool or a 3-item (C, H, W) is refused, not cut short)."""
+    bad = ValueError(f"{name} must be (H, W), two positive integers, got {shape!r}")
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 2:
+        raise bad
+    out = []
+    for v in shape:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise bad
+        if not (math.isfinite(float(v)) and float(v).is_integer() and v >= 1):
+            raise bad
+        out.append(int(v))
+    return out[0], out[1]
+
+
 def check_count(value, name: str, *, minimum: int = 0) -> int:
     """``value`` as an int >= ``minimum``: an integer, or a float with an integral value (not a bool, a string or
     a fraction); else TypeError / ValueError naming ``name``."""

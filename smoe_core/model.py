@@ -12,13 +12,13 @@ Coordinates are pixels: pixel (row r, column c) is the point (x=c, y=r).
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .limits import check_shape
 
 FORMAT_VERSION = 1
 FIELDS = ("mu", "chol", "pi", "experts", "slopes")
@@ -321,19 +321,7 @@ def check_models(models) -> None:
 
 def _check_image_shape(image_shape):
     """``image_shape`` as (H, W), two positive integers, or None (ValueError naming it otherwise)."""
-    if image_shape is None:
-        return None
-    bad = ValueError(f"image_shape must be (H, W), two positive integers, got {image_shape!r}")
-    if isinstance(image_shape, (str, bytes)) or not hasattr(image_shape, "__len__") or len(image_shape) != 2:
-        raise bad
-    out = []
-    for v in image_shape:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.integer, np.floating)):
-            raise bad
-        if not (math.isfinite(float(v)) and float(v).is_integer() and v >= 1):
-            raise bad
-        out.append(int(v))
-    return tuple(out)
+    return None if image_shape is None else check_shape(image_shape, "image_shape")
 
 
 def _package_version() -> str:

@@ -21,7 +21,7 @@ PKG = Path(__file__).resolve().parents[1] / "smoe_core"
 #: layer of every module, by the longest matching prefix
 LAYERS = {
     "smoe_core.model": 0, "smoe_core.io": 0, "smoe_core.metrics": 0, "smoe_core.parallel": 0,
-    "smoe_core.version": 0, "smoe_core.papers": 0, "smoe_core.limits": 0,
+    "smoe_core.version": 0, "smoe_core.papers": 0, "smoe_core.limits": 0, "smoe_core.lazy": 0,
     "smoe_core.render": 1, "smoe_core.segment": 1,
     "smoe_core.training": 2,
     "smoe_core.init": 3,

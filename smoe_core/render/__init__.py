@@ -14,28 +14,15 @@ Modules, in the style of a functional API over autograd wrappers over kernel sou
 
 Papers: [AS-SMoE] eqs. 1-5 (the model), [R-SMoE] Fig. 3 (tiling); see :mod:`smoe_core.papers`.
 """
-import importlib
-
+from ..lazy import lazy_exports
 from .options import BACKENDS, DEFAULT_CUTOFF, DEFAULT_FILL, DEFAULT_TILE, check_shape, output_shape, render_bytes
 
 #: names imported on first use (PEP 562): they import torch, which the torch-free decoder render
 #: (:mod:`.cpu_numpy`, ``smoe decode``) does without
-_LAZY = {**{name: ".api" for name in ("gpu_visible", "log_pi", "render", "render_many", "render_tiled_batch",
-                                        "resolve_backend", "tile_lists")},
-         "TileLists": ".binning", "bin_kernels": ".binning"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    **{name: f".api:{name}" for name in ("gpu_visible", "log_pi", "render", "render_many", "render_tiled_batch",
+                                          "resolve_backend", "tile_lists")},
+    "TileLists": ".binning:TileLists", "bin_kernels": ".binning:bin_kernels"})
 
 __all__ = ["render", "render_many", "render_tiled_batch", "tile_lists", "TileLists", "bin_kernels", "output_shape",
            "resolve_backend", "log_pi", "gpu_visible", "check_shape", "render_bytes", "BACKENDS", "DEFAULT_TILE",

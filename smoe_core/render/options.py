@@ -7,11 +7,8 @@ and the CLI's choices.
 from __future__ import annotations
 
 import math
-import numbers
 
-import numpy as np
-
-from ..limits import check_count, check_number
+from ..limits import check_count, check_number, check_shape
 
 BACKENDS = ("tiled", "cpu", "cuda", "torch", "dense")
 DEFAULT_TILE = 16
@@ -32,22 +29,6 @@ def output_shape(shape, scale: float) -> tuple[int, int]:
     return max(1, int(round(H * scale))), max(1, int(round(W * scale)))
 
 
-def check_shape(shape, name: str = "shape") -> tuple[int, int]:
-    """``shape`` as (H, W): a sequence of exactly two positive integers (ValueError naming ``name`` otherwise;
-    a string such as "32x32" or a 3-item (C, H, W) is refused, not cut short)."""
-    bad = ValueError(f"{name} must be (H, W), two positive integers, got {shape!r}")
-    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 2:
-        raise bad
-    out = []
-    for v in shape:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.integer, np.floating)):
-            raise bad
-        if not (math.isfinite(float(v)) and float(v).is_integer() and v >= 1):
-            raise bad
-        out.append(int(v))
-    return out[0], out[1]
-
-
 def check_tiling(tile, cutoff, fill) -> None:
     """ValueError naming the option unless ``tile`` >= 1 and ``fill`` >= 0 are integers and ``cutoff`` > 0."""
     check_count(tile, "tile", minimum=1)
@@ -66,3 +47,7 @@ def render_bytes(shape, channels: int, n_kernels: int, *, scale: float = 1.0, ti
     tiles = batch * (-(-H // tile)) * (-(-W // tile))
     images = 3 if training else 2
     return int(4 * pixels * channels * images + 4 * tiles * (1 + max(fill, 1)) + 64 * n_kernels)
+
+
+__all__ = ["BACKENDS", "DEFAULT_TILE", "DEFAULT_CUTOFF", "DEFAULT_FILL", "output_shape", "check_shape", "check_tiling",
+           "render_bytes"]

@@ -11,7 +11,7 @@ entropy-coded bitstream.
 - :mod:`.schedule`: :func:`train`, the paper's initialization / pre-training / sparsification / fine-tuning
   schedule with fake quantization throughout, returning the model and its quantized (file) form.
 """
-import importlib
+from ...lazy import lazy_exports
 
 #: every public name, with the module that defines it; imported on first use (PEP 562), so that the decoder
 #: (``smoe decode``: :mod:`.bitstream`, :mod:`.quantize`, :mod:`.color`) starts without torch, which :mod:`.loss`
@@ -25,19 +25,7 @@ _EXPORTS = {
     ".quantize": ("PI_RANGE", "FakeQuantizer", "QuantizedSMoE", "QuantSpec", "active_mask", "fake_quantize",
                   "from_indices", "grid_centres", "grid_shape", "quantize_model", "ranges", "step", "to_indices"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-
-def __getattr__(name: str):
-    if name in _MODULE_OF:
-        value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_MODULE_OF))
-
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    name: f"{module}:{name}" for module, names in _EXPORTS.items() for name in names})
 
 __all__ = [name for names in _EXPORTS.values() for name in names]
