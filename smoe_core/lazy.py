@@ -1,10 +1,18 @@
 """Names a package or module imports on first use (PEP 562): its public API stays one declaration, but importing
 the package does not import what the names need (torch, scipy, pandas), so a command that needs none of them
-(``smoe decode``, ``smoe info``) starts in a fraction of the time.
+(``smoe decode``, ``smoe info``) starts in a fraction of the time. And :func:`is_torch_tensor`, for modules that
+accept torch tensors without importing torch.
 """
 from __future__ import annotations
 
 import importlib
+import sys
+
+
+def is_torch_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch (if torch is not imported, it is not one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def lazy_exports(anchor: str, namespace: dict, exports: dict[str, str]):

@@ -111,7 +111,7 @@ def bin_kernels_numpy(mu, chol, logpi, height: int, width: int, *, tile: int = D
                & (r_lo <= r_hi))
     rect = np.zeros((n, 5), np.int32)
     for col, v, top in ((0, c_lo, width), (1, c_hi, width), (2, r_lo, height), (3, r_hi, height)):
-        rect[:, col] = np.where(visible, np.clip(np.where(visible, v, 0), 0, top - 1) // tile, 0)
+        rect[:, col] = np.clip(np.where(visible, v, 0), 0, top - 1) // tile  # 0 for hidden kernels (skipped)
     rect[:, 4] = np.where(visible, 0, -1)
     counts = np.empty(n_tiles, np.int32)
     total = lib.smoe_bin_count(n, rect.ctypes.data, tiles_x, tiles_y, n_tiles, counts.ctypes.data)

@@ -26,19 +26,15 @@ import sys
 
 import numpy as np
 
+from ...lazy import is_torch_tensor
+
 KR, KG, KB = 0.299, 0.587, 0.114
 KU, KV = 0.492, 0.877
 OFFSET = 0.5
 
 
-def _is_tensor(x) -> bool:
-    """Whether ``x`` is a torch tensor, without importing torch (if torch is not imported, it is not one)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
 def _check(image, name: str):
-    if _is_tensor(image):
+    if is_torch_tensor(image):
         if not image.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {image.dtype}")
         arr = image
@@ -52,7 +48,7 @@ def _check(image, name: str):
 
 
 def _stack(parts, like):
-    return sys.modules["torch"].stack(parts, -1) if _is_tensor(like) else np.stack(parts, -1)
+    return sys.modules["torch"].stack(parts, -1) if is_torch_tensor(like) else np.stack(parts, -1)
 
 
 def rgb_to_yuv(rgb):

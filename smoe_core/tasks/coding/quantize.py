@@ -60,11 +60,12 @@ torch is imported by the fake quantization alone (training): quantizing, dequant
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ...lazy import is_torch_tensor
 
 if TYPE_CHECKING:
     import torch
@@ -79,15 +80,9 @@ CHANNEL_NAMES = {"gray": ("L",), "rgb": ("R", "G", "B"), "yuv": ("Y", "U", "V")}
 GRID_CELL = 4
 
 
-def _is_tensor(x) -> bool:
-    """Whether ``x`` is a torch tensor, without importing torch (if torch is not imported, it is not one)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
 def _host(x):
     """``x``, or a torch tensor detached and on the CPU, ready for ``numpy.asarray``."""
-    return x.detach().cpu() if _is_tensor(x) else x
+    return x.detach().cpu() if is_torch_tensor(x) else x
 
 
 # ---------------------------------------------------------------------------------------- specification
@@ -275,7 +270,7 @@ def fake_quantize(values: torch.Tensor, lo, hi, bits: int) -> torch.Tensor:
     clipped (TensorFlow's ``fake_quant_with_min_max_vars`` gradient). ``lo``/``hi`` are numbers or tensors
     broadcasting against ``values`` (e.g. one range per channel).
     """
-    if not _is_tensor(values):
+    if not is_torch_tensor(values):
         raise ValueError(f"values must be a torch tensor, got {type(values).__name__}")
     import torch
 
