@@ -581,11 +581,11 @@ def cmd_nsmoe(args) -> int:
 
 def cmd_nsmoe_train(args) -> int:
     from .tasks.nsmoe import checkpoint as ckpt
-    from .tasks.nsmoe.train import make_config, shared_encoder_overrides, train
+    from .tasks.nsmoe.train import encoder_overrides, make_config, train
 
-    shared = args.encoder == "shared"
-    out = Path(args.out) if args.out else (Path("results") / "nsmoe"
-                                           / f"{args.task}_{args.preset}{'_shared' if shared else ''}")
+    overrides = encoder_overrides(args.task, args.preset, args.encoder)
+    suffix = f"_{args.encoder}" if overrides else ""
+    out = Path(args.out) if args.out else Path("results") / "nsmoe" / f"{args.task}_{args.preset}{suffix}"
     out = _check_output_dir(out, "--out")
     path = out / f"{args.task}.ckpt"
     seed = args.seed
@@ -605,8 +605,7 @@ def cmd_nsmoe_train(args) -> int:
         state = ckpt.load(path)
         raise ValueError(f"{out} already holds a run of {args.task} (step {state.step} of "
                          f"{state.meta.get('total_steps')}): pass --resume to continue it, or choose another --out")
-    cfg = make_config(args.task, args.preset, 0 if seed is None else seed,
-                      **(shared_encoder_overrides(args.task, args.preset) if shared else {}))
+    cfg = make_config(args.task, args.preset, 0 if seed is None else seed, **overrides)
     _nsmoe_data_installed()
     result = train(cfg, out, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress)
     what = {"sr2": "x2, bicubic", "sr4": "x4, bicubic", "denoise": "scale 1, Gaussian noise sigma 5-50",
@@ -1012,10 +1011,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default sr2")
     q.add_argument("--out", default=None, metavar="DIR",
                    help="run folder: <task>.ckpt and history.csv (default results/nsmoe/<task>_<preset>)")
-    q.add_argument("--encoder", choices=("block", "shared"), default="block",
-                   help="block: the authors' encoder, each block on its own (default); shared: one fully "
-                        "convolutional trunk over each crop, pooled per kernel cell (our variant; trained on crops of "
-                        "two blocks a side)")
+    q.add_argument("--encoder", choices=("block", "shared"), default=None,
+                   help="block: the authors' encoder, each block on its own (the default of denoise and blind); "
+                        "shared: one fully convolutional trunk, pooled per kernel cell (our variant; the default of "
+                        "sr2 and sr4)")
     q.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     q.add_argument("--seed", type=nonnegative_int, default=None, metavar="N",
                    help="seed of the weights, crops and degradations (default 0; on --resume, the run's)")

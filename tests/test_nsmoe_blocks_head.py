@@ -52,10 +52,12 @@ def test_stitch_averages_overlaps_and_is_differentiable():
     blocks, origins = blk.cut(img, 16, 2)  # two blocks, rows 0 and 2
     vals = torch.tensor([1.0, 3.0]).view(2, 1, 1, 1).expand(2, 1, 16, 16).clone().requires_grad_()
     out, weight = blk.stitch(vals, origins, (18, 16), 1, return_weight=True)
-    assert torch.allclose(out[0, 0, 0], torch.full((16,), 1.0)) and torch.allclose(out[0, 0, 17], torch.full((16,), 3.0))
+    assert torch.allclose(out[0, 0, 0], torch.full((16,), 1.0))
+    assert torch.allclose(out[0, 0, 17], torch.full((16,), 3.0))
     assert torch.allclose(out[0, 0, 5], torch.full((16,), 2.0)) and weight[5, 0] == 2
     out.sum().backward()
-    assert torch.allclose(vals.grad[0, 0, 0], torch.ones(16)) and torch.allclose(vals.grad[0, 0, 5], torch.full((16,), 0.5))
+    assert torch.allclose(vals.grad[0, 0, 0], torch.ones(16))
+    assert torch.allclose(vals.grad[0, 0, 5], torch.full((16,), 0.5))
 
 
 # ---------------------------------------------------------------------- precision and Cholesky
@@ -229,3 +231,99 @@ def test_merged_image_model_offsets_every_block(tmp_path):
         for c in range(0, 96, 32):
             inner[r + 8:r + 24, c + 8:c + 24] = True
     assert np.abs(merged - stitched)[inner].mean() < 0.05
+
+
+# ---------------------------------------------------------------------- linear experts (our option)
+def _linear_kernels(n=2, k=16, block=8, C=1, seed=0, dtype=torch.float64, spread=1.0, slope=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    head = hd.KernelHead(k, block, C, residual_experts=False, linear_experts=True)
+    raw = head.initial_raw().to(dtype).reshape(1, -1).repeat(n, 1)
+    raw = raw + spread * torch.randn(raw.shape, generator=gen, dtype=dtype)
+    per = raw.reshape(n, k, -1)
+    per[..., hd.N_GEOMETRY + C:] *= slope / spread  # slopes of a plausible size (per LR px)
+    return head, per.reshape(n, -1)
+
+
+def test_linear_head_reads_slopes_and_starts_at_zero_slopes():
+    head = hd.KernelHead(32, 16, 1, residual_experts=False, linear_experts=True)
+    assert head.raw_size == 32 * 9 == hd.raw_size(32, 1, linear_experts=True)
+    assert hd.raw_size(32, 3, linear_experts=True) == 32 * 15
+    init = head.initial_raw()
+    assert init.shape == (32, 9) and (init[:, 7:] == 0).all()
+    raw = init.reshape(1, -1).clone()
+    raw[0, 7 + 9 * 5], raw[0, 8 + 9 * 5] = 0.25, -0.5  # kernel 5: slope x, slope y
+    kern = head(raw)
+    assert kern.slopes.shape == (1, 32, 1, 2)
+    assert kern.slopes[0, 5, 0].tolist() == [0.25, -0.5] and (kern.slopes[0, :5] == 0).all()
+    with pytest.raises(ValueError, match="raw must have shape"):
+        head(torch.zeros(1, 32 * 7))
+    # zero slopes decode exactly as constant experts
+    const = hd.KernelHead(32, 16, 1, residual_experts=False)
+    torch.testing.assert_close(hd.decode(head(init.reshape(1, -1)), 2),
+                               hd.decode(const(const.initial_raw().reshape(1, -1)), 2))
+
+
+def _dense_linear_numpy(kern, scale, gating):
+    """Both gatings with linear experts e_j + S_j (x - mu_j), one pixel at a time in numpy."""
+    mu, P, pi, ex, sl = (t.detach().numpy() for t in (kern.mu, kern.precision(), kern.pi, kern.experts,
+                                                      kern.slopes))
+    S = int(round(kern.block * scale))
+    out = np.zeros((mu.shape[0], ex.shape[2], S, S))
+    for n in range(mu.shape[0]):
+        for r in range(S):
+            for c in range(S):
+                x = np.array([(c + 0.5) / scale - 0.5, (r + 0.5) / scale - 0.5])
+                d = x - mu[n]
+                q = np.einsum("ki,kij,kj->k", d, P[n], d)
+                lw = np.log(pi[n]) - 0.5 * q if gating == "smoe" else np.exp(-0.5 * q)
+                w = np.exp(lw - lw.max())
+                m = ex[n] + np.einsum("kcj,kj->kc", sl[n], d)
+                out[n, :, r, c] = (w / w.sum()) @ m
+    return out
+
+
+@pytest.mark.parametrize("C", [1, 2])
+def test_linear_experts_match_their_dense_formulas(C):
+    head, raw = _linear_kernels(C=C, seed=C)
+    kern = head(raw)
+    ours = hd.decode(kern, 2)
+    assert ours.shape == (2, C, 16, 16)
+    ref = _dense_linear_numpy(kern, 2, "smoe")
+    assert np.allclose(ours.numpy(), ref, atol=2e-5)
+    assert np.allclose(hd.decode_smoe_dense(kern, 2).numpy(), ref, atol=1e-12)
+    assert np.allclose(hd.decode(kern, 2, gating="authors").numpy(), _dense_linear_numpy(kern, 2, "authors"),
+                       atol=1e-12)
+
+
+def test_linear_experts_decode_a_plane_exactly():
+    """Every kernel's expert the same plane (value and slopes): whatever the gates, the decode is that plane."""
+    head, raw = _linear_kernels(n=1, k=16, block=8, seed=4)
+    kern = head(raw)
+    a, gx, gy = 0.3, 0.02, -0.015
+    mu = kern.mu[0]
+    kern.experts = (a + gx * mu[:, 0] + gy * mu[:, 1])[None, :, None]
+    kern.slopes = torch.tensor([gx, gy], dtype=raw.dtype).expand(1, 16, 1, 2)
+    pts = hd.sample_points(8, 2, raw.dtype)
+    plane = (a + gx * pts[:, 0] + gy * pts[:, 1]).reshape(16, 16)
+    torch.testing.assert_close(hd.decode(kern, 2)[0, 0], plane, atol=1e-6, rtol=0)
+    torch.testing.assert_close(hd.decode(kern, 2, gating="authors")[0, 0], plane, atol=1e-12, rtol=0)
+
+
+def test_linear_experts_gradcheck_through_render_many():
+    head, raw = _linear_kernels(n=1, k=4, block=4, seed=6)
+    raw = raw.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda r: hd.decode(head(r), 2), (raw,), eps=1e-6, atol=1e-5)
+
+
+def test_exported_linear_block_and_image_models_keep_the_slopes(tmp_path):
+    head, raw = _linear_kernels(n=3, k=16, block=16, dtype=torch.float32, seed=7, slope=0.05)
+    kern = head(raw)
+    dec = hd.decode(kern, 2)
+    model = hd.block_model(kern, 2)
+    assert model.slopes.shape == (16, 1, 2)
+    assert np.allclose(render(model, scale=2), dec[2, 0].numpy(), atol=1e-4)
+    path = model.save(tmp_path / "block.npz")
+    assert np.allclose(render(SMoE.load(path), scale=2), dec[2, 0].numpy(), atol=1e-4)
+    merged = hd.image_model(kern, torch.tensor([[0, 0], [0, 16], [16, 0]]), (32, 32), image_index=0)
+    assert merged.slopes.shape == (48, 1, 2)
+    assert np.array_equal(merged.slopes[16:32], kern.slopes[1].detach().numpy())

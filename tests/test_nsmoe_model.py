@@ -250,12 +250,15 @@ def test_shared_encoder_gradcheck_through_render_many():
     assert_gradcheck_input_and_stem(net)
 
 
-def test_shared_encoder_kernels_stay_in_blocks_and_restore_equals_forward():
+@pytest.mark.parametrize("experts", ["constant", "linear"])
+def test_shared_encoder_kernels_stay_in_blocks_and_restore_equals_forward(experts):
     from smoe_core.tasks.nsmoe.infer import restore
 
     torch.manual_seed(6)
-    net = _shared(scale=2, n_kernels=16, block=16, width=8, depth=2, base="bicubic", residual_experts=False).eval()
+    net = _shared(scale=2, n_kernels=16, block=16, width=8, depth=2, base="bicubic", residual_experts=False,
+                  experts=experts).eval()
     _randomize(net, 0.05)
+    assert net.encoder.config.per_kernel == (9 if experts == "linear" else 7)
     img = torch.rand(40, 36)
     with torch.no_grad():
         k, origins = net.kernels(img[None, None], stride=4)
@@ -263,36 +266,57 @@ def test_shared_encoder_kernels_stay_in_blocks_and_restore_equals_forward():
     assert ((k.mu > -0.5) & (k.mu < 15.5)).all()
     P = k.precision()
     assert (torch.linalg.eigvalsh(P) > 0).all()
+    assert (k.slopes is not None) == (experts == "linear")
     for chunk in (None, 7):
-        out, _ = restore(net, img.numpy(), chunk=chunk)
+        out, model = restore(net, img.numpy(), chunk=chunk, export=True)
         np.testing.assert_allclose(out, full.numpy(), atol=1e-5)
+        assert model.n_kernels == 16 * len(origins) and model.linear == (experts == "linear")
     # an untrained shared network (zero-started trunk blocks, small head) starts at the head's grid: the bicubic
     # base plus a near-zero residual
-    fresh = _shared(scale=2, n_kernels=16, block=16, width=8, depth=2, base="bicubic", residual_experts=False).eval()
+    fresh = _shared(scale=2, n_kernels=16, block=16, width=8, depth=2, base="bicubic", residual_experts=False,
+                    experts=experts).eval()
     with torch.no_grad():
         base = F.interpolate(img[None, None], scale_factor=2, mode="bicubic", align_corners=False)[0, 0]
         assert (fresh(img[None, None], stride=4)[0, 0] - base).abs().max() < 0.05
 
 
-def test_shared_encoder_training_config_and_cli_flag(tmp_path):
-    from smoe_core.tasks.nsmoe.train import make_config, shared_encoder_overrides
+def test_task_encoders_and_the_cli_flag(tmp_path):
+    from smoe_core.tasks.nsmoe.train import PRESETS, encoder_overrides, make_config
 
-    over = shared_encoder_overrides("sr2", "quick")
-    cfg = make_config("sr2", "quick", **over)
+    sr = make_config("sr2", "quick")  # the super-resolution network: shared encoder, linear experts, 1e-3
+    assert sr.network["encoder"] == "shared" and sr.network["experts"] == "linear" and sr.crop == 16
+    assert sr.learning_rate == 1e-3 and make_config("sr4", "paper").learning_rate == 1e-3
+    assert encoder_overrides("sr2", "quick") == {} == encoder_overrides("sr2", "quick", "shared")
+    block = make_config("sr2", "quick", **encoder_overrides("sr2", "quick", "block"))
+    assert block.network_config().encoder == "block" and block.network_config().experts == "linear"
+    assert block.learning_rate == PRESETS["quick"].learning_rate == 2e-4 and block.crop == 16
+    over = encoder_overrides("denoise", "quick", "shared")
+    cfg = make_config("denoise", "quick", **over)
     assert cfg.crop == 32 and cfg.network["encoder"] == "shared"
-    assert {k: v for k, v in cfg.network.items() if k != "encoder"} == make_config("sr2", "quick").network
+    assert {k: v for k, v in cfg.network.items() if k != "encoder"} == make_config("denoise", "quick").network
+    assert make_config("denoise", "quick").network_config().encoder == "block"
     net = NSMoE(cfg.network_config())
     assert net.config.encoder == "shared" and net.n_parameters < 200_000
     with pytest.raises(ValueError, match="encoder must be one of"):
         NSMoE(encoder="nope")
+    with pytest.raises(ValueError, match="experts must be one of"):
+        NSMoE(experts="quadratic")
+    with pytest.raises(ValueError, match="encoder must be"):
+        encoder_overrides("denoise", "quick", "dense")
     # the command: a smoke run with the shared encoder, on 32 px crops, whose checkpoint restores an image
     from smoe_core.cli import main
     from smoe_core.tasks.nsmoe.infer import load_network, restore
 
-    rc = main(["nsmoe", "train", "--preset", "smoke", "--task", "sr2", "--encoder", "shared", "--out",
+    rc = main(["nsmoe", "train", "--preset", "smoke", "--task", "denoise", "--encoder", "shared", "--out",
                str(tmp_path / "run"), "--no-progress"])
     assert rc == 0
-    loaded = load_network(tmp_path / "run" / "sr2.ckpt")
+    loaded = load_network(tmp_path / "run" / "denoise.ckpt")
     assert loaded.net.config.encoder == "shared" and loaded.checkpoint.meta["config"]["crop"] == 32
     out, _ = restore(loaded.net, np.random.default_rng(0).random((20, 24), dtype=np.float32))
-    assert out.shape == (40, 48) and np.isfinite(out).all()
+    assert out.shape == (20, 24) and np.isfinite(out).all()
+    assert main(["nsmoe", "train", "--preset", "smoke", "--task", "sr2", "--out", str(tmp_path / "sr"),
+                 "--no-progress"]) == 0
+    loaded = load_network(tmp_path / "sr" / "sr2.ckpt")
+    assert loaded.net.config.experts == "linear" and loaded.checkpoint.meta["config"]["crop"] == 16
+    out, model = restore(loaded.net, np.random.default_rng(0).random((20, 24), dtype=np.float32), export=True)
+    assert out.shape == (40, 48) and np.isfinite(out).all() and model.linear

@@ -86,8 +86,8 @@ def _rows():
     rows = []
     for task, sigma, base in (("sr2", 0, "bicubic"), ("denoise", 25, "noisy")):
         for img, b in (("a", 30.0), ("b", 20.0)):
-            rows.append(dict(task=task, image=img, sigma=sigma, method=base, psnr=b, ssim=0.8, psnr_pair=b, ssim_pair=0.8,
-                             seconds=0.0))
+            rows.append(dict(task=task, image=img, sigma=sigma, method=base, psnr=b, ssim=0.8, psnr_pair=b,
+                             ssim_pair=0.8, seconds=0.0))
             gain = {"a": 2.0, "b": -0.5}[img] if task == "sr2" else 7.0
             rows.append(dict(task=task, image=img, sigma=sigma, method="nsmoe", psnr=b + gain, ssim=0.81,
                              psnr_pair=b, ssim_pair=0.8, seconds=1.0))

@@ -113,7 +113,7 @@ def test_schedule_halves_at_the_milestones_and_configs_are_checked():
         tr.make_config("denoise", val_crops=4)
     # the quick preset's estimate (module docstring): at the measured one-thread CPU times of a step (data
     # included) and of a validation pass, each task fits in half the hour, leaving a factor of two
-    measured = {"sr2": (0.17, 1.1), "sr4": (0.48, 3.3), "denoise": (0.073, 0.52), "blind": (0.227, 0.97)}
+    measured = {"sr2": (0.047, 0.08), "sr4": (0.053, 0.11), "denoise": (0.073, 0.52), "blind": (0.227, 0.97)}
     for task, (step_s, val_s) in measured.items():
         assert tr.estimate_seconds(tr.make_config(task, "quick"), step_s, val_s) < 1800, task
     step_s, val_s = tr.measure_step(tiny(), repeats=1)  # the measurement itself (smoke network)
@@ -198,14 +198,16 @@ def test_bad_checkpoint_files_give_one_clear_error(tmp_path, runs, capsys):
 
 
 def test_compact_encoder_checkpoint_is_under_20_mb(tmp_path):
-    """The quick / paper network (~1.1M parameters) with Adam's two moments: about 13 MB."""
-    cfg = tr.make_config("sr2", "quick")
+    """The largest quick / paper network (the block encoder, ~1.1M parameters) with Adam's two moments: about
+    13 MB."""
+    cfg = tr.make_config("blind", "quick")
     net = tr.build_network(cfg)
     opt = torch.optim.Adam(net.parameters())
     for p in net.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()  # creates the moments
-    meta = {"task": "sr2", "scale": 2, "step": 1, "history": {"train": [{"step": i, "loss": 0.01} for i in range(800)]}}
+    meta = {"task": "blind", "scale": 2, "step": 1,
+            "history": {"train": [{"step": i, "loss": 0.01} for i in range(800)]}}
     path = ck.save(tmp_path / "big.ckpt", meta, net.state_dict(), opt.state_dict(), torch.get_rng_state())
     size = path.stat().st_size
     assert 0.9e6 < net.n_parameters < 1.3e6
@@ -294,7 +296,8 @@ def test_cli_denoise_16_bit(tmp_path, runs, capsys):
 def test_missing_checkpoint_is_one_line_naming_the_training_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SMOE_NSMOE_CHECKPOINTS", str(tmp_path / "none"))
     src = _write(tmp_path / "in.png", 8)
-    for argv, task in ((["upscale", str(src), "--scale", "4"], "sr4"), (["upscale", str(src), "--scale", "2", "--blind"], "blind"),
+    for argv, task in ((["upscale", str(src), "--scale", "4"], "sr4"),
+                       (["upscale", str(src), "--scale", "2", "--blind"], "blind"),
                        (["denoise", str(src), "--sigma", "15"], "denoise")):
         rc = main(["nsmoe", *argv, "--out", str(tmp_path / "o.png"), "--no-progress"])
         err = capsys.readouterr().err

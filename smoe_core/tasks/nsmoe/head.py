@@ -5,6 +5,8 @@ Per block the encoder gives ``k * (6 + C)`` numbers (:func:`raw_size`; 7k for gr
 
     [cx, cy, r1, r2, angle, gate, e_1 .. e_C]
 
+(with linear experts, ``linear_experts=True``, ``2C`` more per kernel: ``[.., s_1x, s_1y, .., s_Cx, s_Cy]``)
+
 and mapped to an SMoE of ``k`` kernels over the block (coordinates in LR pixels of the block, x = column,
 y = row, pixel centres at 0 .. block - 1, as in :class:`smoe_core.model.SMoE`):
 
@@ -19,7 +21,13 @@ y = row, pixel centres at 0 .. block - 1, as in :class:`smoe_core.model.SMoE`):
 - experts: constant, ``e`` plus (``residual_experts=True``, default) the LR block's bilinear value at the
   centre, so an untrained head already interpolates the block (our choice; the authors' experts are the raw
   numbers);
-- gate: ``pi = softmax(gate)`` over the block's kernels (used by our gating only).
+- gate: ``pi = softmax(gate)`` over the block's kernels (used by our gating only);
+- linear experts (our option, ``linear_experts=True``; the authors' experts are constant): per channel two slopes
+  (per LR px, x then y), the expert ``m_j(x) = e_j + S_j (x - mu_j)`` of :class:`~smoe_core.model.SMoE`; the raw
+  numbers are the slopes themselves and start at 0 (:meth:`KernelHead.initial_raw`), so an untrained head decodes
+  as with constant experts. Why: in the residual form (:mod:`.model`, ``base``) a slope's gradient is the
+  gate-weighted first moment of the residual, which is not zero across an edge where the constant expert's (the
+  residual's gate-weighted mean) nearly is; the one change measured to leave the bicubic base (:mod:`.model`).
 
 Gating (:func:`decode`):
 
@@ -65,9 +73,10 @@ DEFAULT_KERNELS = 16
 VARIANT_KERNELS = {"I": 16, "II": 16, "III": 32}
 
 
-def raw_size(n_kernels: int, channels: int = 1) -> int:
-    """Numbers per block the encoder must give: ``k * (6 + C)`` (7k for gray)."""
-    return int(n_kernels) * (N_GEOMETRY + int(channels))
+def raw_size(n_kernels: int, channels: int = 1, linear_experts: bool = False) -> int:
+    """Numbers per block the encoder must give: ``k * (6 + C)`` (7k for gray), ``k * (6 + 3C)`` with linear
+    experts (9k for gray)."""
+    return int(n_kernels) * (N_GEOMETRY + int(channels) * (3 if linear_experts else 1))
 
 
 def grid_shape(n_kernels: int) -> tuple[int, int]:
@@ -107,6 +116,7 @@ class BlockKernels:
     scales: torch.Tensor  # (N, k, 2) inverse standard deviations along the kernel's axes
     theta: torch.Tensor  # (N, k) angles
     block: int
+    slopes: torch.Tensor | None = None  # (N, k, C, 2) linear experts' slopes (x, y) per LR px, or None (constant)
 
     @property
     def n_blocks(self) -> int:
@@ -120,12 +130,35 @@ class BlockKernels:
         """(N, k, 2, 2) precision matrices."""
         return precision_from_scales(self.scales[..., 0], self.scales[..., 1], self.theta)
 
+    def select(self, index) -> "BlockKernels":
+        """The kernels of the blocks ``index`` (a slice or index tensor over N)."""
+        return BlockKernels(*(t[index] for t in (self.mu, self.chol, self.pi, self.experts, self.scales,
+                                                 self.theta)), self.block,
+                            None if self.slopes is None else self.slopes[index])
+
+    def models(self) -> list[SMoE]:
+        """One torch :class:`~smoe_core.model.SMoE` per block over its (block, block) LR pixels (unchecked:
+        the head's maps keep every field valid)."""
+        b = self.block
+        slopes = [None] * self.n_blocks if self.slopes is None else self.slopes.unbind(0)
+        fields = zip(self.mu.unbind(0), self.chol.unbind(0), self.pi.unbind(0), self.experts.unbind(0), slopes)
+        return [SMoE(m, c, p, e, sl, image_shape=(b, b), validate=False) for m, c, p, e, sl in fields]
+
+    def expert_values(self, points: torch.Tensor) -> torch.Tensor:
+        """(N, P, k, C): every kernel's expert at the (P, 2) block points (constant experts: broadcast)."""
+        e = self.experts[:, None, :, :]
+        if self.slopes is None:
+            return e.expand(-1, points.shape[0], -1, -1)
+        d = points[None, :, None, :] - self.mu[:, None, :, :]  # (N, P, k, 2)
+        return e + (self.slopes[:, None] * d[..., None, :]).sum(-1)
+
 
 class KernelHead(torch.nn.Module):
     """Maps (N, k * (6 + C)) numbers to :class:`BlockKernels` (no learnable parameters of its own)."""
 
     def __init__(self, n_kernels: int = DEFAULT_KERNELS, block: int = 16, channels: int = 1,
-                 std_min: float = 0.1, std_max: float | None = None, residual_experts: bool = True):
+                 std_min: float = 0.1, std_max: float | None = None, residual_experts: bool = True,
+                 linear_experts: bool = False):
         super().__init__()
         self.n_kernels, self.block, self.channels = int(n_kernels), int(block), int(channels)
         self.std_min = float(std_min)
@@ -133,14 +166,20 @@ class KernelHead(torch.nn.Module):
         if not 0 < self.std_min < self.std_max:
             raise ValueError(f"need 0 < std_min < std_max, got {self.std_min} and {self.std_max}")
         self.residual_experts = bool(residual_experts)
+        self.linear_experts = bool(linear_experts)
+
+    @property
+    def per_kernel(self) -> int:
+        return raw_size(1, self.channels, self.linear_experts)
 
     @property
     def raw_size(self) -> int:
-        return raw_size(self.n_kernels, self.channels)
+        return raw_size(self.n_kernels, self.channels, self.linear_experts)
 
     def initial_raw(self) -> torch.Tensor:
-        """(k, 6 + C) numbers that decode to a grid of round kernels (std = half the grid spacing), equal gates,
-        zero expert offsets: the output layer's bias at initialization."""
+        """(k, 6 + C) numbers ((k, 6 + 3C) with linear experts) that decode to a grid of round kernels (std = half
+        the grid spacing), equal gates, zero expert offsets and zero slopes: the output layer's bias at
+        initialization."""
         k, b = self.n_kernels, self.block
         rows, cols = grid_shape(k)
         fy = (torch.arange(rows, dtype=torch.float64) + 0.5) / rows
@@ -151,27 +190,30 @@ class KernelHead(torch.nn.Module):
         u = (math.log(self.std_max / std) / math.log(self.std_max / self.std_min))
         u = min(max(u, 1e-3), 1 - 1e-3)
         r = logit(torch.tensor(u, dtype=torch.float64))
-        raw = torch.zeros(k, N_GEOMETRY + self.channels, dtype=torch.float64)
+        raw = torch.zeros(k, self.per_kernel, dtype=torch.float64)
         raw[:, 0], raw[:, 1] = logit(gx.reshape(-1)), logit(gy.reshape(-1))
         raw[:, 2] = raw[:, 3] = r
         return raw.to(torch.float32)
 
     def forward(self, raw: torch.Tensor, lr_blocks: torch.Tensor | None = None) -> BlockKernels:
-        """``raw`` (N, k * (6 + C)); ``lr_blocks`` (N, C, block, block), needed for residual experts."""
+        """``raw`` (N, :attr:`raw_size`); ``lr_blocks`` (N, C, block, block), needed for residual experts."""
         k, b, C = self.n_kernels, self.block, self.channels
-        p = raw.reshape(raw.shape[0], k, N_GEOMETRY + C)
+        if raw.ndim != 2 or raw.shape[1] != self.raw_size:
+            raise ValueError(f"raw must have shape (N, {self.raw_size}), got {tuple(raw.shape)}")
+        p = raw.reshape(raw.shape[0], k, self.per_kernel)
         mu = b * torch.sigmoid(p[..., 0:2]) - 0.5
         lo, span = -math.log(self.std_max), math.log(self.std_max / self.std_min)
         scales = torch.exp(lo + span * torch.sigmoid(p[..., 2:4]))
         theta = p[..., 4]
         pi = torch.softmax(p[..., 5], dim=-1)
-        experts = p[..., N_GEOMETRY:]
+        experts = p[..., N_GEOMETRY:N_GEOMETRY + C]
+        slopes = p[..., N_GEOMETRY + C:].reshape(p.shape[0], k, C, 2) if self.linear_experts else None
         if self.residual_experts:
             if lr_blocks is None:
                 raise ValueError("residual experts need the LR blocks")
             experts = experts + sample_at(lr_blocks, mu)
         chol = chol_from_scales(scales[..., 0], scales[..., 1], theta)
-        return BlockKernels(mu, chol, pi, experts, scales, theta, b)
+        return BlockKernels(mu, chol, pi, experts, scales, theta, b, slopes)
 
 
 def sample_at(blocks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -192,9 +234,7 @@ def decode(kernels: BlockKernels, scale: float, *, gating: str = "smoe", backend
         return decode_authors(kernels, scale)
     b = kernels.block
     Ho, Wo = output_shape((b, b), scale)
-    fields = zip(kernels.mu.unbind(0), kernels.chol.unbind(0), kernels.pi.unbind(0), kernels.experts.unbind(0))
-    models = [SMoE(m, c, p, e, image_shape=(b, b), validate=False) for m, c, p, e in fields]
-    out = render_many(models, scale=scale, backend=backend, tile=int(tile or max(Ho, Wo)))
+    out = render_many(kernels.models(), scale=scale, backend=backend, tile=int(tile or max(Ho, Wo)))
     if out.ndim == 3:
         return out[:, None]
     return out.permute(0, 3, 1, 2)
@@ -219,18 +259,25 @@ def quadratic_forms(kernels: BlockKernels, points: torch.Tensor) -> torch.Tensor
 
 
 def decode_authors(kernels: BlockKernels, scale: float, chunk: int = 256) -> torch.Tensor:
-    """The authors' gating, dense: y = sum_j softmax_j(exp(-q_j / 2)) e_j (no pi). (N, C, b * s, b * s)."""
+    """The authors' gating, dense: y = sum_j softmax_j(exp(-q_j / 2)) m_j(x) (no pi; m_j the constant or linear
+    expert). (N, C, b * s, b * s)."""
     b = kernels.block
     Ho, Wo = output_shape((b, b), scale)
     pts = sample_points(b, scale, kernels.mu.dtype, kernels.mu.device)
     outs = []
     for s in range(0, kernels.n_blocks, chunk):
-        part = BlockKernels(*(t[s:s + chunk] for t in (kernels.mu, kernels.chol, kernels.pi, kernels.experts,
-                                                       kernels.scales, kernels.theta)), b)
+        part = kernels.select(slice(s, s + chunk))
         gate = torch.softmax(torch.exp(-0.5 * quadratic_forms(part, pts)), dim=-1)  # (n, P, k)
-        outs.append(gate @ part.experts)  # (n, P, C)
+        outs.append(mix(gate, part, pts))  # (n, P, C)
     out = torch.cat(outs, 0)
     return out.transpose(1, 2).reshape(kernels.n_blocks, -1, Ho, Wo)
+
+
+def mix(gate: torch.Tensor, kernels: BlockKernels, points: torch.Tensor) -> torch.Tensor:
+    """(N, P, C) = sum_j gate_j m_j(x) for gates (N, P, k) at the (P, 2) points."""
+    if kernels.slopes is None:
+        return gate @ kernels.experts
+    return (gate[..., None] * kernels.expert_values(points)).sum(2)
 
 
 def decode_smoe_dense(kernels: BlockKernels, scale: float) -> torch.Tensor:
@@ -240,7 +287,7 @@ def decode_smoe_dense(kernels: BlockKernels, scale: float) -> torch.Tensor:
     Ho, Wo = output_shape((b, b), scale)
     pts = sample_points(b, scale, kernels.mu.dtype, kernels.mu.device)
     lw = torch.log(kernels.pi)[:, None, :] - 0.5 * quadratic_forms(kernels, pts)
-    out = torch.softmax(lw, dim=-1) @ kernels.experts
+    out = mix(torch.softmax(lw, dim=-1), kernels, pts)
     return out.transpose(1, 2).reshape(kernels.n_blocks, -1, Ho, Wo)
 
 
@@ -253,7 +300,8 @@ def block_model(kernels: BlockKernels, index: int) -> SMoE:
     """Block ``index``'s kernels as a numpy :class:`SMoE` over its (block, block) LR pixels: ``render(model,
     scale=s)`` (or ``smoe render FILE --scale s``) reproduces the block's decode with our gating."""
     i = int(index)
-    return SMoE(_np(kernels.mu[i]), _np(kernels.chol[i]), _np(kernels.pi[i]), _np(kernels.experts[i]),
+    slopes = None if kernels.slopes is None else _np(kernels.slopes[i])
+    return SMoE(_np(kernels.mu[i]), _np(kernels.chol[i]), _np(kernels.pi[i]), _np(kernels.experts[i]), slopes,
                 image_shape=(kernels.block, kernels.block))
 
 
@@ -268,5 +316,7 @@ def image_model(kernels: BlockKernels, origins, image_shape, image_index: int = 
         raise ValueError(f"image {image_index} is not in a batch of {kernels.n_blocks // n} images")
     shift = origins.flip(-1).to(kernels.mu)[:, None, :]  # (row, col) -> (x, y)
     mu = (kernels.mu[sl] + shift).reshape(-1, 2)
+    K = mu.shape[0]
+    slopes = None if kernels.slopes is None else _np(kernels.slopes[sl].reshape(K, -1, 2))
     return SMoE(_np(mu), _np(kernels.chol[sl].reshape(-1, 3)), _np(kernels.pi[sl].reshape(-1)),
-                _np(kernels.experts[sl].reshape(mu.shape[0], -1)), image_shape=tuple(int(s) for s in image_shape[:2]))
+                _np(kernels.experts[sl].reshape(K, -1)), slopes, image_shape=tuple(int(s) for s in image_shape[:2]))

@@ -135,7 +135,8 @@ def restore(net: NSMoE, image, *, stride: int = blk.TEST_STRIDE, chunk: int | No
     result = result[:blk.out_size(H, s), :blk.out_size(W, s)]
     model = None
     if export:
+        slopes = None if parts[0].slopes is None else np.concatenate([m.slopes for m in parts])
         model = SMoE(np.concatenate([m.mu for m in parts]), np.concatenate([m.chol for m in parts]),
-                     np.concatenate([m.pi for m in parts]), np.concatenate([m.experts for m in parts]),
+                     np.concatenate([m.pi for m in parts]), np.concatenate([m.experts for m in parts]), slopes,
                      image_shape=(H, W))
     return result.numpy().astype(np.float32), model

@@ -49,7 +49,14 @@ SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE
   Adam 1e-3 halved at 50/75/90 %): the slope's gradient, the gate-weighted first moment of the residual, is not zero
   across an edge, and the run leaves the base: 31.20-31.24 dB from step 4,000 to 8,000 (10 min of one core) against
   31.14-31.17 dB for constant experts in the same loop (3,000 steps). A small lift, +0.06 dB over the base, the
-  only one seen from the grid start; the next thing to try at length.
+  only one seen from the grid start: since session 10 the super-resolution networks' default
+  (``experts="linear"``, :mod:`.train`'s ``SR_NETWORK``). Probes of session 10: (5) linear experts started at the
+  LR block's first-order Taylor expansion at each centre, decoding the image directly (no base): the untrained
+  start is 25.7 dB (constant experts 23.1 dB): with 32 kernels on a 16 x 16 block a blend of local planes
+  extrapolated 2 px interpolates far worse than bicubic. (6) Experts that blend the bicubic image with the
+  block's value at the centre, ``a_j b(x) + (1 - a_j) e_j`` (a_j = 0.95 at start, 30.99 dB): training drove
+  every a_j to 1 within 250 steps and stayed at the base (31.17 dB through 6,000 steps): the sharp
+  piecewise-constant alternative loses on average.
 - Output: not clipped (the authors clamp to [0, 1], which stops the gradient of out-of-range pixels); clip for
   display and metrics.
 - :func:`pixel_loss`: L1, or L2 (mean squared error) for x2, the authors' choice per scale (``kind`` forces
@@ -60,6 +67,8 @@ SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE
   2-core machine: encoder 0.58 s, head and ``render_many`` 0.01 s). Each block is encoded on its own, so at
   stride 2 every LR pixel is encoded by up to 64 blocks (a 32 x 32 crop has 81 blocks, a 512 x 512 image at the
   test stride 4 has 15,625): train on one-block crops (16 LR px), infer under ``torch.no_grad()``.
+- ``experts``: ``"constant"`` (the authors') or ``"linear"`` (two slopes per channel and kernel from the encoder,
+  zero at start; :mod:`.head`).
 - ``encoder`` (our variant): ``"block"`` is the authors' (above); ``"shared"`` runs one fully convolutional trunk
   (``trunk_width`` x ``trunk_depth``) over each whole LR image and gives each kernel the mean feature of its cell of
   the block (:mod:`.shared_encoder`): the work per LR pixel no longer grows with the overlap, and a training crop
@@ -85,6 +94,8 @@ BASES = ("none", "bicubic")
 #: "block": the authors' encoder, each block on its own (:mod:`.encoder`); "shared": one fully convolutional
 #: trunk over the whole image, pooled per kernel cell (:mod:`.shared_encoder`; our variant)
 ENCODERS = ("block", "shared")
+#: "constant": the authors' experts; "linear": two slopes per channel and kernel as well (:mod:`.head`; our option)
+EXPERTS = ("constant", "linear")
 
 
 @dataclass
@@ -110,14 +121,19 @@ class NSMoEConfig:
     encoder: str = "block"
     trunk_width: int = 32
     trunk_depth: int = 4
+    experts: str = "constant"
+
+    @property
+    def per_kernel(self) -> int:
+        return raw_size(1, self.channels, self.experts == "linear")
 
     def shared_encoder_config(self) -> SharedEncoderConfig:
-        return SharedEncoderConfig(block=self.block, channels=self.channels, per_kernel=raw_size(1, self.channels),
+        return SharedEncoderConfig(block=self.block, channels=self.channels, per_kernel=self.per_kernel,
                                    grid=grid_shape(self.n_kernels), width=self.trunk_width, depth=self.trunk_depth)
 
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(scale=self.scale, block=self.block, channels=self.channels,
-                             per_kernel=raw_size(1, self.channels), width=self.width, mults=self.mults,
+                             per_kernel=self.per_kernel, width=self.width, mults=self.mults,
                              res_blocks=self.res_blocks, heads=self.heads, groups=self.groups,
                              attention_res=self.attention_res, resizer_layers=self.resizer_layers,
                              grid=grid_shape(self.n_kernels))
@@ -138,12 +154,14 @@ class NSMoE(nn.Module):
                              "set residual_experts=False with base=" + repr(cfg.base))
         if cfg.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
+        if cfg.experts not in EXPERTS:
+            raise ValueError(f"experts must be one of {EXPERTS}, got {cfg.experts!r}")
         blk.out_size(cfg.block, cfg.scale)  # a block must be a whole number of output pixels
         self.config = cfg
         self.encoder = (SharedEncoder(cfg.shared_encoder_config()) if cfg.encoder == "shared"
                         else Encoder(cfg.encoder_config()))
         self.head = KernelHead(cfg.n_kernels, cfg.block, cfg.channels, std_min=cfg.std_min,
-                               residual_experts=cfg.residual_experts)
+                               residual_experts=cfg.residual_experts, linear_experts=cfg.experts == "linear")
         with torch.no_grad():
             self.encoder.out_bias.copy_(self.head.initial_raw())
 

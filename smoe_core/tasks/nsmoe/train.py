@@ -39,18 +39,20 @@ with one seed give one result.
 Presets (:data:`PRESETS`):
 
 - ``smoke``: a narrow network (width 8), 4 steps of 2 crops: seconds; for the tests.
-- ``quick``: the compact network (~1.1M parameters), batch 16, 2e-4, validation and checkpoints every 500 steps;
-  steps per task sized to finish within 60 minutes on an idle 2-core CPU: sr2 8,000, sr4 3,500, denoise 20,000,
-  blind 7,500. The estimate (:func:`measure_step`, :func:`estimate_seconds`): the CPU time of one training step
-  (data, forward, backward, Adam) and of one validation pass, measured on one torch thread with
-  ``time.process_time`` (on a loaded machine wall time is inflated by the waiting, CPU time hardly), median of 6
-  steps after a warm-up: sr2 0.17 s a step / 1.1 s a validation, sr4 0.48 / 3.3 s, denoise 0.07 / 0.5 s, blind
-  0.23 / 1.0 s (0.07 s of it the BSRGAN chain on 16 crops). On an idle machine a run takes at most that CPU time
-  (two threads only shorten it), so sr2 ~23, sr4 ~29, denoise ~25 and blind ~29 minutes: within 60 minutes with a
-  factor of two to spare for a slower CPU.
-- ``paper``: the compact network, batch 16 (the authors'), 100,000 steps, validation and checkpoints every 5,000
-  steps (the authors': every 5,000), 192 validation crops; by the same measure about 2 (denoise), 5 (sr2), 6
-  (blind) and 13 (sr4) hours on an idle 2-core CPU.
+- ``quick``: batch 16, validation and checkpoints every 500 steps; steps per task sized to finish within 60
+  minutes on an idle 2-core CPU: sr2 20,000, sr4 20,000, denoise 20,000, blind 7,500. Denoise and blind train the
+  compact block encoder (~1.1M parameters) at 2e-4, sr2 and sr4 the shared encoder (75k parameters, linear
+  experts) at 1e-3 (:data:`SR_NETWORK`). The estimate (:func:`measure_step`, :func:`estimate_seconds`): the CPU
+  time of one training step (data, forward, backward, Adam) and of one validation pass, measured on one torch
+  thread with ``time.process_time`` (on a loaded machine wall time is inflated by the waiting, CPU time hardly),
+  median of 6 steps after a warm-up: sr2 0.047 s a step / 0.08 s a validation, sr4 0.053 / 0.11 s (the shared
+  encoder; the block encoder took 0.17 / 1.1 s and 0.48 / 3.3 s), denoise 0.07 / 0.5 s, blind 0.23 / 1.0 s (0.07 s
+  of it the BSRGAN chain on 16 crops). On an idle machine a run takes at most that CPU time (two threads only
+  shorten it), so sr2 ~16, sr4 ~18, denoise ~25 and blind ~29 minutes: within 60 minutes with a factor of two to
+  spare for a slower CPU.
+- ``paper``: the same networks, batch 16 (the authors'), 100,000 steps, validation and checkpoints every 5,000
+  steps (the authors': every 5,000), 192 validation crops; by the same measure about 2 (denoise), 1.5 (sr2 and
+  sr4) and 6 (blind) hours on an idle 2-core CPU.
 """
 from __future__ import annotations
 
@@ -77,10 +79,16 @@ from .model import NSMoE, NSMoEConfig, pixel_loss
 #: upscale (:mod:`.model`, ``base``: the direct form's quick runs ended 4.4 dB (x2) and 4.3 dB (x4) below bicubic on
 #: the test windows). Blind restoration keeps the direct form with 16 kernels: trained in the residual form it
 #: scored lower on validation (20.22 against 20.34 dB) and on the test windows (26.86 against 27.03 dB).
-SR_NETWORK = dict(n_kernels=32, base="bicubic", residual_experts=False)
+#: Since session 10 they also use the shared encoder (:mod:`.shared_encoder`: inference within the 5 s target,
+#: where the block encoder took minutes) with linear experts (:mod:`.head`: the one change that left the bicubic base
+#: in the probes) on one-block crops at Adam 1e-3 (:data:`SR_LEARNING_RATE`, the probe's rate; the block encoder's
+#: 2e-4 is the authors'). ``smoe nsmoe train --encoder block`` trains the authors' encoder instead
+#: (:func:`encoder_overrides`).
+SR_NETWORK = dict(n_kernels=32, base="bicubic", residual_experts=False, encoder="shared", experts="linear")
+SR_LEARNING_RATE = 1e-3
 TASKS = {
-    "sr2": dict(scale=2, mode="bicubic_blur", network=SR_NETWORK),
-    "sr4": dict(scale=4, mode="bicubic_blur", network=SR_NETWORK),
+    "sr2": dict(scale=2, mode="bicubic_blur", network=SR_NETWORK, learning_rate=SR_LEARNING_RATE),
+    "sr4": dict(scale=4, mode="bicubic_blur", network=SR_NETWORK, learning_rate=SR_LEARNING_RATE),
     "denoise": dict(scale=1, mode="gaussian_noise", network={}),
     "blind": dict(scale=2, mode="bsrgan_plus", network={}),
 }
@@ -108,7 +116,7 @@ class Preset:
 PRESETS = {
     "smoke": Preset(steps={t: 4 for t in TASKS}, batch=2, learning_rate=1e-3, val_every=2, val_crops=3,
                     checkpoint_every=2, log_every=1, network=dict(width=8, heads=2, groups=4)),
-    "quick": Preset(steps={"sr2": 8000, "sr4": 3500, "denoise": 20000, "blind": 7500}, batch=16,
+    "quick": Preset(steps={"sr2": 20000, "sr4": 20000, "denoise": 20000, "blind": 7500}, batch=16,
                     learning_rate=2e-4, val_every=500, val_crops=48, checkpoint_every=500, log_every=10),
     "paper": Preset(steps={t: 100_000 for t in TASKS}, batch=16, learning_rate=2e-4, val_every=5000,
                     val_crops=192, checkpoint_every=5000, log_every=100),
@@ -158,7 +166,8 @@ def make_config(task: str = "sr2", preset: str = "smoke", seed: int = 0, **overr
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     p = PRESETS[preset]
     kw = dict(task=task, preset=preset, seed=int(seed), scale=TASKS[task]["scale"], mode=TASKS[task]["mode"],
-              steps=p.steps[task], batch=p.batch, crop=p.crop, learning_rate=p.learning_rate, val_every=p.val_every,
+              steps=p.steps[task], batch=p.batch, crop=p.crop,
+              learning_rate=TASKS[task].get("learning_rate", p.learning_rate), val_every=p.val_every,
               val_crops=p.val_crops, val_size=p.val_size, checkpoint_every=p.checkpoint_every,
               log_every=p.log_every, network={**TASKS[task]["network"], **p.network})
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
@@ -170,13 +179,25 @@ def make_config(task: str = "sr2", preset: str = "smoke", seed: int = 0, **overr
     return cfg
 
 
-def shared_encoder_overrides(task: str = "sr2", preset: str = "smoke") -> dict:
-    """:func:`make_config` overrides for the shared encoder (``smoe nsmoe train --encoder shared``;
-    :mod:`.shared_encoder`): the preset's network with ``encoder="shared"``, on crops of two blocks a side (32 LR
-    px: 81 blocks at stride 2 for one trunk pass, where a one-block crop would give the trunk no context beyond
-    its block)."""
+def encoder_overrides(task: str = "sr2", preset: str = "smoke", encoder: str | None = None) -> dict:
+    """:func:`make_config` overrides that train ``encoder`` (``smoe nsmoe train --encoder block|shared``) where the
+    task's network has the other one; ``{}`` for the task's own (None or the same).
+
+    - ``"shared"`` for a task whose network is the block encoder (denoise, blind): the preset's network with
+      ``encoder="shared"``, on crops of two blocks a side (32 LR px: 81 blocks at stride 2 for one trunk pass,
+      where a one-block crop gives the trunk no context beyond its block);
+    - ``"block"`` for a task whose network is the shared encoder (sr2, sr4): the authors' encoder (each block on its
+      own) with the authors' learning rate (the preset's, 2e-4 in quick and paper), on one-block crops."""
     cfg = make_config(task, preset)
-    return dict(network={**cfg.network, "encoder": "shared"}, crop=2 * cfg.network_config().block)
+    net = cfg.network_config()
+    if encoder is None or encoder == net.encoder:
+        return {}
+    if encoder == "shared":
+        return dict(network={**cfg.network, "encoder": "shared"}, crop=2 * net.block)
+    if encoder == "block":
+        return dict(network={**cfg.network, "encoder": "block"}, crop=net.block,
+                    learning_rate=PRESETS[preset].learning_rate)
+    raise ValueError(f"encoder must be 'block' or 'shared', got {encoder!r}")
 
 
 def check_config(cfg: TrainConfig) -> None:
