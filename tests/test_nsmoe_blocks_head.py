@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from smoe_core.cli import main
 from smoe_core.io import load_image
 from smoe_core.model import SMoE
-from smoe_core.render import render
+from smoe_core.render import render, render_many
 from smoe_core.tasks.nsmoe import blocks as blk
 from smoe_core.tasks.nsmoe import head as hd
 
@@ -172,18 +172,31 @@ def test_authors_gating_caps_gate_ratios_at_e():
     assert math.isclose(float(theirs), 1 / (1 + math.e), rel_tol=1e-6)
 
 
-def test_decode_is_one_render_many_call(monkeypatch):
+def test_decode_is_one_tiled_render_call_equal_to_render_many(monkeypatch):
+    """The tiled decode renders all blocks in one call on the stacked fields, bit for bit what render_many of one
+    checked SMoE per block gives with one tile per block (constant and linear experts, x2 and x4)."""
     calls = []
-    real = hd.render_many
+    real = hd.render_tiled_batch
 
-    def spy(models, *a, **kw):
-        calls.append(len(models))
-        return real(models, *a, **kw)
+    def spy(mu, *a, **kw):
+        calls.append(mu.shape[0])
+        return real(mu, *a, **kw)
 
-    monkeypatch.setattr(hd, "render_many", spy)
-    head, raw = _random_kernels(n=7)
-    hd.decode(head(raw), 2)
-    assert calls == [7]
+    monkeypatch.setattr(hd, "render_tiled_batch", spy)
+    for scale in (2, 4):
+        for make in (_random_kernels, _linear_kernels):
+            head, raw = make(n=7, dtype=torch.float32, seed=scale)
+            kern = head(raw)
+            out = hd.decode(kern, scale)
+            side = 16 * scale if make is _random_kernels else 8 * scale
+            ref = render_many(kern.models(), scale=scale, tile=side)
+            ref = ref[:, None] if ref.ndim == 3 else ref.permute(0, 3, 1, 2)
+            assert torch.equal(out, ref)
+    assert calls == [7, 7, 7, 7]
+    kern.mu = kern.mu.clone()
+    kern.mu[3, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        hd.decode(kern, 2)
 
 
 # ---------------------------------------------------------------------- export

@@ -180,17 +180,24 @@ def tile_lists(model: SMoE, shape=None, *, scale: float = 1.0, tile: int = DEFAU
                        scale=float(scale), cutoff=cutoff, fill=fill)
 
 
-def render_tiled_batch(mu, chol, logpi, experts, side: int, *, n_threads: int | None = None,
-                       rbf: bool = False) -> torch.Tensor:
-    """(B, side * side, C): B models of L kernels each (``mu`` (B, L, 2), ``chol`` (B, L, 3), ``logpi``
-    (B, L), ``experts`` (B, L, C), torch, CPU or CUDA) over one side x side square each, through the compiled
-    tiled renderer with one binning step and one launch; differentiable. No per-model checks (the caller's
-    tensors are its own optimizer's): used by AS-SMoE's Algorithm 1 for all CBBs at once. ``rbf``: the RBF
-    networks (weighted sums of kernels) over the same fields instead of SMoEs."""
+def render_tiled_batch(mu, chol, logpi, experts, side: int, *, slopes=None, scale: float = 1.0,
+                       tile: int | None = None, n_threads: int | None = None, rbf: bool = False) -> torch.Tensor:
+    """(B, Ho * Wo, C): B models of L kernels each (``mu`` (B, L, 2), ``chol`` (B, L, 3), ``logpi``
+    (B, L), ``experts`` (B, L, C), ``slopes`` (B, L, C, 2) or None; torch, CPU or CUDA) over one side x side square
+    each, rendered at ``scale`` (Ho x Wo = :func:`output_shape` of the square) through the compiled tiled renderer
+    with one binning step and one launch; differentiable. ``tile``: the tile side in output pixels (default
+    :data:`DEFAULT_TILE`). No per-model checks (the caller's tensors are its own optimizer's or network's): used by
+    AS-SMoE's Algorithm 1 for all CBBs at once and by N-SMoE's decoder for all blocks of a batch, where building and
+    checking one :class:`SMoE` per block took longer than the render. The same lists and arithmetic as
+    :func:`render_many` of the same models with the same ``tile``. ``rbf``: the RBF networks (weighted sums of
+    kernels) over the same fields instead of SMoEs."""
     B, L = mu.shape[:2]
     C = experts.shape[-1]
+    Ho, Wo = output_shape((side, side), scale)
     m, ch, lp, ex = mu.reshape(B * L, 2), chol.reshape(B * L, 3), logpi.reshape(B * L), experts.reshape(B * L, C)
-    lists = bin_kernels(m.detach(), ch.detach(), lp.detach(), list(range(0, B * L + 1, L)), side, side)
+    sl = None if slopes is None else slopes.reshape(B * L, C, 2)
+    lists = bin_kernels(m.detach(), ch.detach(), lp.detach(), list(range(0, B * L + 1, L)), Ho, Wo,
+                        tile=int(tile or DEFAULT_TILE), scale=float(scale))
     threads = int(n_threads) if n_threads else torch.get_num_threads()
-    out = TiledRender.apply(m, ch, lp, ex, None, lists, 1.0, MODE_RBF if rbf else MODE_SMOE, threads)
-    return out.reshape(B, side * side, C)
+    out = TiledRender.apply(m, ch, lp, ex, sl, lists, 1.0 / float(scale), MODE_RBF if rbf else MODE_SMOE, threads)
+    return out.reshape(B, Ho * Wo, C)

@@ -4,7 +4,7 @@ github.com/anatolicvs/n-smoe, read, not copied, as each module's docstring says)
 
 - :mod:`.blocks`: overlapping LR blocks (16 x 16, stride 2 in training, 4 at test) and the averaging stitch.
 - :mod:`.head`: the network's 7k numbers per block -> SMoE kernels (centre, two scales, angle, gate, expert);
-  decoding with our gating (one ``render_many`` call) or the authors'; export as :class:`~smoe_core.model.SMoE`.
+  decoding with our gating (one call of the tiled renderer) or the authors'; export as :class:`~smoe_core.model.SMoE`.
 - :mod:`.encoder`: Laplacian resizer + residual blocks with multi-head self-attention (compact: ~1.1M parameters).
 - :mod:`.shared_encoder`: our variant, one fully convolutional trunk over the whole image pooled per kernel cell
   (75k parameters; its work per pixel does not grow with the blocks' overlap).

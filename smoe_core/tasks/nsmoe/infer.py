@@ -32,8 +32,7 @@ from ...model import SMoE
 from . import blocks as blk
 from . import checkpoint as ckpt
 from .head import GATINGS, decode, image_model
-from .model import NSMoE, base_image
-from .train import network_from_meta
+from .model import NSMoE, base_image, network_from_meta
 
 DEFAULT_CHUNK = 64
 #: blocks decoded at a time with the shared encoder, whose chunks hold no encoder activations (512 x 512 at x2,

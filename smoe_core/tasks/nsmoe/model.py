@@ -64,7 +64,7 @@ SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE
   training are not built: a perceptual loss needs pretrained weights, which are not available here, and it is
   never computed from random weights.
 - Cost: the encoder dominates (forward + backward of 16 blocks, 16 -> 32 px at x2, one CPU thread on a loaded
-  2-core machine: encoder 0.58 s, head and ``render_many`` 0.01 s). Each block is encoded on its own, so at
+  2-core machine: encoder 0.58 s, head and decoder 0.01 s). Each block is encoded on its own, so at
   stride 2 every LR pixel is encoded by up to 64 blocks (a 32 x 32 crop has 81 blocks, a 512 x 512 image at the
   test stride 4 has 15,625): train on one-block crops (16 LR px), infer under ``torch.no_grad()``.
 - ``experts``: ``"constant"`` (the authors') or ``"linear"`` (two slopes per channel and kernel from the encoder,
@@ -193,6 +193,14 @@ class NSMoE(nn.Module):
     def base_image(self, lr: torch.Tensor) -> torch.Tensor | float:
         """What the stitched decode is added to: 0 (``base="none"``) or the bicubic upscale of ``lr`` (B, C, H, W)."""
         return base_image(lr, self.config.scale, self.config.base)
+
+
+def network_from_meta(meta: dict) -> NSMoE:
+    """An (untrained) network of a checkpoint's configuration, ready for ``load_state_dict``."""
+    net_cfg = dict(meta["network_config"])
+    for k in ("mults", "attention_res"):
+        net_cfg[k] = tuple(net_cfg[k])
+    return NSMoE(NSMoEConfig(**net_cfg))
 
 
 def base_image(lr: torch.Tensor, scale: float, base: str = "bicubic") -> torch.Tensor | float:

@@ -354,14 +354,6 @@ def build_network(cfg: TrainConfig) -> NSMoE:
         return NSMoE(cfg.network_config())
 
 
-def network_from_meta(meta: dict) -> NSMoE:
-    """An (untrained) network of a checkpoint's configuration, ready for ``load_state_dict``."""
-    net_cfg = dict(meta["network_config"])
-    for k in ("mults", "attention_res"):
-        net_cfg[k] = tuple(net_cfg[k])
-    return NSMoE(NSMoEConfig(**net_cfg))
-
-
 def rng_state(gen: np.random.Generator) -> dict:
     return gen.bit_generator.state
 
