@@ -320,3 +320,29 @@ def test_task_encoders_and_the_cli_flag(tmp_path):
     assert loaded.net.config.experts == "linear" and loaded.checkpoint.meta["config"]["crop"] == 16
     out, model = restore(loaded.net, np.random.default_rng(0).random((20, 24), dtype=np.float32), export=True)
     assert out.shape == (40, 48) and np.isfinite(out).all() and model.linear
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("encoder", ["block", "shared"])
+@pytest.mark.parametrize("experts", ["constant", "linear"])
+def test_cuda_forward_matches_the_cpu_build(encoder, experts):
+    """The whole network on the GPU (the CUDA renderer decodes) gives the CPU build's output and gradients."""
+    from smoe_core.tasks.nsmoe.model import NSMoEConfig
+
+    torch.manual_seed(8)
+    cfg = NSMoEConfig(scale=2, n_kernels=16, encoder=encoder, experts=experts, width=8, heads=2, groups=4,
+                      resizer_layers=2, trunk_width=8, trunk_depth=2, base="bicubic", residual_experts=False)
+    net = NSMoE(cfg)
+    _randomize(net, 0.05)
+    x = torch.rand(2, 1, 24, 20)
+    y_cpu = net(x, stride=4)
+    y_cpu.square().sum().backward()
+    g_cpu = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad(set_to_none=True)
+    net = net.cuda()
+    y_gpu = net(x.cuda(), stride=4)
+    y_gpu.square().sum().backward()
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu.detach(), rtol=1e-4, atol=1e-4)
+    for n, p in net.named_parameters():
+        scale = max(1.0, g_cpu[n].abs().max().item())
+        torch.testing.assert_close(p.grad.cpu(), g_cpu[n], rtol=1e-3, atol=1e-3 * scale, msg=lambda m: f"{n}: {m}")
