@@ -39,6 +39,33 @@ def test_run_grid_resumes_without_redoing(tmp_path):
     assert isinstance(df, pd.DataFrame)
 
 
+def test_a_clean_run_redoes_rows_of_an_uncommitted_tree(tmp_path):
+    """Rows naming a +dirty tree count as finished for another dirty run, not for a clean one, which replaces them
+    with rows naming its commit (in place of hand-editing the table)."""
+    calls = []
+
+    def work(item):
+        calls.append(item["k"])
+        return {"value": 10 * item["k"]}
+
+    def store(commit):
+        s = ResultsStore(tmp_path, "nb", "paper")
+        s.meta["git_commit"] = commit
+        return s
+
+    items = [{"k": k} for k in range(3)]
+    store("abc1234+dirty").run_grid("g", items[:2], work, ["k"], progress=False)
+    store("fed4321").run_grid("g", items[2:], work, ["k"], progress=False)
+    store("abc1234+dirty").run_grid("g", items, work, ["k"], progress=False)  # a dirty run: all three are done
+    assert calls == [0, 1, 2]
+    store("fed4321").run_grid("g", items, work, ["k"], progress=False)
+    assert calls == [0, 1, 2, 0, 1]  # k = 2 already names a clean commit
+    df = store("fed4321").run_grid("g", items, work, ["k"], progress=False)
+    assert calls == [0, 1, 2, 0, 1]
+    assert sorted(df["k"]) == [0, 1, 2] and set(df["git_commit"]) == {"fed4321"}
+    assert sorted(df["value"]) == [0, 10, 20]
+
+
 def test_notebook_parameters_images_override_runs_a_preset_in_pieces(tmp_path):
     from smoe_core.studies.reproduce import PRESETS, notebook_parameters
 

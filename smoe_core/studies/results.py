@@ -286,9 +286,15 @@ class ResultsStore:
         return atomic_write_csv(df, self.path(name))
 
     def done_keys(self, name: str, key_columns) -> set[tuple]:
+        """The keys of table ``name``'s finished rows. A run from a clean commit does not count rows that name an
+        uncommitted tree (``git_commit`` ending in ``+dirty``: no commit reproduces them) as finished, so
+        :meth:`run_grid` redoes them and replaces them with rows that name its commit; a run from an uncommitted
+        tree keeps them (its own rows would be ``+dirty`` again)."""
         df = self.table(name)
         if df.empty or any(k not in df.columns for k in key_columns):
             return set()
+        if "git_commit" in df.columns and not str(self.meta["git_commit"]).endswith("+dirty"):
+            df = df[~df["git_commit"].astype(str).str.endswith("+dirty")]
         return {tuple(str(v) for v in row) for row in df[list(key_columns)].itertuples(index=False)}
 
     def run_grid(self, name: str, items: Iterable[dict], fn: Callable[[dict], dict | list[dict]],
