@@ -79,11 +79,16 @@ def test_closed_form_cholesky_is_numpys_and_positive_definite():
     assert torch.allclose(m.precision(), P, rtol=1e-10, atol=1e-12)
 
 
-def _random_kernels(n=3, k=16, block=16, C=1, seed=0, dtype=torch.float64, spread=1.5):
+def _random_kernels(n=3, k=16, block=16, C=1, seed=0, dtype=torch.float64, spread=1.5, slope=None):
+    """A head and random raw numbers around its initial grid; ``slope`` (per LR px) makes the experts linear,
+    their slopes scaled to that size."""
     gen = torch.Generator().manual_seed(seed)
-    head = hd.KernelHead(k, block, C, residual_experts=False)
+    head = hd.KernelHead(k, block, C, residual_experts=False, linear_experts=slope is not None)
     raw = head.initial_raw().to(dtype).reshape(1, -1).repeat(n, 1)
     raw = raw + spread * torch.randn(raw.shape, generator=gen, dtype=dtype)
+    if slope is not None:
+        per = raw.reshape(n, k, -1)
+        per[..., hd.N_GEOMETRY + C:] *= slope / spread
     return head, raw
 
 
@@ -125,10 +130,11 @@ def test_residual_experts_add_the_lr_value_at_the_centre():
 
 # ---------------------------------------------------------------------- decoding
 def _dense_numpy(kern, scale, gating):
-    """Both gatings from their formulas, one pixel at a time in numpy."""
+    """Both gatings from their formulas, one pixel at a time in numpy; constant experts, or linear ones
+    e_j + S_j (x - mu_j) when the kernels have slopes."""
     mu, P, pi, ex = (t.detach().numpy() for t in (kern.mu, kern.precision(), kern.pi, kern.experts))
-    b = kern.block
-    S = int(round(b * scale))
+    sl = None if kern.slopes is None else kern.slopes.detach().numpy()
+    S = int(round(kern.block * scale))
     out = np.zeros((mu.shape[0], ex.shape[2], S, S))
     for n in range(mu.shape[0]):
         for r in range(S):
@@ -136,12 +142,10 @@ def _dense_numpy(kern, scale, gating):
                 x = np.array([(c + 0.5) / scale - 0.5, (r + 0.5) / scale - 0.5])
                 d = x - mu[n]
                 q = np.einsum("ki,kij,kj->k", d, P[n], d)
-                if gating == "smoe":
-                    lw = np.log(pi[n]) - 0.5 * q
-                else:
-                    lw = np.exp(-0.5 * q)
+                lw = np.log(pi[n]) - 0.5 * q if gating == "smoe" else np.exp(-0.5 * q)
                 w = np.exp(lw - lw.max())
-                out[n, :, r, c] = (w / w.sum()) @ ex[n]
+                m = ex[n] if sl is None else ex[n] + np.einsum("kcj,kj->kc", sl[n], d)
+                out[n, :, r, c] = (w / w.sum()) @ m
     return out
 
 
@@ -248,13 +252,7 @@ def test_merged_image_model_offsets_every_block(tmp_path):
 
 # ---------------------------------------------------------------------- linear experts (our option)
 def _linear_kernels(n=2, k=16, block=8, C=1, seed=0, dtype=torch.float64, spread=1.0, slope=0.3):
-    gen = torch.Generator().manual_seed(seed)
-    head = hd.KernelHead(k, block, C, residual_experts=False, linear_experts=True)
-    raw = head.initial_raw().to(dtype).reshape(1, -1).repeat(n, 1)
-    raw = raw + spread * torch.randn(raw.shape, generator=gen, dtype=dtype)
-    per = raw.reshape(n, k, -1)
-    per[..., hd.N_GEOMETRY + C:] *= slope / spread  # slopes of a plausible size (per LR px)
-    return head, per.reshape(n, -1)
+    return _random_kernels(n, k, block, C, seed, dtype, spread, slope=slope)
 
 
 def test_linear_head_reads_slopes_and_starts_at_zero_slopes():
@@ -276,35 +274,16 @@ def test_linear_head_reads_slopes_and_starts_at_zero_slopes():
                                hd.decode(const(const.initial_raw().reshape(1, -1)), 2))
 
 
-def _dense_linear_numpy(kern, scale, gating):
-    """Both gatings with linear experts e_j + S_j (x - mu_j), one pixel at a time in numpy."""
-    mu, P, pi, ex, sl = (t.detach().numpy() for t in (kern.mu, kern.precision(), kern.pi, kern.experts,
-                                                      kern.slopes))
-    S = int(round(kern.block * scale))
-    out = np.zeros((mu.shape[0], ex.shape[2], S, S))
-    for n in range(mu.shape[0]):
-        for r in range(S):
-            for c in range(S):
-                x = np.array([(c + 0.5) / scale - 0.5, (r + 0.5) / scale - 0.5])
-                d = x - mu[n]
-                q = np.einsum("ki,kij,kj->k", d, P[n], d)
-                lw = np.log(pi[n]) - 0.5 * q if gating == "smoe" else np.exp(-0.5 * q)
-                w = np.exp(lw - lw.max())
-                m = ex[n] + np.einsum("kcj,kj->kc", sl[n], d)
-                out[n, :, r, c] = (w / w.sum()) @ m
-    return out
-
-
 @pytest.mark.parametrize("C", [1, 2])
 def test_linear_experts_match_their_dense_formulas(C):
     head, raw = _linear_kernels(C=C, seed=C)
     kern = head(raw)
     ours = hd.decode(kern, 2)
     assert ours.shape == (2, C, 16, 16)
-    ref = _dense_linear_numpy(kern, 2, "smoe")
+    ref = _dense_numpy(kern, 2, "smoe")
     assert np.allclose(ours.numpy(), ref, atol=2e-5)
     assert np.allclose(hd.decode_smoe_dense(kern, 2).numpy(), ref, atol=1e-12)
-    assert np.allclose(hd.decode(kern, 2, gating="authors").numpy(), _dense_linear_numpy(kern, 2, "authors"),
+    assert np.allclose(hd.decode(kern, 2, gating="authors").numpy(), _dense_numpy(kern, 2, "authors"),
                        atol=1e-12)
 
 
