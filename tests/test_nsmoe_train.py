@@ -322,6 +322,9 @@ def test_cli_train_refuses_to_overwrite_or_resume_nothing(tmp_path, runs, capsys
     assert rc == 2 and "is a file" in capsys.readouterr().err
     rc = main(["nsmoe"])
     assert rc == 2 and "give an nsmoe command" in capsys.readouterr().err
+    rc = main(["nsmoe", "train", "--preset", "smoke", "--encoder", "dense", "--out", str(tmp_path / "enc")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(_errors(err)) == 1 and "--encoder" in _errors(err)[0] and not (tmp_path / "enc").exists()
 
 
 def test_cli_resume_takes_the_runs_seed_and_matches_the_straight_run(tmp_path, runs, capsys):
