@@ -736,12 +736,17 @@ def claims_table(bd: pd.DataFrame, points: pd.DataFrame, ablation: pd.DataFrame 
     # 1. up to 42.48% savings over JPEG
     finite = {k: v for k, v in savings.items() if np.isfinite(v)}
     if finite:
+        # "up to": the largest saving over the paper's images. It holds as soon as one image reaches it; it fails
+        # only when every image has a BD-rate (with images missing, the others may still reach it: undecided).
         best = max(finite, key=finite.get)
+        reached = finite[best] >= PAPER_SAVINGS_PCT - float(savings_tolerance_pp)
+        missing = [im for im in CODING_IMAGES if im not in finite]
         add("savings up to 42.48% over JPEG (SSIM-611 BD-rate)", "all",
             f"up to {PAPER_SAVINGS_PCT:.2f}% bitrate savings over JPEG",
             f"largest saving {finite[best]:.2f}% ({best}; {method}); saving per image (negative: more rate): "
-            + ", ".join(f"{k} {v:.2f}%" for k, v in savings.items()),
-            finite[best], finite[best] >= PAPER_SAVINGS_PCT - float(savings_tolerance_pp))
+            + ", ".join(f"{k} {v:.2f}%" for k, v in savings.items())
+            + ("" if reached or not missing else f"; not yet measured: {', '.join(missing)}"),
+            finite[best], True if reached else (None if missing else False))
     else:
         add("savings up to 42.48% over JPEG (SSIM-611 BD-rate)", "all",
             f"up to {PAPER_SAVINGS_PCT:.2f}% bitrate savings over JPEG", "no BD-rate against JPEG 4:2:0", np.nan, None)
