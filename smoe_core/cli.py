@@ -676,9 +676,7 @@ def _nsmoe_run(args, loaded, src: Path, out: Path, export) -> int:
     if H * s * W * s > MAX_OUTPUT_PIXELS:
         raise ValueError(f"{args.image} at x{s} gives a {H * s} x {W * s} image, more than {MAX_OUTPUT_PIXELS} pixels")
     t0 = time.perf_counter()
-    from .tasks.nsmoe.blocks import TEST_STRIDE
-
-    stride = TEST_STRIDE if args.stride is None else args.stride
+    stride = loaded.net.config.test_stride if args.stride is None else args.stride
     if not 1 <= stride <= loaded.net.config.block:
         raise ValueError(f"--stride must be from 1 to the block size {loaded.net.config.block}, got {stride}")
     result, model = restore(loaded.net, image, stride=stride, chunk=args.chunk, export=export is not None,
@@ -1054,8 +1052,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--export-kernels", dest="export_kernels", default=None, metavar="MODEL.npz",
                        help="also write the predicted kernels as an SMoE model file (smoe render MODEL.npz --scale S)")
         q.add_argument("--stride", type=positive_int, default=None, metavar="N",
-                       help="LR pixels between the blocks' corners, 1 to the block size (default 4, as the "
-                            "authors' tests: overlap 12); the run time scales with 1 / stride^2")
+                       help="LR pixels between the blocks' corners, 1 to the block size (default: the network's test "
+                            "stride, 4 as the authors' tests (overlap 12), 8 for the super-resolution networks); "
+                            "the run time scales with 1 / stride^2")
         q.add_argument("--chunk", type=positive_int, default=None, metavar="N",
                        help="blocks encoded at a time (bounds memory: about 0.4 GB at x4 with the authors' block "
                             "encoder; default 64, 512 with the shared encoder)")

@@ -346,3 +346,27 @@ def test_cuda_forward_matches_the_cpu_build(encoder, experts):
     for n, p in net.named_parameters():
         scale = max(1.0, g_cpu[n].abs().max().item())
         torch.testing.assert_close(p.grad.cpu(), g_cpu[n], rtol=1e-3, atol=1e-3 * scale, msg=lambda m: f"{n}: {m}")
+
+
+def test_test_stride_is_checked_and_is_the_restore_default():
+    """``test_stride`` (NSMoEConfig) is restore's default stride: a 256-kernel shared network (one kernel per LR px,
+    as the super-resolution networks) restores at its own test stride, equal to the stitched forward at that stride
+    and not to the forward at the authors' stride 4; a bad value is refused by name."""
+    from smoe_core.tasks.nsmoe.infer import restore
+
+    for bad in (0, 17, 2.5, True):
+        with pytest.raises(ValueError, match="test_stride"):
+            _shared(scale=2, n_kernels=16, block=16, width=8, depth=1, test_stride=bad)
+    with pytest.raises(ValueError, match="stride"):
+        _shared(scale=2, n_kernels=16, block=16, width=8, depth=1, stride=0)
+    torch.manual_seed(7)
+    net = _shared(scale=2, n_kernels=256, block=16, width=8, depth=1, base="bicubic", residual_experts=False,
+                  experts="linear", test_stride=8).eval()
+    _randomize(net, 0.05)
+    img = torch.rand(40, 36)
+    with torch.no_grad():
+        at8 = net(img[None, None], stride=8)[0, 0].numpy()
+        at4 = net(img[None, None], stride=4)[0, 0].numpy()
+    out, _ = restore(net, img.numpy())
+    np.testing.assert_allclose(out, at8, atol=1e-5)
+    assert np.abs(out - at4).max() > 1e-4

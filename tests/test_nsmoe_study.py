@@ -132,7 +132,7 @@ def test_authors_gating_swap_decodes_the_same_kernels(smoke_ckpt):
     ours, _ = restore(net, x)
     theirs, _ = restore(net, x, gating="authors")
     with torch.no_grad():
-        ref = net(torch.from_numpy(x)[None, None], stride=4, gating="authors")[0, 0].numpy()
+        ref = net(torch.from_numpy(x)[None, None], stride=net.config.test_stride, gating="authors")[0, 0].numpy()
     assert np.allclose(theirs, ref, atol=1e-5) and not np.allclose(ours, theirs, atol=1e-3)
     with pytest.raises(ValueError, match="gating"):
         restore(net, x, gating="softmax")

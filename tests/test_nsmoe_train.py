@@ -100,13 +100,14 @@ def test_schedule_halves_at_the_milestones_and_configs_are_checked():
     assert tr.learning_rate_at(cfg, int(0.9 * steps)) == cfg.learning_rate / 8
     assert cfg.network_config().width == 32 and cfg.scale == 4
     assert tr.make_config("denoise", "paper").scale == 1 and tr.make_config("blind", "quick").mode == "bsrgan_plus"
-    for task in ("sr2", "sr4"):  # variant III, decoding the residual over bicubic, in every preset
+    for task in ("sr2", "sr4"):  # one kernel per LR px, decoding the residual over bicubic, test stride 8
         for preset in tr.PRESETS:
             net = tr.make_config(task, preset).network_config()
-            assert (net.n_kernels, net.base, net.residual_experts) == (32, "bicubic", False), (task, preset)
+            assert (net.n_kernels, net.base, net.residual_experts, net.test_stride) == (256, "bicubic", False, 8), (
+                task, preset)
     for task in ("denoise", "blind"):  # the direct form
         net = tr.make_config(task, "quick").network_config()
-        assert (net.n_kernels, net.base, net.residual_experts) == (16, "none", True)
+        assert (net.n_kernels, net.base, net.residual_experts, net.test_stride) == (16, "none", True, 4)
     with pytest.raises(ValueError, match="task"):
         tr.make_config("sr3")
     with pytest.raises(ValueError, match="multiple of 3"):
@@ -218,13 +219,18 @@ def test_compact_encoder_checkpoint_is_under_20_mb(tmp_path):
 def test_chunked_inference_equals_the_network_and_pads_small_images(runs):
     loaded = infer.load_network(runs["sr2"])
     img = np.random.default_rng(1).random((27, 35)).astype(np.float32)
-    out, model = infer.restore(loaded.net, img, chunk=5, export=True)
+    out, model = infer.restore(loaded.net, img, chunk=5, export=True, stride=4)
     with torch.no_grad():
         ref = loaded.net(torch.from_numpy(img)[None, None], stride=4)[0, 0].numpy()
     assert out.shape == ref.shape == (54, 70)
     assert np.abs(out - ref).max() < 1e-5
     # block rows at 0, 4, 8, 11; columns at 0, 4, 8, 12, 16, 19
     assert model.image_shape == (27, 35) and model.n_kernels == loaded.net.config.n_kernels * 4 * 6
+    # by default the network's test stride (8 for the sr networks): rows at 0, 8, 11; columns at 0, 8, 16, 19
+    out8, model8 = infer.restore(loaded.net, img, chunk=5, export=True)
+    with torch.no_grad():
+        ref8 = loaded.net(torch.from_numpy(img)[None, None], stride=8)[0, 0].numpy()
+    assert np.abs(out8 - ref8).max() < 1e-5 and model8.n_kernels == loaded.net.config.n_kernels * 3 * 4
     small, _ = infer.restore(loaded.net, img[:9, :12])
     assert small.shape == (18, 24) and np.isfinite(small).all()
 
@@ -259,14 +265,15 @@ def test_cli_upscale_keeps_the_bit_depth_and_exports_kernels(tmp_path, runs, bit
                "--checkpoint", str(runs["sr2"]), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and len(_errors(err)) == 1 and "x2" in err and not (tmp_path / "x4.png").exists()
+    assert "stride 8" in text  # the sr networks' test stride
     # --stride: the blocks' spacing, as restore(stride=...); outside 1 .. block size refused with one line
-    coarse = tmp_path / "coarse.png"
-    rc = main(["nsmoe", "upscale", str(src), "--scale", "2", "--out", str(coarse), "--checkpoint", str(runs["sr2"]),
-               "--stride", "8", "--no-progress"])
-    assert rc == 0 and "stride 8" in capsys.readouterr().out
-    expect8, _ = infer.restore(loaded.net, load_image(src), stride=8)
-    assert np.abs(np.asarray(Image.open(coarse)) / top - np.clip(expect8, 0, 1)).max() <= 0.5 / top + 1e-6
-    assert np.abs(expect8 - expect).max() > 1e-4  # another stride, another average
+    fine = tmp_path / "fine.png"
+    rc = main(["nsmoe", "upscale", str(src), "--scale", "2", "--out", str(fine), "--checkpoint", str(runs["sr2"]),
+               "--stride", "4", "--no-progress"])
+    assert rc == 0 and "stride 4" in capsys.readouterr().out
+    expect4, _ = infer.restore(loaded.net, load_image(src), stride=4)
+    assert np.abs(np.asarray(Image.open(fine)) / top - np.clip(expect4, 0, 1)).max() <= 0.5 / top + 1e-6
+    assert np.abs(expect4 - expect).max() > 1e-4  # another stride, another average
     for bad in ("17", "0"):
         rc = main(["nsmoe", "upscale", str(src), "--scale", "2", "--out", str(tmp_path / "bad.png"),
                    "--checkpoint", str(runs["sr2"]), "--stride", bad, "--no-progress"])

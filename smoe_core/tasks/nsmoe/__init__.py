@@ -7,7 +7,7 @@ github.com/anatolicvs/n-smoe, read, not copied, as each module's docstring says)
   decoding with our gating (one call of the tiled renderer) or the authors'; export as :class:`~smoe_core.model.SMoE`.
 - :mod:`.encoder`: Laplacian resizer + residual blocks with multi-head self-attention (compact: ~1.1M parameters).
 - :mod:`.shared_encoder`: our variant, one fully convolutional trunk over the whole image pooled per kernel cell
-  (75k parameters; its work per pixel does not grow with the blocks' overlap).
+  (77k parameters with 256 kernels a block; its work per pixel does not grow with the blocks' overlap).
 - :mod:`.model`: :class:`~.model.NSMoE`, encoder + head + decoder as one torch module; losses; smoke training.
 - :mod:`.degrade`: the stochastic degradation model (BSRGAN-plus chain, and bicubic + blur), seeded.
 - :mod:`.data`: the DICOM (pydicom, pydicom-data) and scikit-image images, normalization, fixed splits, pairs.

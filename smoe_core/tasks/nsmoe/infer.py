@@ -4,7 +4,8 @@ and ``smoe nsmoe denoise``).
 
 - :func:`load_network`: a checkpoint (:mod:`.checkpoint`) -> the trained :class:`~.model.NSMoE` in eval mode.
   A checkpoint of step 0 (untrained weights) is refused; training never writes one.
-- :func:`restore`: the image's blocks at the test stride (:data:`~.blocks.TEST_STRIDE` = 4, as the authors),
+- :func:`restore`: the image's blocks at the network's test stride (``NSMoEConfig.test_stride``: by default
+  :data:`~.blocks.TEST_STRIDE` = 4, as the authors; 8 for our super-resolution networks, :mod:`.train`),
   encoded and decoded ``chunk`` blocks at a time under ``torch.no_grad()``, each chunk added into the running
   sums of the output and of the coverage, then divided: memory is the image, the output and one chunk (the same
   average as :func:`~.blocks.stitch`, summed in another order: equal to ``net(image, stride=4)`` up to float
@@ -77,13 +78,15 @@ def block_pixels(x: torch.Tensor, origins: torch.Tensor, block: int) -> torch.Te
     return x[:, rows, cols].permute(1, 0, 2, 3)
 
 
-def restore(net: NSMoE, image, *, stride: int = blk.TEST_STRIDE, chunk: int | None = None, export: bool = False,
+def restore(net: NSMoE, image, *, stride: int | None = None, chunk: int | None = None, export: bool = False,
             progress: bool = False, gating: str | None = None):
     """(output (H s, W s) float32 numpy, exported SMoE or None) for a gray (H, W) image in [0, 1] (module
     docstring). ``gating`` decodes with another gating than the network's (``"authors"`` / ``"smoe"``; the
     exported model is always our SMoE of the same kernels). ``chunk``: blocks per step (default
-    :data:`DEFAULT_CHUNK`, :data:`SHARED_CHUNK` with the shared encoder)."""
+    :data:`DEFAULT_CHUNK`, :data:`SHARED_CHUNK` with the shared encoder). ``stride``: default the network's
+    ``test_stride`` (:class:`~.model.NSMoEConfig`: 4, the authors'; 8 for the super-resolution networks)."""
     cfg = net.config
+    stride = cfg.test_stride if stride is None else stride
     b, s = cfg.block, cfg.scale
     img = torch.as_tensor(np.asarray(image, dtype=np.float32))
     if img.ndim != 2:

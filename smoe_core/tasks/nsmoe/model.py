@@ -106,6 +106,7 @@ class NSMoEConfig:
     n_kernels: int = DEFAULT_KERNELS
     block: int = blk.BLOCK
     stride: int = blk.TRAIN_STRIDE
+    test_stride: int = blk.TEST_STRIDE
     channels: int = 1
     gating: str = "smoe"
     backend: str = "tiled"
@@ -159,6 +160,10 @@ class NSMoE(nn.Module):
         if cfg.experts not in EXPERTS:
             raise ValueError(f"experts must be one of {EXPERTS}, got {cfg.experts!r}")
         blk.out_size(cfg.block, cfg.scale)  # a block must be a whole number of output pixels
+        for name in ("stride", "test_stride"):
+            v = getattr(cfg, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= cfg.block:
+                raise ValueError(f"{name} must be an integer from 1 to the block size {cfg.block}, got {v!r}")
         self.config = cfg
         self.encoder = (SharedEncoder(cfg.shared_encoder_config()) if cfg.encoder == "shared"
                         else Encoder(cfg.encoder_config()))

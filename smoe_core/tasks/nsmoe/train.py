@@ -39,17 +39,17 @@ with one seed give one result.
 Presets (:data:`PRESETS`):
 
 - ``smoke``: a narrow network (width 8), 4 steps of 2 crops: seconds; for the tests.
-- ``quick``: batch 16, validation and checkpoints every 500 steps; steps per task sized to finish within 60
-  minutes on an idle 2-core CPU: sr2 20,000, sr4 20,000, denoise 20,000, blind 7,500. Denoise and blind train the
-  compact block encoder (~1.1M parameters) at 2e-4, sr2 and sr4 the shared encoder (75k parameters, linear
-  experts) at 1e-3 (:data:`SR_NETWORK`). The estimate (:func:`measure_step`, :func:`estimate_seconds`): the CPU
-  time of one training step (data, forward, backward, Adam) and of one validation pass, measured on one torch
-  thread with ``time.process_time`` (on a loaded machine wall time is inflated by the waiting, CPU time hardly),
-  median of 6 steps after a warm-up: sr2 0.047 s a step / 0.08 s a validation, sr4 0.053 / 0.11 s (the shared
-  encoder; the block encoder took 0.17 / 1.1 s and 0.48 / 3.3 s), denoise 0.07 / 0.5 s, blind 0.23 / 1.0 s (0.07 s
-  of it the BSRGAN chain on 16 crops). On an idle machine a run takes at most that CPU time (two threads only
-  shorten it), so sr2 ~16, sr4 ~18, denoise ~25 and blind ~29 minutes: within 60 minutes with a factor of two to
-  spare for a slower CPU.
+- ``quick``: batch 16, validation and checkpoints every 500 steps; steps per task sized to finish within 60 minutes on
+  an idle 2-core CPU: sr2 20,000, sr4 20,000, denoise 20,000, blind 7,500. Denoise and blind train the compact block
+  encoder (~1.1M parameters) at 2e-4, sr2 and sr4 the shared encoder (77k parameters, linear experts, 256 kernels a
+  block) at 1e-3 (:data:`SR_NETWORK`). The estimate (:func:`measure_step`, :func:`estimate_seconds`): the CPU time of
+  one training step (data, forward, backward, Adam) and of one validation pass, measured on one torch thread with
+  ``time.process_time`` (on a loaded machine wall time is inflated by the waiting, CPU time hardly), median of 6 steps
+  after a warm-up: sr2 0.060 s a step / 0.15 s a validation, sr4 0.094 / 0.33 s (the shared encoder with 256 kernels,
+  measured on a loaded machine; with 32 kernels 0.047 / 0.08 and 0.053 / 0.11 s; the block encoder took 0.17 / 1.1 s and
+  0.48 / 3.3 s), denoise 0.07 / 0.5 s, blind 0.23 / 1.0 s (0.07 s of it the BSRGAN chain on 16 crops). On an idle
+  machine a run takes at most that CPU time (two threads only shorten it), so sr2 ~20, sr4 ~32, denoise ~25 and blind
+  ~29 minutes: within 60 minutes with a factor of two to spare for a slower CPU.
 - ``paper``: the same networks, batch 16 (the authors'), 100,000 steps, validation and checkpoints every 5,000
   steps (the authors': every 5,000), 192 validation crops; by the same measure about 2 (denoise), 1.5 (sr2 and
   sr4) and 6 (blind) hours on an idle 2-core CPU.
@@ -75,21 +75,34 @@ from . import data
 from .degrade import Degradation
 from .model import NSMoE, NSMoEConfig, pixel_loss
 
-#: the super-resolution tasks' network: variant III's 32 kernels a block, decoding the residual over the bicubic
-#: upscale (:mod:`.model`, ``base``: the direct form's quick runs ended 4.4 dB (x2) and 4.3 dB (x4) below bicubic on
-#: the test windows). Blind restoration keeps the direct form with 16 kernels: trained in the residual form it
-#: scored lower on validation (20.22 against 20.34 dB) and on the test windows (26.86 against 27.03 dB); so did
-#: the SR network below (shared encoder, linear experts, 32 kernels over the bicubic base, 1e-3; session 10 probe,
-#: stopped at step 2,500 of 7,500: validation 19.99, 19.97, 19.91, 20.02 and 19.95 dB at steps 500 to 2,500, its
-#: start 19.77, against the block run's 19.53, 19.83, 19.81, 20.09 and 20.17 dB at those steps, still rising, and
-#: 20.34 dB at the end).
+#: the super-resolution tasks' network (first with variant III's 32 kernels a block; 256 since session 12, below),
+#: decoding the residual over the bicubic upscale (:mod:`.model`, ``base``: the direct form's quick runs ended 4.4 dB
+#: (x2) and 4.3 dB (x4) below bicubic on the test windows). Blind restoration keeps the direct form with 16 kernels:
+#: trained in the residual form it scored lower on validation (20.22 against 20.34 dB) and on the test windows (26.86
+#: against 27.03 dB); so did the SR network below (shared encoder, linear experts, 32 kernels over the bicubic base,
+#: 1e-3; session 10 probe, stopped at step 2,500 of 7,500: validation 19.99, 19.97, 19.91, 20.02 and 19.95 dB at steps
+#: 500 to 2,500, its start 19.77, against the block run's 19.53, 19.83, 19.81, 20.09 and 20.17 dB at those steps, still
+#: rising, and 20.34 dB at the end).
 #: Since session 10 the super-resolution networks also use the shared encoder (:mod:`.shared_encoder`: inference
 #: within the 5 s target, where the block encoder took minutes) with linear experts (:mod:`.head`: the one change
 #: that left the bicubic base in the probes) on one-block crops at Adam 1e-3 (:data:`SR_LEARNING_RATE`, the probe's
 #: rate; the block encoder's 2e-4 is the authors'). ``smoe nsmoe train --encoder block`` trains the authors' encoder
 #: instead (:func:`encoder_overrides`). Not yet adopted: sr4 at 2e-4 for 8,000 steps ended at 27.27 dB validation
 #: against 27.21 dB for the quick preset's 1e-3 x 20,000 (whose validation peaked at 27.28 dB near step 2,000).
-SR_NETWORK = dict(n_kernels=32, base="bicubic", residual_experts=False, encoder="shared", experts="linear")
+#: Since session 12 the super-resolution networks have 256 kernels a block, one per LR pixel of the block (the
+#: shared encoder's cells are 1 x 1 LR px), and decode at test stride 8. Why: the shared encoder gives a cell the
+#: same numbers wherever the block that holds it sits (:mod:`.shared_encoder`), so at a stride that is a multiple of
+#: the cell the overlapping blocks repeat one another's kernels and their average adds no detail; the authors'
+#: encoder gives every block its own kernels, and its overlap averages 16 blocks at the test stride (32 kernels
+#: each: 2 kernels per LR px on average). Measured (x2, 4,000-step runs of this network at Adam 1e-3, the 48
+#: validation crops, PIL bicubic 30.93 dB): 32 kernels 31.22 dB at the end of the quick run (20,000 steps), 64
+#: kernels 31.42-31.64 dB, 256 kernels 31.70-32.02 dB (31.97 at the end); on the five test crops that 256-kernel
+#: network gained 1.92 dB over PIL bicubic at stride 4, 1.87 at 8 and 1.76 at 16 (x4, 4,000 steps: 2.44, 2.41,
+#: 2.25 dB), where the 32-kernel quick networks gained 0.28 (x2) and 0.36 dB (x4). Stride 8 keeps the inference of
+#: a 512 x 512 input at x2 within 5 s (4.3 s for the whole command on 2 idle cores; stride 4: 7.5 s). A trunk of
+#: width 64 at the same rate diverged (19-29 dB).
+SR_NETWORK = dict(n_kernels=256, base="bicubic", residual_experts=False, encoder="shared", experts="linear",
+                  test_stride=8)
 SR_LEARNING_RATE = 1e-3
 TASKS = {
     "sr2": dict(scale=2, mode="bicubic_blur", network=SR_NETWORK, learning_rate=SR_LEARNING_RATE),
@@ -321,7 +334,7 @@ def validate(net: NSMoE, val: Validation, crops_at_once: int = 16) -> float:
     was = net.training
     net.eval()
     with torch.no_grad():
-        out = np.concatenate([net(val.lr[i:i + crops_at_once], stride=blk.TEST_STRIDE)[:, 0].numpy()
+        out = np.concatenate([net(val.lr[i:i + crops_at_once], stride=net.config.test_stride)[:, 0].numpy()
                               for i in range(0, len(val.lr), crops_at_once)])
     net.train(was)
     return mean_psnr(out, val.hr)
