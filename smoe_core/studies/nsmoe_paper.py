@@ -20,14 +20,14 @@ Degradations (deterministic):
   every method is measured against the crop itself (the clean image, not a sharpened one; our choice).
 
 Methods per task: ``bicubic`` (PIL bicubic of the LR input; for denoising ``noisy``, the input itself),
-``bicubic_torch`` (super-resolution: torch's bicubic, a = -0.75, the base image the networks add their decoded
-residual to, :mod:`smoe_core.tasks.nsmoe.model`; what N-SMoE gains over it is the network's own contribution),
-``nsmoe`` (the checkpoint as trained, our gating, test stride 4), ``nsmoe_authors_gating`` (the same kernels
-decoded with the authors' softmax over Gaussian values: an inference-time swap, not a network trained with that
-gating; it shows how much the trained kernels depend on the gating), ``smoe`` (per image fitted SMoE:
+``bicubic_torch`` (super-resolution: torch's bicubic, a = -0.75, the base image the networks add their decoded residual
+to, :mod:`smoe_core.tasks.nsmoe.model`; what N-SMoE gains over it is the network's own contribution), ``nsmoe`` (the
+checkpoint as trained, our gating, the network's test stride: 4, 8 for super-resolution), ``nsmoe_authors_gating`` (the
+same kernels decoded with the authors' softmax over Gaussian values: an inference-time swap, not a network trained with
+that gating; it shows how much the trained kernels depend on the gating), ``smoe`` (per image fitted SMoE:
 :func:`smoe_core.tasks.superres.upscale` of the LR input, or :func:`smoe_core.tasks.denoise.denoise` with
-``smoe_models`` shifted models, the ``smoe upscale`` / ``smoe denoise --models 8`` of the CLI) and ``bm3d``
-(denoising, the true sigma).
+``smoe_models`` shifted models, the ``smoe upscale`` / ``smoe denoise --models 8`` of the CLI) and ``bm3d`` (denoising,
+the true sigma).
 
 Metrics (:func:`quality`, on the output clipped to [0, 1]): PSNR and SSIM of scikit-image with data range 1;
 the authors' convention (data range = max - min of the pair, no border shave) as ``psnr_pair`` / ``ssim_pair``;

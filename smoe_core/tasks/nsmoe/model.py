@@ -59,6 +59,12 @@ SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE
   piecewise-constant alternative loses on average. (7) Linear experts with the trunk over a 32 px context crop and
   only the central block decoded (so the trunk sees real neighbours in training, as at test time): 31.20, 31.18
   and 31.17 dB at steps 500 to 1,500, then 18.4 dB at step 2,000 (diverged at Adam 1e-3); stopped.
+  Session 12 found what the probes above missed: kernel density. The shared encoder gives a cell the same numbers
+  wherever its block sits, so overlapping blocks at the test stride repeat one another's kernels; with 32 kernels a
+  block the decode is one smooth piece per 4 x 2 LR px cell, too coarse for the residual's detail. With 256 kernels
+  a block (one per LR px; linear experts, the same 4,000-step loop) validation reached 31.97 dB (64 kernels:
+  31.64 dB; 32 kernels: 31.22 dB after 20,000 steps), +1.9 dB over PIL bicubic on the test crops (x4: +2.4 dB):
+  the super-resolution networks' setting since (:mod:`.train`, ``SR_NETWORK``).
 - Output: not clipped (the authors clamp to [0, 1], which stops the gradient of out-of-range pixels); clip for
   display and metrics.
 - :func:`pixel_loss`: L1, or L2 (mean squared error) for x2, the authors' choice per scale (``kind`` forces
