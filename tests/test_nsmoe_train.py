@@ -105,6 +105,12 @@ def test_schedule_halves_at_the_milestones_and_configs_are_checked():
             net = tr.make_config(task, preset).network_config()
             assert (net.n_kernels, net.base, net.residual_experts, net.test_stride) == (256, "bicubic", False, 8), (
                 task, preset)
+    # blind trains towards the clean crop (the test's reference), the other tasks have no sharpening step
+    blind = tr.make_config("blind", "quick")
+    assert blind.sharpen is False and tr.training_degradation(blind).sharpen is False
+    assert tr.training_degradation(tr.make_config("blind", "quick", sharpen=True)).sharpen is True
+    with pytest.raises(ValueError, match="sharpen"):
+        tr.make_config("blind", sharpen="no")
     for task in ("denoise", "blind"):  # the direct form
         net = tr.make_config(task, "quick").network_config()
         assert (net.n_kernels, net.base, net.residual_experts, net.test_stride) == (16, "none", True, 4)
