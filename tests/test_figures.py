@@ -844,6 +844,24 @@ def test_nsmoe_training_figure():
     check_readable(fig)
 
 
+@covers("nsmoe_paper.draws_figure")
+def test_nsmoe_draws_figure():
+    from smoe_core.studies import nsmoe_paper
+
+    rows = []
+    for img, gains in (("a.dcm", [1.0, 2.0, 3.0]), ("b", [0.0, -1.0, 1.0])):
+        for d, g in enumerate(gains):
+            rows += [dict(task="blind", image=img, draw=d, method="bicubic", psnr=20.0),
+                     dict(task="blind", image=img, draw=d, method="nsmoe", psnr=20.0 + g)]
+    fig = nsmoe_paper.draws_figure(pd.DataFrame(rows), target_db=1.0, title="blind")
+    ax = fig.axes[0]
+    assert [round(p.get_height(), 6) for p in ax.patches] == [2.0, 0.0]  # each image's mean over its draws
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["mean over 3 draws: +1.00 dB", "draw 0 only: +0.50 dB", "target +1 dB"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    check_readable(fig)
+
+
 @covers("nsmoe_paper.crops_figure")
 def test_nsmoe_crops_figure():
     from smoe_core.studies import nsmoe_paper

@@ -30,6 +30,20 @@ def smoke_ckpt(tmp_path_factory):
     return d / "sr2.ckpt"
 
 
+@pytest.fixture(scope="module")
+def smoke_blind(tmp_path_factory):
+    """A blind checkpoint of one smoke step (a network to run, not to measure)."""
+    d = tmp_path_factory.mktemp("nsmoe_blind")
+    cfg = tr.make_config("blind", "smoke", steps=1, batch=1, val_crops=1, val_every=1, checkpoint_every=1)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tr.train(cfg, d, progress=False)
+    finally:
+        torch.set_num_threads(n)
+    return d / "blind.ckpt"
+
+
 def test_crop_is_the_window_of_most_detail(monkeypatch):
     img = np.full((96, 120), 0.5, np.float32)
     rng = np.random.default_rng(0)
@@ -114,6 +128,58 @@ def test_summary_gains_wins_and_targets_by_hand():
     within = g.loc["denoise sigma 25: mean PSNR within 0.5 dB of BM3D (difference)"]
     assert within["measured"] == pytest.approx(32.0 - 32.4) and within["holds"] == True  # noqa: E712
     assert math.isnan(g.loc["sr4: mean PSNR >= bicubic + 0.7 dB", "measured"])  # no sr4 rows
+
+
+def _draw_rows():
+    """Two images, three draws: nsmoe gains a: 1, 2, 3 dB; b: 0, -1, 1 dB (per-draw means 0.5, 0.5, 2.0)."""
+    rows = []
+    for img, gains in (("a", [1.0, 2.0, 3.0]), ("b", [0.0, -1.0, 1.0])):
+        for d, g in enumerate(gains):
+            rows += [dict(task="blind", image=img, draw=d, method="bicubic", psnr=25.0 + d, ssim=0.5, seconds=0.0),
+                     dict(task="blind", image=img, draw=d, method="nsmoe", psnr=25.0 + d + g, ssim=0.6, seconds=1.0)]
+    return pd.DataFrame(rows)
+
+
+def test_draw_summary_and_the_blind_target_by_hand():
+    d = ns.draw_summary(_draw_rows())
+    assert len(d) == 1
+    r = d.iloc[0]
+    per_draw = np.array([0.5, 0.5, 2.0])
+    assert (r["draws"], r["images"], r["wins"]) == (3, 2, 1)  # b's mean gain is 0: not a win
+    assert r["gain_db"] == pytest.approx(1.0) and r["ssim_gain"] == pytest.approx(0.1)
+    assert r["draw_sd"] == pytest.approx(per_draw.std(ddof=1))
+    assert r["standard_error"] == pytest.approx(per_draw.std(ddof=1) / math.sqrt(3))
+    assert (r["worst_draw"], r["best_draw"]) == (pytest.approx(0.5), pytest.approx(2.0))
+    # the blind criterion: decided on the draws' mean (1.0 >= 1.0, but within two standard errors), draw 0 beside
+    table = pd.DataFrame([dict(task="blind", sigma=0, method="nsmoe", gain_db=0.5, images=2, wins=1, ssim_gain=0.1,
+                               psnr=25.5)])
+    g = ns.targets(table, d).set_index("criterion")
+    many = g.loc["blind: mean PSNR >= bicubic + 1.0 dB (mean over 3 degradation draws per image)"]
+    assert many["measured"] == pytest.approx(1.0) and many["holds"] == True  # noqa: E712
+    assert many["standard_error"] == pytest.approx(r["standard_error"]) and many["within_spread"] == True  # noqa: E712
+    one = g.loc["blind: mean PSNR >= bicubic + 1.0 dB (draw 0 only)"]
+    assert one["measured"] == pytest.approx(0.5) and one["holds"] == False  # noqa: E712
+    assert math.isnan(one["standard_error"]) and math.isnan(one["within_spread"])
+    # without draws: the single criterion as before
+    assert "blind: mean PSNR >= bicubic + 1.0 dB" in ns.targets(table).set_index("criterion").index
+
+
+def test_draw_items_reuse_the_main_grid_input_for_draw_zero(smoke_blind, tmp_path, monkeypatch):
+    img = np.random.default_rng(7).random((64, 64)).astype(np.float32)
+    monkeypatch.setattr(ns.data, "load", lambda name: img)
+    monkeypatch.setattr(ns.data, "SPLITS", {"test": ("x",)})
+    grid = ns.draw_items(None, crop=32, checkpoint_dir=smoke_blind.parent, draws=2, seed=3)
+    assert [(g["draw"], g["method"]) for g in grid] == [(0, "bicubic"), (0, "nsmoe"), (1, "bicubic"), (1, "nsmoe")]
+    main = {g["method"]: g for g in ns.items(["blind"], None, crop=32, checkpoint_dir=smoke_blind.parent, seed=3,
+                                             smoe=False, authors_gating=False)}
+    for g in grid[:2]:  # draw 0: the main grid's input and numbers
+        assert ns.run_draw_item(g)["psnr"] == pytest.approx(ns.run_item(main[g["method"]])["psnr"], abs=1e-9)
+    assert ns.run_draw_item(grid[2])["psnr"] != pytest.approx(ns.run_draw_item(grid[0])["psnr"], abs=1e-6)
+    for bad in (0, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="draws"):
+            ns.draw_items(None, crop=32, checkpoint_dir=None, draws=bad)
+    with pytest.raises(ValueError, match="task"):
+        ns.draw_items(None, crop=32, checkpoint_dir=None, draws=2, task="sr2")
 
 
 def test_checkpoint_lookup_names_the_training_command(tmp_path):

@@ -196,17 +196,20 @@ register_notebook("n_smoe", {
     # two test images, 64 px crops, a network trained here for 4 smoke steps (seconds): checks that every cell runs
     # (its numbers say nothing about N-SMoE; part of the test suite)
     "smoke": dict(tasks=["sr2", "sr4", "denoise", "blind"], images=["693_UNCR.dcm", "retina"], crop=64, sigmas=[25],
-                  train_preset="smoke", smoe_iters=20, smoe_models=2, figure_window=32, ceiling_tasks=["sr2"],
-                  ceiling_kernels=[16], ceiling_crops=2, ceiling_iters=5),
+                  train_preset="smoke", smoe_iters=20, smoe_models=2, blind_draws=2, figure_window=32,
+                  ceiling_tasks=["sr2"], ceiling_kernels=[16], ceiling_crops=2, ceiling_iters=5),
     # the shipped checkpoints (smoe nsmoe train --preset quick) on the five test images, 128 px centre crops, the
-    # CLI's defaults for the fitted-SMoE baselines (smoe upscale: 500 iterations; smoe denoise --models 8)
+    # CLI's defaults for the fitted-SMoE baselines (smoe upscale: 500 iterations; smoe denoise --models 8), blind
+    # restoration over 8 degradation draws per image
     "quick": dict(tasks=["sr2", "sr4", "denoise", "blind"], images=None, crop=128, sigmas=[15, 25, 50],
-                  checkpoint_dir=None, train_preset=None, smoe_iters=None, smoe_models=8, figure_window=48,
+                  checkpoint_dir=None, train_preset=None, smoe_iters=None, smoe_models=8, blind_draws=8,
+                  figure_window=48,
                   ceiling_tasks=["sr2", "sr4"], ceiling_kernels=[16, 32], ceiling_bases=["none", "bicubic"],
                   ceiling_crops=16, ceiling_iters=400),
-    # retrains every task with the paper preset (hours each on 2 cores; resumable) and tests on 512 px crops
+    # retrains every task with the paper preset (hours each on 2 cores; resumable) and tests on 512 px crops (blind:
+    # 4 draws per image, the block encoder taking minutes per 512 px input)
     "paper": dict(tasks=["sr2", "sr4", "denoise", "blind"], images=None, crop=512, sigmas=[15, 25, 50],
-                  train_preset="paper", smoe_iters=None, smoe_models=8, figure_window=96,
+                  train_preset="paper", smoe_iters=None, smoe_models=8, blind_draws=4, figure_window=96,
                   ceiling_tasks=["sr2", "sr4", "blind"], ceiling_kernels=[16, 32], ceiling_bases=["none", "bicubic"],
                   ceiling_crops=48, ceiling_iters=1000),
 })
