@@ -4,8 +4,10 @@ SR image ([N-SMoE]: "a novel encoder network with an implicit probabilistic SMoE
 - :class:`NSMoE` (:class:`NSMoEConfig`): cuts the LR batch (B, C, H, W) into blocks
   (:mod:`.blocks`), encodes every block (:mod:`.encoder`, in chunks of ``encode_chunk`` blocks), maps the
   numbers to kernels (:mod:`.head`), decodes all blocks of the batch at scale s in one renderer call and
-  averages the overlaps: (B, C, H s, W s). ``stride`` defaults to the training stride (2); pass
-  ``stride=TEST_STRIDE`` (4) at test time, as the authors. An LR image of exactly one block is one block.
+  averages the overlaps: (B, C, H s, W s). ``stride`` defaults to the training stride (2); pass the
+  configuration's ``test_stride`` at test time (4, the authors' :data:`~.blocks.TEST_STRIDE`, unless the network
+  says otherwise: 8 for our super-resolution networks, :mod:`.train`'s ``SR_NETWORK``; :func:`.infer.restore` does
+  this by default). An LR image of exactly one block is one block.
 - Variants: ``n_kernels`` 16 (the authors' variants I and II) or 32 (III) (:data:`~.head.VARIANT_KERNELS`);
   what else tells I from II is not in our copy of the paper, so no other preset is offered.
 - ``base`` (our choice; the authors decode the image itself, ``"none"``): ``"bicubic"`` adds the LR input upscaled
