@@ -93,7 +93,7 @@ from .model import NSMoE, NSMoEConfig, pixel_loss
 #: (the unsharpened target, 4,000 steps) and 0.58 dB (the 256-kernel SR network); the spread of the five-image
 #: mean from draw to draw is 0.40-0.53 dB. The unsharpened target is adopted for ``blind`` (``sharpen=False``); its
 #: quick run (7,500 steps from 41cc009) ended at 22.64 dB validation (bicubic 21.85) and gains 1.13 dB over 8 draws
-#: (draw-to-draw spread 0.40 dB, standard error 0.14 dB; draw 0 alone 0.48 dB), the network shipped before 0.89 dB.
+#: (draw-to-draw sd 0.43 dB, standard error 0.15 dB; draw 0 alone 0.48 dB), the network shipped before 0.89 dB.
 #: Since session 10 the super-resolution networks also use the shared encoder (:mod:`.shared_encoder`: inference
 #: within the 5 s target, where the block encoder took minutes) with linear experts (:mod:`.head`: the one change
 #: that left the bicubic base in the probes) on one-block crops at Adam 1e-3 (:data:`SR_LEARNING_RATE`, the probe's
