@@ -1,6 +1,7 @@
 """The N-SMoE study (smoe_core.studies.nsmoe_paper): the test crops, degradations, metrics, tables and figures,
 against hand-made cases and scikit-image."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,32 +17,30 @@ from smoe_core.tasks.nsmoe.infer import load_network, restore
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def smoke_ckpt(tmp_path_factory):
-    """An sr2 checkpoint of two smoke steps (a network to run, not to measure)."""
-    d = tmp_path_factory.mktemp("nsmoe_study")
-    cfg = tr.make_config("sr2", "smoke", steps=2, batch=2, val_crops=3, val_every=2, checkpoint_every=2)
+def _smoke_checkpoint(tmp_path_factory, task: str, steps: int, batch: int, val_crops: int) -> Path:
+    """A checkpoint of ``task`` after ``steps`` smoke steps on one torch thread (a network to run, not to measure)."""
+    d = tmp_path_factory.mktemp(f"nsmoe_{task}")
+    cfg = tr.make_config(task, "smoke", steps=steps, batch=batch, val_crops=val_crops, val_every=steps,
+                         checkpoint_every=steps)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         tr.train(cfg, d, progress=False)
     finally:
         torch.set_num_threads(n)
-    return d / "sr2.ckpt"
+    return d / f"{task}.ckpt"
+
+
+@pytest.fixture(scope="module")
+def smoke_ckpt(tmp_path_factory):
+    """An sr2 checkpoint of two smoke steps."""
+    return _smoke_checkpoint(tmp_path_factory, "sr2", steps=2, batch=2, val_crops=3)
 
 
 @pytest.fixture(scope="module")
 def smoke_blind(tmp_path_factory):
-    """A blind checkpoint of one smoke step (a network to run, not to measure)."""
-    d = tmp_path_factory.mktemp("nsmoe_blind")
-    cfg = tr.make_config("blind", "smoke", steps=1, batch=1, val_crops=1, val_every=1, checkpoint_every=1)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tr.train(cfg, d, progress=False)
-    finally:
-        torch.set_num_threads(n)
-    return d / "blind.ckpt"
+    """A blind checkpoint of one smoke step."""
+    return _smoke_checkpoint(tmp_path_factory, "blind", steps=1, batch=1, val_crops=1)
 
 
 def test_crop_is_the_window_of_most_detail(monkeypatch):
