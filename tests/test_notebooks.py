@@ -57,6 +57,18 @@ def test_every_notebook_defaults_to_the_default_seed():
         assert reproduce.notebook_parameters(name, "smoke", results_dir=".", seed=7)["seed"] == 7
 
 
+def test_every_preset_sets_only_parameters_of_its_notebook():
+    """A preset key the notebook does not declare would be injected by papermill and silently ignored (a typo in
+    ``grid_workers`` would run the quick preset serially)."""
+    import papermill
+
+    for name in reproduce.available_notebooks():
+        declared = set(papermill.inspect_notebook(str(reproduce.notebook_dir() / f"{name}.ipynb")))
+        for preset, params in reproduce.PRESETS[name].items():
+            assert set(params) <= declared, (name, preset, sorted(set(params) - declared))
+        assert {"workers", "scheduler", "preset", "results_dir"} <= declared, name
+
+
 @pytest.mark.parametrize("bad", [-1, 2**31, 1.5, True, "1"])
 def test_bad_seed_is_refused(tmp_path, bad):
     with pytest.raises(ValueError, match="seed must be an integer"):

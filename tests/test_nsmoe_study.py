@@ -181,6 +181,25 @@ def test_draw_items_reuse_the_main_grid_input_for_draw_zero(smoke_blind, tmp_pat
         ns.draw_items(None, crop=32, checkpoint_dir=None, draws=2, task="sr2")
 
 
+def test_the_grid_on_two_dask_workers_gives_the_serial_numbers(smoke_blind, tmp_path):
+    """The quick preset runs the grids on two Dask workers (``grid_workers``): every item runs with one torch
+    thread either way (smoe_core.parallel), so the rows are the same to the last bit."""
+    pytest.importorskip("dask.distributed")
+    pytest.importorskip("pydicom")
+    from smoe_core.parallel import run_tasks
+
+    grid = ns.draw_items(None, crop=32, checkpoint_dir=smoke_blind.parent, draws=1)[:4]
+    grid += ns.items(["blind"], ns.test_images(None)[:1], crop=32, checkpoint_dir=smoke_blind.parent, smoe=False)
+    fns = [ns.run_draw_item] * 4 + [ns.run_item] * (len(grid) - 4)
+
+    def call(pair):
+        return pair[0](pair[1])
+
+    serial = [f(g) for f, g in zip(fns, grid)]
+    on_dask = run_tasks(call, list(zip(fns, grid)), workers=2, progress=False)
+    assert [(r["psnr"], r["ssim"]) for r in serial] == [(r["psnr"], r["ssim"]) for r in on_dask]
+
+
 def test_checkpoint_lookup_names_the_training_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="smoe nsmoe train --preset quick --task sr4"):
         ns.checkpoint_for("sr4", tmp_path)

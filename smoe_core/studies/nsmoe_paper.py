@@ -224,38 +224,41 @@ def output_path(output_dir, item: dict) -> Path:
     return Path(output_dir) / f"{item['task']}_{item['image'].replace('.', '_')}_s{item['sigma']}_{item['method']}.npy"
 
 
-def run_item(item: dict) -> dict:
-    """Computes one grid item: the method's output for the degraded input, its metrics and time; the output is
-    kept as ``.npy`` in ``output_dir`` (for the crop figures) when given."""
-    task, name, sigma, method = item["task"], item["image"], float(item["sigma"]), item["method"]
-    hr = test_crop(name, item["crop"])
-    x, ref = degraded_input(task, hr, name, sigma, item["seed"])
+def method_output(item: dict, x: np.ndarray, shape: tuple) -> tuple[np.ndarray, str]:
+    """The output of ``item["method"]`` for the degraded input ``x`` of ``item["task"]`` at the reference's
+    ``shape``, unclipped, and a note on it (the checkpoint step, the fitted model's size)."""
+    task, sigma, method = item["task"], float(item["sigma"]), item["method"]
     s = task_scale(task)
-    t0 = time.perf_counter()
-    note = ""
     if method in ("bicubic", "noisy"):
-        out = x if s == 1 else sr.pil_resize(x, ref.shape, "bicubic")
-    elif method == "bicubic_torch":  # the base image the super-resolution networks add their residual to
+        return (x if s == 1 else sr.pil_resize(x, shape, "bicubic")), ""
+    if method == "bicubic_torch":  # the base image the super-resolution networks add their residual to
         import torch
 
         from ..tasks.nsmoe.model import base_image
 
-        out = base_image(torch.from_numpy(np.asarray(x, np.float32))[None, None], s, "bicubic")[0, 0].numpy()
-    elif method in ("nsmoe", "nsmoe_authors_gating"):
+        return base_image(torch.from_numpy(np.asarray(x, np.float32))[None, None], s, "bicubic")[0, 0].numpy(), ""
+    if method in ("nsmoe", "nsmoe_authors_gating"):
         loaded = load_network(checkpoint_for(task, item["checkpoint_dir"]))
         out, _ = restore(loaded.net, x, gating="authors" if method == "nsmoe_authors_gating" else None)
-        note = f"checkpoint step {loaded.checkpoint.step}"
-    elif method == "smoe":
+        return out, f"checkpoint step {loaded.checkpoint.step}"
+    if method == "smoe":
         if s == 1:
             out, rec = dn.denoise(x, models=item["smoe_models"], iters=item["smoe_iters"], progress=False)
-            note = f"{rec['models']} models, {rec['n_kernels']} kernels, {rec['iters']} iterations"
-        else:
-            out, rec = sr.upscale(x, s, iters=item["smoe_iters"])
-            note = f"{rec['kernels']} kernels, {rec['iterations']} iterations"
-    elif method == "bm3d":
-        out = dn.denoise_baseline(x, sigma, "bm3d")
-    else:
-        raise ValueError(f"unknown method {method!r}")
+            return out, f"{rec['models']} models, {rec['n_kernels']} kernels, {rec['iters']} iterations"
+        out, rec = sr.upscale(x, s, iters=item["smoe_iters"])
+        return out, f"{rec['kernels']} kernels, {rec['iterations']} iterations"
+    if method == "bm3d":
+        return dn.denoise_baseline(x, sigma, "bm3d"), ""
+    raise ValueError(f"unknown method {method!r}")
+
+
+def run_item(item: dict) -> dict:
+    """Computes one grid item: the method's output for the degraded input (:func:`method_output`), its metrics and
+    time; the output is kept as ``.npy`` in ``output_dir`` (for the crop figures) when given."""
+    hr = test_crop(item["image"], item["crop"])
+    x, ref = degraded_input(item["task"], hr, item["image"], float(item["sigma"]), item["seed"])
+    t0 = time.perf_counter()
+    out, note = method_output(item, x, ref.shape)
     seconds = time.perf_counter() - t0
     out = np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
     if item.get("output_dir"):
@@ -295,13 +298,10 @@ def run_draw_item(item: dict) -> dict:
     kept, no perceptual metrics)."""
     hr = test_crop(item["image"], item["crop"])
     x, ref = degraded_input(item["task"], hr, item["image"], 0, int(item["seed"]) + int(item["draw"]))
-    t0 = time.perf_counter()
-    if item["method"] == "bicubic":
-        out = sr.pil_resize(x, ref.shape, "bicubic")
-    elif item["method"] == "nsmoe":
-        out, _ = restore(load_network(checkpoint_for(item["task"], item["checkpoint_dir"])).net, x)
-    else:
+    if item["method"] not in DRAW_METHODS:
         raise ValueError(f"method must be one of {DRAW_METHODS}, got {item['method']!r}")
+    t0 = time.perf_counter()
+    out, _ = method_output(dict(item, sigma=0), x, ref.shape)
     seconds = time.perf_counter() - t0
     q = quality(np.clip(out, 0.0, 1.0), ref, perceptual=False)
     return dict(psnr=q["psnr"], ssim=q["ssim"], seconds=seconds)

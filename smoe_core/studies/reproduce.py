@@ -85,8 +85,10 @@ register_notebook("compare_initializers", {
     # tiny centred crops, a handful of iterations: checks that every cell runs (part of the test suite)
     "smoke": dict(images=["peppers", "parrot"], crop=64, budgets={"peppers": 48, "parrot": 48}, iters=15,
                   rbf_initializers=["kmeans", "as_smoe"], matched_rivals=["authors_code_margin2"]),
-    # the four images at full size, 200 iterations of global optimization (the README's main command)
-    "quick": dict(images=TEST_IMAGES, iters=200),
+    # the four images at full size, 200 iterations of global optimization (the README's main command), the grids
+    # on two Dask workers (one thread each: the same numbers as serially, parallel.py; the run times of Figs. 9 and
+    # 9c are then measured with two tasks side by side on the machine's two cores; the paper preset stays serial)
+    "quick": dict(images=TEST_IMAGES, iters=200, grid_workers=2),
     # the papers' stopping rule (loss decrease below 1e-6), up to 5000 iterations
     "paper": dict(images=TEST_IMAGES, iters=5000, tol=1e-6, paper_protocol_final=True,
                   as_smoe_variants=["authors_code", "authors_code_margin1", "authors_code_margin2",
@@ -200,16 +202,16 @@ register_notebook("n_smoe", {
                   ceiling_tasks=["sr2"], ceiling_kernels=[16], ceiling_crops=2, ceiling_iters=5),
     # the shipped checkpoints (smoe nsmoe train --preset quick) on the five test images, 128 px centre crops, the
     # CLI's defaults for the fitted-SMoE baselines (smoe upscale: 500 iterations; smoe denoise --models 8), blind
-    # restoration over 8 degradation draws per image
+    # restoration over 8 degradation draws per image; the grids on two Dask workers (one thread each, as serially)
     "quick": dict(tasks=["sr2", "sr4", "denoise", "blind"], images=None, crop=128, sigmas=[15, 25, 50],
                   checkpoint_dir=None, train_preset=None, smoe_iters=None, smoe_models=8, blind_draws=8,
-                  figure_window=48,
+                  figure_window=48, grid_workers=2,
                   ceiling_tasks=["sr2", "sr4"], ceiling_kernels=[16, 32], ceiling_bases=["none", "bicubic"],
                   ceiling_crops=16, ceiling_iters=400),
     # retrains every task with the paper preset (hours each on 2 cores; resumable) and tests on 512 px crops (blind:
     # 4 draws per image, the block encoder taking minutes per 512 px input)
     "paper": dict(tasks=["sr2", "sr4", "denoise", "blind"], images=None, crop=512, sigmas=[15, 25, 50],
-                  train_preset="paper", smoe_iters=None, smoe_models=8, blind_draws=4, figure_window=96,
+                  train_preset="paper", smoe_iters=None, smoe_models=8, blind_draws=4, figure_window=96, grid_workers=2,
                   ceiling_tasks=["sr2", "sr4", "blind"], ceiling_kernels=[16, 32], ceiling_bases=["none", "bicubic"],
                   ceiling_crops=48, ceiling_iters=1000),
 })
