@@ -63,6 +63,21 @@ def blas_threads(n: int | None):
         yield
 
 
+#: wrappers ``fn -> fn'`` applied to every task function that goes to Dask, so that state a fresh worker process
+#: lacks travels with the task (:func:`add_worker_context`; smoe_core.init adds one for the initializers registered
+#: at run time, e.g. in a notebook)
+WORKER_CONTEXT: list[Callable] = []
+
+
+def add_worker_context(wrap: Callable[[Callable], Callable]) -> None:
+    """Registers ``wrap``: :func:`run_tasks` calls ``fn = wrap(fn)`` before it ships ``fn`` to Dask workers (not
+    for a serial run, whose process has the state already). Registering the same wrapper twice has no effect."""
+    if not callable(wrap):
+        raise TypeError(f"wrap must be callable, got {type(wrap).__name__}")
+    if wrap not in WORKER_CONTEXT:
+        WORKER_CONTEXT.append(wrap)
+
+
 def _call(item, fn, threads):
     with torch_threads(threads), blas_threads(threads):
         return fn(item)
@@ -104,6 +119,8 @@ def run_tasks(fn: Callable[[Any], Any], items: Iterable, *, workers: int | None 
         return out
     from dask.distributed import Client, as_completed
 
+    for wrap in WORKER_CONTEXT:
+        fn = wrap(fn)
     own_cluster = None
     if scheduler is None:
         own_cluster = local_cluster(int(workers))

@@ -107,3 +107,36 @@ def test_git_commit_ignores_outputs_under_results(tmp_path):
     assert git_commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == clean + "+dirty"
+
+
+def _slow_first(item):
+    import time
+
+    time.sleep(1.5 if item["k"] == 0 else 0.0)
+    return [{"part": p, "value": item["k"] * 10 + p} for p in range(2)]
+
+
+def test_rows_in_item_order_moves_only_the_given_keys():
+    from smoe_core.studies.results import rows_in_item_order
+
+    df = pd.DataFrame({"k": [9, 2, 1, 2, 8], "v": [0, 1, 2, 3, 4]})
+    out = rows_in_item_order(df, [("1",), ("2",)], ["k"])
+    assert list(out["v"]) == [0, 4, 2, 1, 3]  # the others first, in their order; then k = 1, then k = 2 (in order)
+    assert list(rows_in_item_order(df, [], ["k"])["v"]) == [0, 1, 2, 3, 4]
+
+
+def test_a_grid_on_dask_writes_the_serial_table(tmp_path):
+    """Dask saves each item's rows as it finishes (item 0 finishes last here); the table ends in the items' order,
+    behind the rows of an earlier run, as a serial run writes it."""
+    import pytest
+
+    pytest.importorskip("dask.distributed")
+    items = [{"k": k} for k in range(4)]
+    tables = []
+    for workers in (None, 2):
+        store = ResultsStore(tmp_path / str(workers), "nb", "quick")
+        store.run_grid("g", [{"k": 7}], _slow_first, ["k"], progress=False)  # an earlier run's rows
+        tables.append(store.run_grid("g", items, _slow_first, ["k"], progress=False, workers=workers))
+    cols = ["k", "part", "value"]
+    assert list(tables[0]["k"]) == [7, 7, 0, 0, 1, 1, 2, 2, 3, 3]
+    pd.testing.assert_frame_equal(tables[0][cols], tables[1][cols])

@@ -141,6 +141,34 @@ def test_user_initializer_registers_and_runs_tilewise():
     assert "centre_test" not in INITIALIZERS
 
 
+def test_a_user_initializer_reaches_the_dask_workers(dask_client):
+    """A Dask worker is a fresh process that knows only the built-in initializers: an initializer registered here
+    (as the compare_initializers notebook registers its own ``wide_grid``; a closure, so a worker cannot import it)
+    travels with the tasks (smoe_core.init.carry_initializers via smoe_core.parallel.add_worker_context) and the
+    tile fits on Dask equal the serial ones."""
+    halve = 2.0
+
+    def narrow_grid(image, n_kernels, **kw):
+        model, record = grid(image, n_kernels)
+        return InitResult(model.replace(chol=model.chol * halve), dict(record, method="narrow_grid"))
+
+    assert INITIALIZERS.user_infos() == ()
+    register_initializer("narrow_grid_test", narrow_grid)
+    try:
+        assert [i.name for i in INITIALIZERS.user_infos()] == ["narrow_grid_test"]
+        kw = dict(initializer="narrow_grid_test", tiles=(2, 2), tile_iters=3, finetune_iters=1, progress=False)
+        a, _ = fit_tilewise(smooth_image(32, 32), 16, **kw)
+        b, _ = fit_tilewise(smooth_image(32, 32), 16, scheduler=dask_client, **kw)
+        for k in ("mu", "chol", "pi", "experts"):
+            np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+        # the workers ran the registered function, not the built-in grid
+        c, _ = fit_tilewise(smooth_image(32, 32), 16, **dict(kw, initializer="grid"))
+        assert not np.array_equal(a.chol, c.chol)
+    finally:
+        unregister_initializer("narrow_grid_test")
+    assert INITIALIZERS.user_infos() == ()
+
+
 def _blas_and_torch_threads(_):
     import torch
     from threadpoolctl import threadpool_info

@@ -13,11 +13,12 @@ seconds, n_kernels, and method-specific figures) that notebooks can tabulate. Th
 (:mod:`.registry`: :data:`INITIALIZERS`, :func:`initializer_info`) says what each one is. Papers are cited by
 the keys of :mod:`smoe_core.papers`.
 """
+from ..parallel import add_worker_context
 from .as_smoe import as_smoe
 from .edge import edge
 from .grid import EXPERT_RULES, dominant_kernel, grid, grid_layout
 from .kmeans import kmeans
-from .registry import (INITIALIZERS, InitializerInfo, get_initializer, initializer_info,
+from .registry import (INITIALIZERS, InitializerInfo, carry_initializers, get_initializer, initializer_info,
                        register_initializer, unregister_initializer)
 from .result import InitResult
 from .s_smoe import kernel_counts, place_kernels, s_smoe
@@ -43,7 +44,9 @@ register_initializer("s_smoe", s_smoe_budget, takes_seed=True, segments=True, co
 register_initializer("as_smoe", as_smoe_adaptive, takes_seed=True, segments=True, picks_own_count=True,
                      count_optional=True, parallel=True,
                      description="adaptive segmentation-based initialization (Algorithm 1)")
+INITIALIZERS.mark_builtin()
+add_worker_context(carry_initializers)  # a Dask worker learns the initializers registered here at run time
 
 __all__ = ["InitResult", "INITIALIZERS", "InitializerInfo", "register_initializer", "get_initializer",
-           "initializer_info", "unregister_initializer", "grid", "grid_layout", "dominant_kernel", "s_smoe", "kernel_counts", "place_kernels",
-           "as_smoe", "kmeans", "edge", "EXPERT_RULES"]
+           "initializer_info", "unregister_initializer", "carry_initializers", "grid", "grid_layout",
+           "dominant_kernel", "s_smoe", "kernel_counts", "place_kernels", "as_smoe", "kmeans", "edge", "EXPERT_RULES"]

@@ -53,6 +53,7 @@ class InitializerRegistry(Mapping):
 
     def __init__(self):
         self._infos: dict[str, InitializerInfo] = {}
+        self._builtin: dict[str, InitializerInfo] = {}
 
     def __getitem__(self, name: str) -> Callable[..., InitResult]:
         return self._infos[name].fn
@@ -85,6 +86,15 @@ class InitializerRegistry(Mapping):
             raise ValueError(f"unknown initializer {name!r} (known: {', '.join(sorted(self._infos))})")
         del self._infos[name]
 
+    def mark_builtin(self) -> None:
+        """Records the initializers registered so far as smoe_core's own (:meth:`user_infos` leaves them out)."""
+        self._builtin = dict(self._infos)
+
+    def user_infos(self) -> tuple[InitializerInfo, ...]:
+        """The initializers registered at run time (a user's, or a built-in name registered again with another
+        function): what a fresh process, such as a Dask worker, does not know."""
+        return tuple(i for n, i in self._infos.items() if self._builtin.get(n) is not i)
+
     def add(self, info: InitializerInfo, *, overwrite: bool = False) -> None:
         if info.name in self._infos and not overwrite and self._infos[info.name].fn is not info.fn:
             raise ValueError(f"an initializer named {info.name!r} exists; pass overwrite=True to replace it")
@@ -110,6 +120,32 @@ def register_initializer(name: str, fn: Callable[..., InitResult], *, overwrite:
                            expert_rules=tuple(expert_rules), parallel=bool(parallel), description=description)
     INITIALIZERS.add(info, overwrite=overwrite)
     return info
+
+
+class CarryInitializers:
+    """``fn(item)`` run after registering ``infos`` in the process it runs in.
+
+    A Dask worker is a fresh process: it imports smoe_core and knows the built-in initializers only, so a grid
+    over an initializer registered in a notebook (the ``compare_initializers`` notebook's own ``wide_grid``) failed
+    there with "unknown initializer". :func:`smoe_core.parallel.run_tasks` wraps every task function it ships to
+    Dask in this (:func:`carry_initializers`, registered by smoe_core.init with
+    :func:`smoe_core.parallel.add_worker_context`); the registered functions travel with it (cloudpickle ships a
+    notebook's function by value)."""
+
+    def __init__(self, fn: Callable, infos):
+        self.fn, self.infos = fn, tuple(infos)
+
+    def __call__(self, item):
+        for info in self.infos:
+            INITIALIZERS.add(info, overwrite=True)
+        return self.fn(item)
+
+
+def carry_initializers(fn: Callable) -> Callable:
+    """``fn``, wrapped so that the initializers registered at run time (:meth:`InitializerRegistry.user_infos`)
+    are registered in whatever process runs it (:class:`CarryInitializers`); ``fn`` itself when there are none."""
+    infos = INITIALIZERS.user_infos()
+    return CarryInitializers(fn, infos) if infos else fn
 
 
 def unregister_initializer(name: str) -> None:

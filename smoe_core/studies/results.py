@@ -104,6 +104,17 @@ def atomic_write_csv(df: pd.DataFrame, path: Path) -> Path:
     return atomic_write(path, df.to_csv(index=False).encode("utf-8"))
 
 
+def rows_in_item_order(df: pd.DataFrame, keys: list[tuple], key_columns) -> pd.DataFrame:
+    """``df`` with the rows whose key (``key_columns`` as strings) is one of ``keys`` moved, in the order of
+    ``keys`` (the rows of one key keep their order), behind the other rows, which keep theirs: the table a serial
+    run that appended the rows of ``keys`` one by one would have written. The index is ``df``'s, permuted."""
+    rank = {k: i for i, k in enumerate(keys)}
+    row_rank = [rank.get(k) for k in _row_keys(df, key_columns)]
+    old = [i for i, r in enumerate(row_rank) if r is None]
+    new = sorted((i for i, r in enumerate(row_rank) if r is not None), key=lambda i: (row_rank[i], i))
+    return df.iloc[old + new]
+
+
 # ---------------------------------------------------------------------- the results folder's lock
 LOCK_NAME = ".smoe-results.lock"
 
@@ -322,6 +333,11 @@ class ResultsStore:
 
         run_tasks(fn, todo, workers=workers, scheduler=scheduler, progress=progress, desc=name, on_result=save,
                   threads_per_task=None if not workers and scheduler is None else 1)
+        if todo:  # Dask saves rows as they finish: put this run's rows in the items' order, as a serial run writes
+            df = self.table(name)
+            ordered = rows_in_item_order(df, [tuple(str(it[k]) for k in key_columns) for it in todo], key_columns)
+            if not ordered.index.equals(df.index):
+                atomic_write_csv(ordered.reset_index(drop=True), self.path(name))
         return self.table(name)
 
     def save_figure(self, fig, name: str, dpi: int = 120) -> Path:
