@@ -314,17 +314,18 @@ class ResultsStore:
         repeats an earlier item's runs once), appending its row(s) as soon as it finishes; returns the table.
         The table is first repaired of duplicate keys (:func:`repair_table`). ``fn`` returns a row dict or a list of
         them. With ``workers``/``scheduler`` the items run on Dask (:func:`smoe_core.parallel.run_tasks`)."""
-        from ..parallel import run_tasks
+        from ..parallel import run_tasks, uses_dask
 
         items = list(items)
         repair_table(self.path(name), key_columns)
         done = self.done_keys(name, key_columns)
-        todo, seen = [], set(done)
+        todo, todo_keys, seen = [], [], set(done)
         for it in items:  # each key once, even if ``items`` repeats one
             key = tuple(str(it[k]) for k in key_columns)
             if key not in seen:
                 seen.add(key)
                 todo.append(it)
+                todo_keys.append(key)
 
         def save(i, rows):
             rows = [rows] if isinstance(rows, dict) else list(rows)
@@ -333,12 +334,13 @@ class ResultsStore:
 
         run_tasks(fn, todo, workers=workers, scheduler=scheduler, progress=progress, desc=name, on_result=save,
                   threads_per_task=None if not workers and scheduler is None else 1)
-        if todo:  # Dask saves rows as they finish: put this run's rows in the items' order, as a serial run writes
-            df = self.table(name)
-            ordered = rows_in_item_order(df, [tuple(str(it[k]) for k in key_columns) for it in todo], key_columns)
+        df = self.table(name)
+        if todo and uses_dask(workers, scheduler):  # Dask saves rows as they finish: put them in the items' order
+            ordered = rows_in_item_order(df, todo_keys, key_columns)  # as a serial run appends them
             if not ordered.index.equals(df.index):
-                atomic_write_csv(ordered.reset_index(drop=True), self.path(name))
-        return self.table(name)
+                df = ordered.reset_index(drop=True)
+                atomic_write_csv(df, self.path(name))
+        return df
 
     def save_figure(self, fig, name: str, dpi: int = 120) -> Path:
         return save_figure(fig, self.path(name, ".png"), dpi)
