@@ -169,6 +169,17 @@ def test_a_user_initializer_reaches_the_dask_workers(dask_client):
     assert INITIALIZERS.user_infos() == ()
 
 
+def test_worker_context_takes_callables_once():
+    from smoe_core.init import carry_initializers
+    from smoe_core.parallel import WORKER_CONTEXT, add_worker_context
+
+    with pytest.raises(TypeError, match="wrap must be callable"):
+        add_worker_context(3)
+    before = list(WORKER_CONTEXT)
+    add_worker_context(carry_initializers)  # registered by smoe_core.init already: no second entry
+    assert WORKER_CONTEXT == before and WORKER_CONTEXT.count(carry_initializers) == 1
+
+
 def _blas_and_torch_threads(_):
     import torch
     from threadpoolctl import threadpool_info
