@@ -165,6 +165,16 @@ def test_command_line(tmp_path, capsys):
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.startswith("## How far the numbers move") and "`x`, `y`" in report
     assert "| nb/quality | psnr | 2 | 2 | 1 | 0.5 |" in report  # 2 runs; psnr moved by 1 in both rows
+    assert rp.main(["spread", f"s0={runs[0]}", f"s1={runs[1]}", "--out", str(tmp_path / "seeds"), "--title",
+                    "seeds", "--about", "The quick preset at two seeds"]) == 0
+    report = (tmp_path / "seeds" / "report.md").read_text()
+    assert report.startswith("## How far the numbers move: seeds\n")
+    assert "The quick preset at two seeds, run as `s0`, `s1` (" in report
+    assert rp.main(["spread", f"x={runs[0]}", f"y={runs[1]}", "--out", str(tmp_path / "o3"), "--about",
+                    "two\nlines"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["smoe: error: about must be one line of text, got 'two\\nlines'"]
+    assert not (tmp_path / "o3").exists()
     assert rp.main(["spread", "x", f"y={runs[1]}", "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["smoe: error: runs: expected NAME=FOLDER, got 'x'"] and not (tmp_path / "o2").exists()
@@ -181,5 +191,11 @@ def test_report_includes_the_spread(tmp_path):
     (tmp_path / "reproducibility" / "report.md").write_text("## How far the numbers move\n")
     text = reproduce.build_report(tmp_path).read_text()
     assert "](quick/nb/fig.png)" in text and text.rstrip().endswith("## How far the numbers move")
+    for name in ("threads", "seeds"):  # a spread per kind of perturbation, in a folder of its own: after it, by name
+        (tmp_path / "reproducibility" / name).mkdir()
+        (tmp_path / "reproducibility" / name / "report.md").write_text(f"## How far: {name}\n")
+    text = reproduce.build_report(tmp_path).read_text()
+    pos = [text.index(h) for h in ("## How far the numbers move", "## How far: seeds", "## How far: threads")]
+    assert pos == sorted(pos)
     smoke = reproduce.build_report(tmp_path, ("smoke",), out=tmp_path / "smoke" / "REPORT.md").read_text()
     assert "How far" not in smoke

@@ -437,9 +437,12 @@ def build_report(results_dir="results", presets=REPORT_PRESETS, out=None) -> Pat
             rel = Path(os.path.relpath(frag.parent, out.parent))
             text = frag.read_text()
             parts.append(text.replace("](./", f"]({rel.as_posix()}/"))
-    spread = results_dir / "reproducibility" / "report.md"  # python -m smoe_core.studies.reproducibility spread
-    if presets == REPORT_PRESETS and spread.is_file():
-        parts.append("\n" + spread.read_text())
+    # python -m smoe_core.studies.reproducibility spread --out results/reproducibility[/<name>]: one fragment per
+    # kind of perturbation, the top-level one first, then the folders by name
+    spread_dir = results_dir / "reproducibility"
+    spreads = [spread_dir / "report.md", *sorted(spread_dir.glob("*/report.md"))]
+    if presets == REPORT_PRESETS:
+        parts += ["\n" + f.read_text() for f in spreads if f.is_file()]
     return atomic_write_text(out, "\n".join(parts))
 
 

@@ -276,15 +276,27 @@ def run_provenance(runs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "notebook", "git_commit", "build", "cpu_capability", "torch_threads"])
 
 
-def spread_report(claims: pd.DataFrame, values: pd.DataFrame, provenance: pd.DataFrame, runs: dict) -> str:
+#: the heading of a spread's report fragment when none is given
+DEFAULT_SPREAD_TITLE = "runs under perturbations"
+#: what the runs of a spread are, when none is said
+DEFAULT_SPREAD_ABOUT = "The same notebooks from one commit"
+
+
+def spread_report(claims: pd.DataFrame, values: pd.DataFrame, provenance: pd.DataFrame, runs: dict, *,
+                  title: str = DEFAULT_SPREAD_TITLE, about: str = DEFAULT_SPREAD_ABOUT) -> str:
     """The report fragment of a spread: what was run, how the claims fare under it, and the numbers that move
-    most (markdown)."""
+    most (markdown). ``title`` ends the heading ("How far the numbers move: <title>"); ``about`` says what the
+    runs are (the sentence goes on with "run as <the run names>"), e.g. "The quick preset at three seeds on one
+    machine"."""
     from .common import markdown_table
 
+    for name, text in (("title", title), ("about", about)):
+        if not isinstance(text, str) or not text.strip() or "\n" in text:
+            raise ValueError(f"{name} must be one line of text, got {text!r}")
     counts = claims["status"].value_counts()
     names = ", ".join(f"`{n}`" for n in runs)
-    lines = ["## How far the numbers move: runs under perturbations\n",
-             f"The same notebooks from one commit, run as {names} "
+    lines = [f"## How far the numbers move: {title.strip()}\n",
+             f"{about.strip()}, run as {names} "
              "(`python -m smoe_core.studies.reproducibility spread`; machine measurements such as times are set "
              "apart). A claim is **undecided** when its verdict differs between these runs: its margin lies inside "
              "the spread they cause.\n",
@@ -304,8 +316,9 @@ def spread_report(claims: pd.DataFrame, values: pd.DataFrame, provenance: pd.Dat
 # ---------------------------------------------------------------------- command line
 def main(argv=None) -> int:
     """``python -m smoe_core.studies.reproducibility compare FRESH COMMITTED`` (exit 1 when they differ) or
-    ``... spread NAME=FOLDER NAME=FOLDER ... --out DIR`` (writes claim_spread.csv, value_spread.csv, runs.csv and
-    report.md, which results/REPORT.md includes when DIR is results/reproducibility)."""
+    ``... spread NAME=FOLDER NAME=FOLDER ... --out DIR [--title T] [--about A]`` (writes claim_spread.csv,
+    value_spread.csv, runs.csv and report.md, which results/REPORT.md includes when DIR is
+    results/reproducibility or a folder in it)."""
     import argparse
 
     from .results import atomic_write_csv, atomic_write_text
@@ -320,6 +333,10 @@ def main(argv=None) -> int:
     s = sub.add_parser("spread", help="claims and values over runs under perturbations")
     s.add_argument("runs", nargs="+", metavar="NAME=FOLDER", help="preset folders of one commit's runs")
     s.add_argument("--out", required=True, help="folder for claim_spread.csv and value_spread.csv")
+    s.add_argument("--title", default=DEFAULT_SPREAD_TITLE, help="the report's heading: 'How far the numbers "
+                   "move: TITLE'")
+    s.add_argument("--about", default=DEFAULT_SPREAD_ABOUT, help="what the runs are (one sentence, before "
+                   "'run as NAMES')")
     args = ap.parse_args(argv)
     try:
         if args.command == "compare":
@@ -333,11 +350,12 @@ def main(argv=None) -> int:
                 raise ValueError(f"runs: expected NAME=FOLDER, got {spec!r}")
             runs[name] = folder
         claims, values, prov = claim_spread(runs), value_spread(runs), run_provenance(runs)
+        report = spread_report(claims, values, prov, runs, title=args.title, about=args.about)
         out = Path(args.out)
         atomic_write_csv(claims, out / "claim_spread.csv")
         atomic_write_csv(values, out / "value_spread.csv")
         atomic_write_csv(prov, out / "runs.csv")
-        atomic_write_text(out / "report.md", spread_report(claims, values, prov, runs))
+        atomic_write_text(out / "report.md", report)
         print(claims["status"].value_counts().to_string())
         return 0
     except ValueError as e:
