@@ -15,6 +15,7 @@ from smoe_core import SMoE, render
 from smoe_core.init import as_smoe, grid
 from smoe_core.init.as_smoe import rbf_initial_pi
 from smoe_core.init.rbf_weights import kernel_design_matrix, rbf_least_squares
+from smoe_core.io import resolve_image_path
 from smoe_core.metrics import psnr
 from smoe_core.render import render_tiled_batch
 from smoe_core.render.dense import render_dense_batch, square_features
@@ -151,6 +152,22 @@ def test_rbf_setup_items_keep_models_apart():
     assert variant["base_tag"] == "as_authors_code_margin2" and variant["rbf_start"] == "least_squares"
     with pytest.raises(ValueError, match="unknown RBF setup"):
         as_smoe_paper.rbf_setup_items(items, ("folded",))
+
+
+def test_rbf_setup_items_run_a_setup_on_the_images_it_names():
+    items = common.grid_items(["peppers", "parrot"], ["kmeans", "as_smoe"], model_dir="/tmp/m")
+    setups = ("switch", "least_squares", "rbf_local")
+    ritems = as_smoe_paper.rbf_setup_items(items, setups, setup_images={"switch": ["parrot"], "rbf_local": []})
+    got = sorted((it["image"], it["method"], it["setup"]) for it in ritems)
+    assert got == [("parrot", "as_smoe", "least_squares"), ("parrot", "as_smoe", "switch"),
+                   ("parrot", "kmeans", "least_squares"), ("parrot", "kmeans", "switch"),
+                   ("peppers", "as_smoe", "least_squares"), ("peppers", "kmeans", "least_squares")]
+    path = str(resolve_image_path("parrot"))  # an image named by its packaged file's path is the same image
+    assert ritems == as_smoe_paper.rbf_setup_items(items, setups, setup_images={"switch": [path], "rbf_local": []})
+    with pytest.raises(ValueError, match="setup_images: unknown RBF setup"):
+        as_smoe_paper.rbf_setup_items(items, setups, setup_images={"folded": ["parrot"]})
+    with pytest.raises(ValueError, match="setup_images: expected"):
+        as_smoe_paper.rbf_setup_items(items, setups, setup_images={"switch": "parrot"})
 
 
 def test_rbf_gap_table_pairs_setups_and_subtracts():

@@ -414,18 +414,27 @@ RBF_KEYS = ["image", "method", "variant", "setup"]
 
 
 def rbf_setup_items(items, setups=tuple(RBF_SETUPS), methods=("kmeans", "as_smoe"), variant_items=(),
-                    variant_setups=("least_squares",)) -> list[dict]:
+                    variant_setups=("least_squares",), *, setup_images: dict | None = None) -> list[dict]:
     """One RBF item per (item of ``items`` whose method is in ``methods``, setup of ``setups``) and per (item of
     ``variant_items``, setup of ``variant_setups``); the ``rbf_local`` setups for AS-SMoE only: ``rbf=True``,
     ``setup``, ``variant`` ("paper_text" for the plain AS-SMoE, "-" for other methods), ``rbf_start`` and a ``tag``
     that keeps the saved models apart;
-    ``base_tag`` is the tag of the item whose initial model the setup starts from."""
+    ``base_tag`` is the tag of the item whose initial model the setup starts from. ``setup_images``: {setup: the
+    images (names, paths or keys) it runs on}; a setup not in it runs on every image (the quick preset runs the
+    setups that only explain Fig. 7 on one image, the one Fig. 7 draws on all)."""
     unknown = set(setups) - set(RBF_SETUPS)
     if unknown:
         raise ValueError(f"unknown RBF setup(s) {sorted(unknown)} (known: {', '.join(RBF_SETUPS)})")
     unknown = set(variant_setups) - set(RBF_SETUPS)
     if unknown:
         raise ValueError(f"unknown RBF setup(s) {sorted(unknown)} (known: {', '.join(RBF_SETUPS)})")
+    setup_images = {} if setup_images is None else dict(setup_images)
+    unknown = set(setup_images) - set(RBF_SETUPS)
+    if unknown:
+        raise ValueError(f"setup_images: unknown RBF setup(s) {sorted(unknown)} (known: {', '.join(RBF_SETUPS)})")
+    if any(isinstance(v, str) or not all(isinstance(n, str) for n in v) for v in setup_images.values()):
+        raise ValueError(f"setup_images: expected {{setup: a list of image names}}, got {setup_images!r}")
+    keys = {s: {image_key(n) for n in v} for s, v in setup_images.items()}
     out = []
     for it, its_setups in [(i, setups) for i in items] + [(i, variant_setups) for i in variant_items]:
         if it["method"] not in methods:
@@ -433,6 +442,8 @@ def rbf_setup_items(items, setups=tuple(RBF_SETUPS), methods=("kmeans", "as_smoe
         base_tag = it.get("tag")
         variant = it.get("variant", "paper_text" if it["method"] == "as_smoe" else "-")
         for setup in its_setups:
+            if setup in keys and image_key(it["image"]) not in keys[setup]:
+                continue
             local = setup in RBF_LOCAL_SETUPS
             if local and it["method"] != "as_smoe":
                 continue
@@ -465,10 +476,11 @@ def run_rbf_setup(item: dict) -> dict:
 
 
 def rbf_setup_table(store, items, setups=tuple(RBF_SETUPS), variant_items=(), variant_setups=("least_squares",),
-                    *, methods=("kmeans", "as_smoe"), workers=None, scheduler=None, progress=True) -> pd.DataFrame:
+                    *, methods=("kmeans", "as_smoe"), setup_images: dict | None = None, workers=None,
+                    scheduler=None, progress=True) -> pd.DataFrame:
     """Fig. 7's setup study: every item of :func:`rbf_setup_items` run (resumably, table ``fig7_rbf_setups``),
     one row per (image, method, variant, setup): kernels and PSNR of the RBF start and after RBF optimization."""
-    ritems = rbf_setup_items(items, setups, methods, variant_items, variant_setups)
+    ritems = rbf_setup_items(items, setups, methods, variant_items, variant_setups, setup_images=setup_images)
     if not ritems:
         return pd.DataFrame()
     df = store.run_grid("fig7_rbf_setups", ritems, run_rbf_setup, RBF_KEYS, workers=workers, scheduler=scheduler,
