@@ -133,6 +133,9 @@ def test_claim_spread_marks_claims_whose_verdict_flips_as_undecided(tmp_path):
         rp.claim_spread(runs, reference="four", claims=claims)
     with pytest.raises(ValueError, match="at least two"):
         rp.claim_spread({"one": runs["one"]}, claims=claims)
+    for other in ("two", "three"):  # a claims table only one run has gives no row: one run has no spread
+        (runs[other] / "nb" / "claims.csv").unlink()
+    assert rp.claim_spread(runs, claims=claims).empty
 
 
 def test_value_spread_ranges_per_column_without_measurements(tmp_path):

@@ -216,8 +216,8 @@ def claim_spread(runs: dict, reference: str | None = None, claims: dict | None =
     - "undecided": the runs disagree (the claim's margin lies inside the spread the perturbations cause);
     - "not decided": no run gives a verdict (a claim without a verdict, e.g. one the paper gives no number for).
 
-    Claims present in only some runs are compared over those. ``claims``: the claims tables (default
-    :data:`CLAIM_TABLES`)."""
+    Claims present in only some runs are compared over those; a claims table that only one run has is left out
+    (one run has no spread to report). ``claims``: the claims tables (default :data:`CLAIM_TABLES`)."""
     if len(runs) < 2:
         raise ValueError(f"runs must name at least two results folders, got {len(runs)}")
     claims = CLAIM_TABLES if claims is None else claims
@@ -233,7 +233,7 @@ def claim_spread(runs: dict, reference: str | None = None, claims: dict | None =
                 df = pd.read_csv(path)
                 if all(c in df.columns for c in (*key_cols, margin, verdict)):
                     per_run[name] = df
-        if not per_run:
+        if len(per_run) < 2:  # a claims table of one run only (a notebook the other runs left out): no spread
             continue
         items = []
         for df in per_run.values():
