@@ -422,16 +422,11 @@ def rbf_setup_items(items, setups=tuple(RBF_SETUPS), methods=("kmeans", "as_smoe
     ``base_tag`` is the tag of the item whose initial model the setup starts from. ``setup_images``: {setup: the
     images (names, paths or keys) it runs on}; a setup not in it runs on every image (the quick preset runs the
     setups that only explain Fig. 7 on one image, the one Fig. 7 draws on all)."""
-    unknown = set(setups) - set(RBF_SETUPS)
-    if unknown:
-        raise ValueError(f"unknown RBF setup(s) {sorted(unknown)} (known: {', '.join(RBF_SETUPS)})")
-    unknown = set(variant_setups) - set(RBF_SETUPS)
-    if unknown:
-        raise ValueError(f"unknown RBF setup(s) {sorted(unknown)} (known: {', '.join(RBF_SETUPS)})")
     setup_images = {} if setup_images is None else dict(setup_images)
-    unknown = set(setup_images) - set(RBF_SETUPS)
-    if unknown:
-        raise ValueError(f"setup_images: unknown RBF setup(s) {sorted(unknown)} (known: {', '.join(RBF_SETUPS)})")
+    for prefix, given in (("", setups), ("", variant_setups), ("setup_images: ", setup_images)):
+        unknown = set(given) - set(RBF_SETUPS)
+        if unknown:
+            raise ValueError(f"{prefix}unknown RBF setup(s) {sorted(unknown)} (known: {', '.join(RBF_SETUPS)})")
     if any(isinstance(v, str) or not all(isinstance(n, str) for n in v) for v in setup_images.values()):
         raise ValueError(f"setup_images: expected {{setup: a list of image names}}, got {setup_images!r}")
     keys = {s: {image_key(n) for n in v} for s, v in setup_images.items()}
@@ -441,8 +436,9 @@ def rbf_setup_items(items, setups=tuple(RBF_SETUPS), methods=("kmeans", "as_smoe
             continue
         base_tag = it.get("tag")
         variant = it.get("variant", "paper_text" if it["method"] == "as_smoe" else "-")
+        key = image_key(it["image"]) if keys else None  # once per item: a user's image is keyed by its hash
         for setup in its_setups:
-            if setup in keys and image_key(it["image"]) not in keys[setup]:
+            if setup in keys and key not in keys[setup]:
                 continue
             local = setup in RBF_LOCAL_SETUPS
             if local and it["method"] != "as_smoe":
