@@ -107,3 +107,27 @@ def test_committed_tables_are_tables_the_code_writes(path):
             allowed = set(current[c].dropna().astype(str)) | set(PRESET_ONLY_VALUES.get((key, c), {}))
             stale = {v for v in set(ours[c].dropna().astype(str)) - allowed if json.dumps(v) not in params}
             assert not stale, f"{path.relative_to(RESULTS)}: {c} values no current configuration runs: {sorted(stale)}"
+
+
+#: paper notebooks whose rows may name more than one commit, and why
+PAPER_MULTI_COMMIT = {
+    "coding": "its eight trainings resume from state files across sessions (README); each rate point names the commit "
+              "that finished its training, and a later run over all four images keeps finished baseline rows",
+}
+
+
+def paper_notebooks() -> list[Path]:
+    return sorted(p for p in (RESULTS / "paper").glob("*") if p.is_dir())
+
+
+@pytest.mark.parametrize("folder", paper_notebooks(), ids=lambda p: p.name)
+def test_a_paper_notebooks_rows_name_one_commit(folder):
+    """Issue 12, item 1: the paper preset is rerun from a clean commit, one notebook at a time, so every table of a
+    paper notebook names the same commit (a rerun in pieces, ``--images``, from one commit included)."""
+    if folder.name in PAPER_MULTI_COMMIT:
+        pytest.skip(PAPER_MULTI_COMMIT[folder.name])
+    tables = [p for p in TABLES if p.parent == folder]
+    assert tables, f"{folder.relative_to(ROOT)}: no versioned tables"
+    commits = {str(p.relative_to(RESULTS)): sorted(_commits(p)) for p in tables}
+    named = set().union(*map(set, commits.values()))
+    assert len(named) == 1, f"{folder.relative_to(ROOT)}: rows name {sorted(named)}: {commits}"
