@@ -2,9 +2,7 @@
 from an uncommitted tree (``+dirty``), and every commit a row names must be in the repository's history, so that
 checking it out reproduces the row; and no committed quick or paper table may be one the current code no longer
 writes, or hold rows of a configuration it no longer runs (checked against results/smoke, which the current code
-reproduces exactly: tests/test_reproducibility.py). Tables whose rerun from a clean commit is still pending are
-listed in :data:`PENDING_RERUN` as strict expected failures: the day they are regenerated the test fails until they are
-taken off the list."""
+reproduces exactly: tests/test_reproducibility.py); and every table of a paper notebook names one commit."""
 from __future__ import annotations
 
 import subprocess
@@ -15,10 +13,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
-
-#: tables with +dirty rows whose clean-commit rerun has not been done yet (relative to results/); empty since
-#: session 16 reran ``paper/compare_initializers`` from a clean commit
-PENDING_RERUN: set[str] = set()
 
 
 def result_tables() -> list[Path]:
@@ -41,10 +35,7 @@ def test_there_are_tables_to_check():
     assert len(TABLES) >= 50 and all(p.stat().st_size > 0 for p in TABLES)
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, id=str(p.relative_to(RESULTS)),
-                                               marks=[pytest.mark.xfail(strict=True, reason="clean rerun pending")]
-                                               if str(p.relative_to(RESULTS)) in PENDING_RERUN else [])
-                                  for p in TABLES])
+@pytest.mark.parametrize("path", TABLES, ids=lambda p: str(p.relative_to(RESULTS)))
 def test_no_row_comes_from_an_uncommitted_tree(path):
     dirty = sorted(c for c in _commits(path) if c.endswith("+dirty"))
     assert not dirty, f"{path.relative_to(ROOT)}: rows from uncommitted trees {dirty}"
