@@ -581,7 +581,7 @@ def cmd_nsmoe(args) -> int:
 
 def cmd_nsmoe_train(args) -> int:
     from .tasks.nsmoe import checkpoint as ckpt
-    from .tasks.nsmoe.train import encoder_overrides, make_config, train
+    from .tasks.nsmoe.train import encoder_overrides, history_path, make_config, train
 
     overrides = encoder_overrides(args.task, args.preset, args.encoder)
     suffix = f"_{args.encoder}" if overrides else ""
@@ -617,7 +617,7 @@ def cmd_nsmoe_train(args) -> int:
         print(f"validation PSNR: {result.val_psnr:.2f} dB ({base} {result.baseline_psnr:.2f} dB; {cfg.val_crops} "
               f"crops of the validation split)")
     print(f"checkpoint: {result.checkpoint} ({result.checkpoint.stat().st_size / 2**20:.1f} MB)")
-    print(f"history: {out / 'history.csv'}")
+    print(f"history: {history_path(out, cfg.task)}")
     if not result.finished:
         print(f"stopped at step {result.step}: continue with smoe nsmoe train --preset {cfg.preset} --task "
               f"{cfg.task} --out {out} --resume")
@@ -1008,7 +1008,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sr2 / sr4 (bicubic), denoise (Gaussian sigma 5-50), blind (x2, BSRGAN-plus chain); "
                         "default sr2")
     q.add_argument("--out", default=None, metavar="DIR",
-                   help="run folder: <task>.ckpt and history.csv (default results/nsmoe/<task>_<preset>)")
+                   help="run folder: <task>.ckpt and <task>.history.csv (default results/nsmoe/<task>_<preset>)")
     q.add_argument("--encoder", choices=("block", "shared"), default=None,
                    help="block: the authors' encoder, each block on its own (the default of denoise and blind); "
                         "shared: one fully convolutional trunk, pooled per kernel cell (our variant; the default of "

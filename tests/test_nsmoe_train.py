@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -89,7 +90,18 @@ def test_same_seed_same_run_and_another_seed_another(tmp_path):
     assert _state_equal(m0, m1)
     assert not _state_equal(m0, m2)
     assert list(r0.history["loss"].dropna()) == list(r1.history["loss"].dropna())
-    assert (tmp_path / "a" / "history.csv").is_file()
+
+
+def test_two_tasks_in_one_folder_keep_one_history_each(tmp_path):
+    """The N-SMoE notebook trains every task into one ``checkpoints/`` folder: each task's history file is its own
+    and equals the history its checkpoint holds (a single ``history.csv`` held only the last task's)."""
+    runs = {task: tr.train(tiny(task), tmp_path, progress=False) for task in ("sr2", "denoise")}
+    for task, run in runs.items():
+        written = pd.read_csv(tr.history_path(tmp_path, task))
+        from_ckpt = tr.history_frame(ck.load(run.checkpoint).meta["history"])
+        pd.testing.assert_frame_equal(written, from_ckpt, check_dtype=False)
+    assert not (tmp_path / "history.csv").exists()
+    assert tr.history_path(tmp_path, "sr2").read_bytes() != tr.history_path(tmp_path, "denoise").read_bytes()
 
 
 def test_schedule_halves_at_the_milestones_and_configs_are_checked():

@@ -33,7 +33,9 @@ bicubic (at scale 1, denoising: the noisy input itself).
 
 Checkpoints (:mod:`.checkpoint`): ``<out>/<task>.ckpt`` is rewritten atomically every ``checkpoint_every``
 steps, at ``stop_at`` and at the end, with the weights, the configuration, Adam's state, the generators' states
-(torch, the crop stream and the degradation's stream), the step and the history; ``<out>/history.csv`` beside it.
+(torch, the crop stream and the degradation's stream), the step and the history; ``<out>/<task>.history.csv``
+beside it (named by task, so tasks trained into one folder, as the N-SMoE notebook's ``checkpoints/``, keep one
+history each).
 ``train(resume=True)`` continues from it to the same weights, bit for bit, as an uninterrupted run (same torch
 version and thread count: the loop is deterministic on the CPU). Every random draw comes from the seed: two runs
 with one seed give one result.
@@ -401,6 +403,12 @@ def set_rng_state(gen: np.random.Generator, state: dict) -> None:
     gen.bit_generator.state = state
 
 
+def history_path(out_dir, task: str) -> Path:
+    """``<out_dir>/<task>.history.csv``: the training history written beside each checkpoint (a copy of the one the
+    checkpoint holds, for reading without torch)."""
+    return Path(out_dir) / f"{task}.history.csv"
+
+
 def train(cfg: TrainConfig, out_dir, *, resume: bool = False, stop_at: int | None = None,
           progress: bool = True) -> TrainResult:
     """Trains (or continues, ``resume``) the run ``cfg`` in ``out_dir`` (module docstring); stops after step
@@ -453,7 +461,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, stop_at: int | Non
                     rng={"data": rng_state(data_rng), "degradation": rng_state(degradation.rng)},
                     versions={"smoe": __version__, "torch": torch.__version__, "numpy": np.__version__})
         ckpt.save(path, meta, net.state_dict(), opt.state_dict(), torch.get_rng_state())
-        ckpt.atomic_write(out_dir / "history.csv", history_frame(history).to_csv(index=False).encode())
+        ckpt.atomic_write(history_path(out_dir, cfg.task), history_frame(history).to_csv(index=False).encode())
 
     def last_val():
         return history["val"][-1]["val_psnr"] if history["val"] else None
