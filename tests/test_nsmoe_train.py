@@ -6,6 +6,7 @@ Skipped without pydicom-data (the training images)."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -80,6 +81,25 @@ def test_resume_continues_to_the_straight_runs_weights_bit_for_bit(tmp_path, tas
         assert strip(a.meta["history"][key]) == strip(b.meta["history"][key])
     assert [r["step"] for r in a.meta["history"]["val"]] == [0, 3, 6]
     assert a.meta["rng"] == b.meta["rng"]
+
+
+def test_resume_on_another_thread_count_warns_only_if_it_trains_on(tmp_path):
+    """A checkpoint written with one torch thread and resumed with two: a run that trains on is warned (its bits may
+    differ from an uninterrupted run), a finished one that is only read (as the N-SMoE notebook reads its networks)
+    is not."""
+    cfg = tiny(steps=4)
+    tr.train(cfg, tmp_path, stop_at=2, progress=False)
+    finished = tiny(steps=4)
+    tr.train(finished, tmp_path / "done", progress=False)
+    torch.set_num_threads(2)
+    try:
+        with pytest.warns(UserWarning, match="written with 1 torch threads, this run has 2"):
+            assert tr.train(cfg, tmp_path, resume=True, progress=False).finished
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert tr.train(finished, tmp_path / "done", resume=True, progress=False).step == 4
+    finally:
+        torch.set_num_threads(1)
 
 
 def test_same_seed_same_run_and_another_seed_another(tmp_path):

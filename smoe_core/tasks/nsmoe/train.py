@@ -443,14 +443,16 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, stop_at: int | Non
         torch_rng = state.torch_rng
         history = meta["history"]
         step, elapsed, acc = int(meta["step"]), float(meta["seconds"]), list(meta["log_acc"])
-        if meta.get("threads") != torch.get_num_threads():
-            warnings.warn(f"{path} was written with {meta.get('threads')} torch threads, this run has "
-                          f"{torch.get_num_threads()}: the result may differ in the last bits from an "
-                          "uninterrupted run", stacklevel=2)
+        written_threads = meta.get("threads")
     elif path.exists():
         raise ValueError(f"{path} already exists: resume that run, or train into another folder")
-    val = validation_set(cfg)
     stop = cfg.steps if stop_at is None else max(step, min(int(stop_at), cfg.steps))
+    if resume and step < stop and written_threads != torch.get_num_threads():
+        # only a run that trains on can differ (a finished one is only read, as the N-SMoE notebook reads its networks)
+        warnings.warn(f"{path} was written with {written_threads} torch threads, this run has "
+                      f"{torch.get_num_threads()}: the result may differ in the last bits from an "
+                      "uninterrupted run", stacklevel=2)
+    val = validation_set(cfg)
 
     def save() -> None:
         meta = dict(task=cfg.task, scale=cfg.scale, step=step, total_steps=cfg.steps, preset=cfg.preset,
