@@ -1,6 +1,7 @@
 """smoe_core.studies.reproducibility: the comparison of a fresh results folder with a committed one (hand-made
 tables with known differences), and the smoke preset's check that a fresh run in the reproducible environment
 gives the committed results/smoke tables exactly."""
+import hashlib
 import json
 import math
 import shutil
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from smoe_core.studies import reproduce, reproducibility as rp
-from smoe_core.studies.results import software_versions
+from smoe_core.studies.results import cpu_identity, software_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED_SMOKE = ROOT / "results" / "smoke"
@@ -95,20 +96,58 @@ def test_software_mismatches(tmp_path):
 
 def test_fresh_smoke_run_reproduces_committed_results(tmp_path):
     """The committed results/smoke (``smoe reproduce --preset smoke --build reproducible``) come back exactly
-    (:data:`~smoe_core.studies.reproducibility.SMOKE_TOLERANCE`) from a fresh run, on any x86-64 CPU, given the
-    same numeric software (else skipped, naming what differs)."""
+    (:data:`~smoe_core.studies.reproducibility.SMOKE_TOLERANCE`) from a fresh run given the same numeric software
+    (else skipped, naming what differs): every table on the CPU model that wrote them, the tables measured to agree
+    across CPUs (:data:`~smoe_core.studies.reproducibility.CROSS_CPU_TABLES`) on any other."""
     assert COMMITTED_SMOKE.is_dir(), "results/smoke is committed (smoe reproduce --preset smoke --build reproducible)"
     manifests = sorted(COMMITTED_SMOKE.glob("*/manifest.json"))
     assert {m.parent.name for m in manifests} == set(reproduce.available_notebooks())
     assert all(json.loads(m.read_text())["build"] == "reproducible" for m in manifests)
+    assert set(rp.CROSS_CPU_TABLES) <= set(rp.table_keys(COMMITTED_SMOKE))
     mismatches = rp.software_mismatches(COMMITTED_SMOKE)
     if mismatches:
         pytest.skip("exact agreement is claimed for the same numeric software only: " + "; ".join(mismatches[:5]))
+    same_cpu = not rp.cpu_mismatches(COMMITTED_SMOKE)
     reproduce.reproduce("smoke", results_dir=tmp_path, build="reproducible", progress=False)
     rtol, atol = rp.SMOKE_TOLERANCE
-    diff = rp.compare_folders(tmp_path / "smoke", COMMITTED_SMOKE, rtol=rtol, atol=atol)
-    assert diff.empty, "\n" + diff.to_string()
+    diff = rp.compare_folders(tmp_path / "smoke", COMMITTED_SMOKE, rtol=rtol, atol=atol,
+                              tables=None if same_cpu else rp.CROSS_CPU_TABLES)
+    assert diff.empty, f"\n(same CPU as the fixture's: {same_cpu})\n" + diff.to_string()
     shutil.rmtree(tmp_path / "smoke", ignore_errors=True)
+
+
+def test_cpu_identity_from_cpuinfo_text():
+    info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+            "model name\t: AMD EPYC 9R14\nstepping\t: 1\nflags\t\t: sse2 avx512f fpu\n\n"
+            "processor\t: 1\nvendor_id\t: GenuineIntel\nmodel\t\t: 99\nflags\t\t: sse2\n")
+    cpu = cpu_identity(info)
+    assert {k: cpu[k] for k in ("vendor", "family", "model", "model_name", "stepping")} == dict(
+        vendor="AuthenticAMD", family="25", model="17", model_name="AMD EPYC 9R14", stepping="1")
+    assert cpu["flags"] == hashlib.sha256(b"avx512f fpu sse2").hexdigest()[:12]  # sorted: order does not matter
+    assert cpu_identity(info.replace("sse2 avx512f fpu", "fpu sse2 avx512f"))["flags"] == cpu["flags"]
+    assert cpu_identity(info.replace("avx512f ", ""))["flags"] != cpu["flags"]
+    here = cpu_identity()
+    assert here and all(isinstance(v, (str, type(None))) for v in here.values())
+
+
+def test_cpu_mismatches_and_table_selection(tmp_path):
+    here = dict(vendor="GenuineIntel", family="6", model="167", model_name="x", stepping="1", flags="abc")
+    for name, cpu in (("a", here), ("b", dict(here, model="85")), ("c", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"cpu": cpu} if cpu else {}))
+        table(x=[1.0]).to_csv(tmp_path / name / "t.csv", index=False)
+    out = rp.cpu_mismatches(tmp_path, here)
+    assert len(out) == 2 and out[0].startswith("b: CPU recorded") and out[1] == "c: no CPU recorded"
+    assert rp.cpu_mismatches(tmp_path / "a", here) == []  # a folder without notebook folders: nothing recorded
+    fresh = tmp_path / "fresh"
+    for name, x in (("a", 1.0), ("b", 2.0)):
+        (fresh / name).mkdir(parents=True)
+        table(x=[x]).to_csv(fresh / name / "t.csv", index=False)
+    assert sorted(rp.compare_folders(fresh, tmp_path)["table"]) == ["b/t", "c/t"]  # b differs, c missing
+    assert rp.compare_folders(fresh, tmp_path, tables=["a/t"]).empty
+    assert list(rp.compare_folders(fresh, tmp_path, tables="b/t")["table"]) == ["b/t"]
+    with pytest.raises(ValueError, match="tables: not in"):
+        rp.compare_folders(fresh, tmp_path, tables=["a/t", "z/t"])
 
 
 def write_run(root, margins, verdicts, psnr):

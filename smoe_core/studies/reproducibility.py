@@ -14,13 +14,35 @@ machine's own measurements (times, memory, load, file checksums) set apart: the 
 - :func:`software_mismatches`: the recorded software (``manifest.json``'s ``software``,
   :func:`smoe_core.studies.results.software_versions`) against this process's. Exact agreement is claimed only
   for the same versions of the numeric libraries, compiler and glibc (a new numpy or compiler may round
-  differently), on any x86-64 CPU, in the reproducible environment (:data:`smoe_core.render.build.REPRODUCIBLE_ENV`).
+  differently), in the reproducible environment (:data:`smoe_core.render.build.REPRODUCIBLE_ENV`).
+- :func:`cpu_mismatches`: the recorded CPU (``manifest.json``'s ``cpu``, :func:`smoe_core.studies.results.cpu_identity`)
+  against this one. Every table is claimed exactly on the same CPU model; on another, only
+  :data:`CROSS_CPU_TABLES`.
 
 Tolerance (:data:`SMOKE_TOLERANCE`): zero. The committed ``results/smoke`` tables were written by ``smoe reproduce
---preset smoke --build reproducible``, and a fresh run of that command reproduces them bit for bit (measured here:
-two runs; and one with libm's FMA variants, OpenBLAS's SkylakeX kernels and numpy's AVX-512 loops, which moved
-Fig. 7's RBF gaps by up to 0.006 dB until the reproducible environment pinned them). The fast build makes no such
-claim: its numbers follow the CPU (README).
+--preset smoke --build reproducible``, and a fresh run of that command on the same machine reproduces them bit for
+bit (measured: two runs; and one with libm's FMA variants, OpenBLAS's SkylakeX kernels and numpy's AVX-512 loops,
+which moved Fig. 7's RBF gaps by up to 0.006 dB until the reproducible environment pinned them). The fast build
+makes no such claim: its numbers follow the CPU (README).
+
+**Across CPUs the reproducible environment is not exact** (measured in session 20). The fixture written on an AMD
+EPYC (AVX-512) was rerun from its own commit (61914cf, ``as_smoe_segments``) and from a later one (e028a2a, every
+notebook) on an Intel Xeon (family 6 model 167, AVX-512 with FP16 / BF16), same software: 58 of the 74 tables
+differed, from 1e-9 dB (r_smoe's denoising) to 3.7 dB (Fig. 7's RBF gaps, an optimization whose discrete choices
+amplify the first difference) and 2 kernels in counts. The untrained N-SMoE x4 network's validation PSNR already
+differed by 1.8e-9 dB while the x2 one's was equal, so the difference enters in single values, not everywhere.
+The cause we found is MKL's vector math (VML), which PyTorch calls for ``exp``, ``log``, ``erf``, ``tanh``, ...
+on CPU tensors whatever ``ATEN_CPU_CAPABILITY`` says: on the Intel machine ``torch.exp`` of a million floats gives
+other bits under ``MKL_CBWR`` AVX2, AVX512 / AUTO and COMPATIBLE (= SSE4_2 = SSE2 there) and differs from libm's
+``expf`` in 218 of 20,000 values, and ``python -m smoe_core.studies.determinism fingerprint fit as_smoe`` (at
+14a8054, whose AMD numbers README "Reproducible builds" gives) moves with ``MKL_CBWR`` alone (AS-SMoE
+initialization 16.71 / 16.73 / 16.85 dB under AVX2 / COMPATIBLE / AVX512), though the AS-SMoE initialization makes
+no BLAS, LAPACK or oneDNN call (``MKL_VERBOSE``, ``ONEDNN_VERBOSE``: none). None of the Intel branches gives the AMD
+machine's COMPATIBLE result (fit 33.1337 dB, 829 kernels; Intel: 33.1553 dB, 832), so MKL's "compatible" path is
+not the same code on the two vendors. Not proven: that VML is the only difference (that would need the AMD machine
+again). What does agree across the two CPUs (:data:`CROSS_CPU_TABLES`) is what no VML call reaches: segment counts
+and sizes, the edge paper's stages and expert iterations, the JPEG / JPEG 2000 baselines, the paper-protocol
+initializations.
 """
 from __future__ import annotations
 
@@ -32,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results import software_versions
+from .results import cpu_identity, software_versions
 
 #: regular expressions (searched in a column name) of columns that measure the machine
 MEASURED_COLUMN_PATTERNS = (r"seconds", r"(^|_)ms($|_)", r"(^|_)time_s($|_)", r"peak_mb", r"memory_ratio",
@@ -43,6 +65,12 @@ RUN_COLUMNS = ("git_commit", "date", "package_version")
 MEASURED_ROWS = {"edge_aligned/paper_claims_side_by_side": {"figure": "Fig. 6"}}
 #: columns of one table built on a timing: table key -> column names
 MEASURED_TABLE_COLUMNS = {"edge_aligned/fig6_time_to_convergence": ("rank",)}
+#: the smoke tables measured to agree exactly across two CPUs (AMD EPYC and Intel Xeon, both AVX-512) in the
+#: reproducible environment (module docstring): on a CPU other than the fixture's, these are the claim
+CROSS_CPU_TABLES = ("as_smoe_segments/fig4_segment_counts", "as_smoe_segments/fig4_segment_sizes",
+                    "coding/baseline_points", "coding/prefilter", "coding/smoe_points_in_range",
+                    "compare_initializers/table5_paper_protocol", "edge_aligned/fig2_stage_counts",
+                    "edge_aligned/fig3_expert_iterations", "edge_aligned/fig3_summary")
 #: (rtol, atol) of the smoke-preset check in the reproducible environment: exact
 SMOKE_TOLERANCE = (0.0, 0.0)
 #: the columns of :func:`compare_folders`' answer
@@ -108,14 +136,22 @@ def table_keys(folder) -> list[str]:
     return sorted(f"{p.parent.name}/{p.stem}" for p in folder.glob("*/*.csv") if not p.name.endswith(".duplicates.csv"))
 
 
-def compare_folders(fresh, committed, *, rtol: float = 0.0, atol: float = 0.0) -> pd.DataFrame:
-    """Every table of preset folder ``committed`` against the same table in ``fresh`` (a table missing from
-    ``fresh`` is a difference of kind "missing"; tables only in ``fresh`` are ignored). Empty when they agree."""
+def compare_folders(fresh, committed, *, rtol: float = 0.0, atol: float = 0.0, tables=None) -> pd.DataFrame:
+    """Every table of preset folder ``committed`` (or only those of ``tables``, keys "notebook/table", each of which
+    must be in ``committed``) against the same table in ``fresh`` (a table missing from ``fresh`` is a difference of
+    kind "missing"; tables only in ``fresh`` are ignored). Empty when they agree."""
     fresh, committed = Path(fresh), Path(committed)
     if not committed.is_dir():
         raise ValueError(f"committed must be a results folder of one preset, got {committed} (not a folder)")
+    keys = table_keys(committed)
+    if tables is not None:
+        tables = [tables] if isinstance(tables, str) else list(tables)
+        absent = [t for t in tables if t not in keys]
+        if absent:
+            raise ValueError(f"tables: not in {committed}: {', '.join(absent)}")
+        keys = [k for k in keys if k in tables]
     rows = []
-    for key in table_keys(committed):
+    for key in keys:
         f = fresh / f"{key}.csv"
         if not f.is_file():
             rows.append(dict(table=key, column="", kind="missing", max_abs_difference=np.nan, rows_differing=np.nan,
@@ -144,6 +180,21 @@ def software_mismatches(folder, current: dict | None = None) -> list[str]:
         for name, version in recorded.items():
             if current.get(name) != version:
                 out.append(f"{notebook}: {name} recorded {version}, here {current.get(name)}")
+    return out
+
+
+def cpu_mismatches(folder, current: dict | None = None) -> list[str]:
+    """"notebook: CPU recorded X, here Y" for every manifest of preset folder ``folder`` whose recorded ``cpu``
+    (:func:`smoe_core.studies.results.cpu_identity`) differs from ``current`` (default: this CPU's); a manifest
+    without one is a mismatch too (it cannot be checked)."""
+    current = cpu_identity() if current is None else current
+    out = []
+    for m in sorted(Path(folder).glob("*/manifest.json")):
+        recorded = json.loads(m.read_text()).get("cpu")
+        if not recorded:
+            out.append(f"{m.parent.name}: no CPU recorded")
+        elif recorded != current:
+            out.append(f"{m.parent.name}: CPU recorded {recorded}, here {current}")
     return out
 
 

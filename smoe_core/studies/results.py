@@ -75,6 +75,41 @@ def software_versions() -> dict:
     return out
 
 
+#: the /proc/cpuinfo fields that name a CPU model (:func:`cpu_identity`)
+CPUINFO_FIELDS = (("vendor_id", "vendor"), ("cpu family", "family"), ("model", "model"), ("model name", "model_name"),
+                  ("stepping", "stepping"))
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict:
+    """{vendor, family, model, model_name, stepping, flags}: the CPU this process runs on, from the first processor
+    of Linux's ``/proc/cpuinfo`` (``cpuinfo``: its text, for tests); ``flags`` is the first 12 hex digits of the
+    SHA-256 of the sorted feature flags, so two machines whose hypervisors expose different instruction sets differ.
+    Libraries below our code pick their arithmetic by these (MKL's vector math behind ``torch.exp`` even under
+    ``MKL_CBWR=COMPATIBLE``: :mod:`smoe_core.studies.reproducibility`), so exact agreement of a reproducible run is
+    claimed for the same identity only. Elsewhere (no ``/proc/cpuinfo``): {"model_name": platform.processor()}."""
+    import hashlib
+    import platform
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return dict(model_name=platform.processor() or platform.machine())
+    first: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if first:
+                break
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            first.setdefault(key.strip(), value.strip())
+    out = {name: first.get(field) for field, name in CPUINFO_FIELDS}
+    flags = " ".join(sorted(first.get("flags", "").split()))
+    out["flags"] = hashlib.sha256(flags.encode()).hexdigest()[:12] if flags else None
+    return out
+
+
 def git_commit(path: Path | None = None) -> str:
     """The repository's HEAD commit (with "+dirty" if tracked files outside results/ differ), or "unknown"
     outside a checkout (e.g. a regular ``pip install``). ``path``: a folder in the repository (default: the one
@@ -259,7 +294,7 @@ class ResultsStore:
         import torch
 
         manifest = dict(self.meta, notebook=notebook, parameters=self.parameters, software=software_versions(),
-                        torch_threads=torch.get_num_threads(),
+                        cpu=cpu_identity(), torch_threads=torch.get_num_threads(),
                         written=_dt.datetime.now().isoformat(timespec="seconds"))
         atomic_write_text(self.dir / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
 
