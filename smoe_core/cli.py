@@ -984,9 +984,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, metavar="ADDR", help="address of a running Dask scheduler")
     p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results)")
     p.add_argument("--build", choices=("fast", "reproducible"), default=None,
-                   help="reproducible: the same numbers on every x86-64 machine (the compiled kernels without "
-                        "-march=native and fast-math, PyTorch's baseline CPU kernels, one thread per process; "
-                        "slower); fast: this CPU's fastest build; default: $SMOE_BUILD (fast when unset)")
+                   help="reproducible: the same numbers on every machine with the same CPU model and software (the "
+                        "compiled kernels without -march=native and fast-math, PyTorch's baseline CPU kernels, one "
+                        "thread per process; slower; across CPU models MKL's vector math still differs: README "
+                        "'Reproducible builds'); fast: this CPU's fastest build; default: $SMOE_BUILD (fast when "
+                        "unset)")
     p.add_argument("--seed", type=int, default=None, metavar="N",
                    help="every notebook's seed (default 0): other random starts, to see how far the numbers move "
                         "with the seed; a results folder holding another seed's results is refused (use --results)")
