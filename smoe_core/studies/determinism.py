@@ -85,14 +85,9 @@ def environment() -> dict:
     count and the CPU model."""
     import torch
 
-    from .results import numeric_environment
+    from .results import cpu_identity, numeric_environment
 
-    cpu = "unknown"
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_identity().get("model_name") or "unknown"
     return dict(**numeric_environment(), torch_threads=torch.get_num_threads(), cpu_model=cpu,
                 **{k.lower(): os.environ.get(k, "") for k in NUMERIC_ENV})
 

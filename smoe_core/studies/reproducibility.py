@@ -161,12 +161,14 @@ def compare_folders(fresh, committed, *, rtol: float = 0.0, atol: float = 0.0, t
     return pd.DataFrame(rows, columns=list(DIFFERENCE_COLUMNS))
 
 
+def recorded_manifests(folder) -> dict:
+    """notebook -> its manifest.json (a dict), for a preset folder."""
+    return {m.parent.name: json.loads(m.read_text()) for m in sorted(Path(folder).glob("*/manifest.json"))}
+
+
 def recorded_software(folder) -> dict:
     """notebook -> the ``software`` its manifest.json records (absent: {}), for a preset folder."""
-    out = {}
-    for m in sorted(Path(folder).glob("*/manifest.json")):
-        out[m.parent.name] = json.loads(m.read_text()).get("software", {})
-    return out
+    return {notebook: manifest.get("software", {}) for notebook, manifest in recorded_manifests(folder).items()}
 
 
 def software_mismatches(folder, current: dict | None = None) -> list[str]:
@@ -189,12 +191,12 @@ def cpu_mismatches(folder, current: dict | None = None) -> list[str]:
     without one is a mismatch too (it cannot be checked)."""
     current = cpu_identity() if current is None else current
     out = []
-    for m in sorted(Path(folder).glob("*/manifest.json")):
-        recorded = json.loads(m.read_text()).get("cpu")
+    for notebook, manifest in recorded_manifests(folder).items():
+        recorded = manifest.get("cpu")
         if not recorded:
-            out.append(f"{m.parent.name}: no CPU recorded")
+            out.append(f"{notebook}: no CPU recorded")
         elif recorded != current:
-            out.append(f"{m.parent.name}: CPU recorded {recorded}, here {current}")
+            out.append(f"{notebook}: CPU recorded {recorded}, here {current}")
     return out
 
 
