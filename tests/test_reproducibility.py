@@ -148,6 +148,14 @@ def test_cpu_mismatches_and_table_selection(tmp_path):
     assert list(rp.compare_folders(fresh, tmp_path, tables="b/t")["table"]) == ["b/t"]
     with pytest.raises(ValueError, match="tables: not in"):
         rp.compare_folders(fresh, tmp_path, tables=["a/t", "z/t"])
+    for bad in (5, [1], {"a/t": 1}):
+        with pytest.raises(ValueError, match="tables must be a table key"):
+            rp.compare_folders(fresh, tmp_path, tables=bad)
+    for check in (rp.cpu_mismatches, rp.software_mismatches):
+        with pytest.raises(ValueError, match="folder must be a results folder"):
+            check(tmp_path / "nope")
+    with pytest.raises(TypeError, match="cpuinfo must be"):
+        cpu_identity(b"vendor_id: x")
 
 
 def write_run(root, margins, verdicts, psnr):

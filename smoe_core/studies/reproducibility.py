@@ -145,7 +145,9 @@ def compare_folders(fresh, committed, *, rtol: float = 0.0, atol: float = 0.0, t
         raise ValueError(f"committed must be a results folder of one preset, got {committed} (not a folder)")
     keys = table_keys(committed)
     if tables is not None:
-        tables = [tables] if isinstance(tables, str) else list(tables)
+        tables = [tables] if isinstance(tables, str) else tables
+        if not isinstance(tables, (list, tuple, set, frozenset)) or not all(isinstance(t, str) for t in tables):
+            raise ValueError('tables must be a table key ("notebook/table") or a list of them')
         absent = [t for t in tables if t not in keys]
         if absent:
             raise ValueError(f"tables: not in {committed}: {', '.join(absent)}")
@@ -163,6 +165,8 @@ def compare_folders(fresh, committed, *, rtol: float = 0.0, atol: float = 0.0, t
 
 def recorded_manifests(folder) -> dict:
     """notebook -> its manifest.json (a dict), for a preset folder."""
+    if not Path(folder).is_dir():
+        raise ValueError(f"folder must be a results folder of one preset, got {folder} (not a folder)")
     return {m.parent.name: json.loads(m.read_text()) for m in sorted(Path(folder).glob("*/manifest.json"))}
 
 

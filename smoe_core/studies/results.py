@@ -90,6 +90,8 @@ def cpu_identity(cpuinfo: str | None = None) -> dict:
     import hashlib
     import platform
 
+    if cpuinfo is not None and not isinstance(cpuinfo, str):
+        raise TypeError(f"cpuinfo must be the text of /proc/cpuinfo or None, got {type(cpuinfo).__name__}")
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
